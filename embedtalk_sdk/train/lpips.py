@@ -1,0 +1,83 @@
+"""LPIPS (AlexNet, v0.1) without torchvision or a model hub.
+
+The backbone is torchvision's `alexnet().features` state dict from a local file (the SDK's tests use
+`../shared/models/lpips_alexnet_features.pth`); the calibrated linear layers ship inside the `lpips`
+package (`lpips/weights/v0.1/alex.pth`), read without importing it (its import pulls torchvision).
+The network and the distance follow Zhang et al. 2018 exactly: scaling layer, five ReLU outputs,
+channel-normalised squared differences, 1x1 linear layers, spatial mean, sum.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from torch import nn
+
+_SHIFT = (-0.030, -0.088, -0.188)
+_SCALE = (0.458, 0.448, 0.450)
+_CHANNELS = (64, 192, 384, 256, 256)
+DEFAULT_BACKBONE = Path(__file__).resolve().parents[2].parent / "shared" / "models" / "lpips_alexnet_features.pth"
+
+
+def lpips_linear_weights_path() -> Path:
+    """The `lpips` package's calibrated AlexNet linear layers (v0.1)."""
+    spec = importlib.util.find_spec("lpips")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the `lpips` package is not installed: pip install 'embedtalk-sdk[train]'")
+    return Path(spec.origin).parent / "weights" / "v0.1" / "alex.pth"
+
+
+class AlexFeatures(nn.Module):
+    """torchvision's AlexNet `features`, returning the five ReLU outputs LPIPS compares."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(),
+            nn.MaxPool2d(3, 2), nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(),
+            nn.MaxPool2d(3, 2), nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(),
+        )  # fmt: skip
+        self._taps = {1, 4, 7, 9, 11}
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self._taps:
+                outs.append(x)
+        return outs
+
+
+class LPIPS(nn.Module):
+    """LPIPS distance. forward(a, b): images [B,3,H,W] in [0,1] -> [B]."""
+
+    def __init__(self, backbone_path: str | Path, linear_path: str | Path | None = None):
+        super().__init__()
+        self.net = AlexFeatures()
+        self.net.features.load_state_dict(torch.load(backbone_path, map_location="cpu", weights_only=True))
+        lin = torch.load(linear_path or lpips_linear_weights_path(), map_location="cpu", weights_only=True)
+        self.lins = nn.ParameterList(nn.Parameter(lin[f"lin{k}.model.1.weight"]) for k in range(5))
+        self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1))
+        self.register_buffer("scale", torch.tensor(_SCALE).view(1, 3, 1, 1))
+        self.eval().requires_grad_(False)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        fa = self.net(((2 * a - 1) - self.shift) / self.scale)
+        fb = self.net(((2 * b - 1) - self.shift) / self.scale)
+        total = 0.0
+        for xa, xb, w in zip(fa, fb, self.lins):
+            xa = xa / (xa.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+            xb = xb / (xb.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+            total = total + nn.functional.conv2d((xa - xb) ** 2, w).mean((2, 3))[:, 0]
+        return total
+
+
+def load_lpips(backbone_path: str | Path | None) -> LPIPS | None:
+    """LPIPS from `backbone_path` (or the shared default when None); None when no backbone file exists."""
+    path = Path(backbone_path) if backbone_path else DEFAULT_BACKBONE
+    if not path.is_file():
+        return None
+    return LPIPS(path)
