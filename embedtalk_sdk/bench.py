@@ -1,0 +1,104 @@
+"""`embedtalk-sdk bench`: frames per second and latency per backend, measured in one run.
+
+Speed goals are ratios against a baseline timed in the same process (the torch backend: the
+training-side model and reference rasteriser), never absolute numbers in tests.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from embedtalk_sdk.data.speech import synthesize_speech
+from embedtalk_sdk.export.exporter import bundle_megabytes
+from embedtalk_sdk.runtime.backends.base import available_backends
+
+BASELINE = "torch"
+
+
+def time_backend(bundle: str | Path, backend: str, n_frames: int, warmup: int = 3) -> dict:
+    """Time `n_frames` frames of `backend` on a synthetic sentence; per-frame latency of the
+    frame generator (network + rasteriser + uint8), after `warmup` frames (JIT, allocations)."""
+    from embedtalk_sdk.runtime.avatar import Avatar
+
+    avatar = Avatar.load(bundle, backend=backend)
+    seconds = (n_frames + warmup) / avatar.fps + 0.5
+    audio = synthesize_speech(seconds, seed=7).samples
+    latencies = []
+    gen = avatar.frames(audio, sample_rate=16000)
+    t_prev = time.perf_counter()
+    for n, _ in enumerate(gen):
+        now = time.perf_counter()
+        if n >= warmup:
+            latencies.append(now - t_prev)
+        t_prev = now
+        if len(latencies) >= n_frames:
+            break
+    lat = np.asarray(latencies)
+    return {
+        "backend": backend,
+        "frames": len(lat),
+        "fps": round(float(len(lat) / lat.sum()), 2),
+        "latency_ms_p50": round(float(np.percentile(lat, 50) * 1e3), 2),
+        "latency_ms_p99": round(float(np.percentile(lat, 99) * 1e3), 2),
+    }
+
+
+def run_bench(bundle: str | Path, backend: str = "all", n_frames: int = 50, log: Callable[[str], None] = print) -> dict:
+    """Report {bundle, size, results: [...], ratio_to_torch} for one or all backends."""
+    from embedtalk_sdk.runtime.bundle import Bundle
+
+    names = [b for b in available_backends()] if backend == "all" else [backend]
+    if BASELINE not in names and BASELINE in available_backends():
+        names.append(BASELINE)
+    manifest = Bundle.open(bundle).manifest
+    results = []
+    for name in names:
+        log(f"timing {name} ...")
+        try:
+            results.append(time_backend(bundle, name, n_frames))
+        except Exception as e:  # noqa: BLE001 - a backend that cannot run here is reported, not fatal
+            results.append({"backend": name, "error": f"{type(e).__name__}: {e}"})
+    base = next((r for r in results if r["backend"] == BASELINE and "fps" in r), None)
+    for r in results:
+        if base and "fps" in r:
+            r["speedup_vs_torch"] = round(r["fps"] / base["fps"], 2)
+    return {
+        "bundle": str(bundle),
+        "bundle_mb": round(bundle_megabytes(bundle), 3),
+        "width": manifest["width"],
+        "height": manifest["height"],
+        "gaussians": manifest["gaussians"]["count"],
+        "baseline": BASELINE,
+        "results": results,
+    }
+
+
+def save_chart(report: dict, path: str | Path) -> None:
+    """Bar chart of frames per second per backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["results"] if "fps" in r]
+    fig, ax = plt.subplots(figsize=(5, 3), dpi=110)
+    ax.bar([r["backend"] for r in rows], [r["fps"] for r in rows], color="#4477aa")
+    ax.axhline(25, ls="--", c="grey", lw=1, label="25 fps (real time)")
+    ax.set_ylabel("frames / s")
+    ax.set_title(f"{report['width']}x{report['height']}, {report['gaussians']} Gaussians")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(report: dict, out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
+    save_chart(report, out_dir / "bench.png")
+    return out_dir / "bench.json"

@@ -1,0 +1,184 @@
+"""`embedtalk-sdk`: the command line. Each command is a thin shell over a library function."""
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+app = typer.Typer(
+    help="EmbedTalk SDK: train talking-head avatars, export small bundles, play them back.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+@contextmanager
+def progress_bar(description: str, total: int) -> Iterator:
+    """A rich progress bar; yields update(done, total, info=None)."""
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, transient=False,
+    ) as bar:  # fmt: skip
+        task = bar.add_task(description, total=total, info="")
+
+        def update(done: int, total_: int, info: Optional[dict] = None) -> None:
+            text = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (info or {}).items())
+            bar.update(task, completed=done, total=total_, info=text)
+
+        yield update
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(..., "-o", "--out", help="dataset folder to write"),
+    seconds: float = typer.Option(40.0, help="clip length"),
+    size: int = typer.Option(256, help="frame width and height in pixels"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Write the built-in synthetic speaker as a dataset (TalkingGaussian layout)."""
+    from embedtalk_sdk.data.synth import synthesize_dataset
+
+    with progress_bar("synth", int(seconds * 25)) as update:
+        synthesize_dataset(out, seconds=seconds, size=size, seed=seed, progress=lambda d, t: update(d, t))
+    console.print(f"dataset written to {out}")
+
+
+def _train_config(iterations: int, audio_encoder: str, hubert_path: Optional[str], lpips_weights: Optional[str],
+                  init_points: int, device: str, seed: int):
+    from embedtalk_sdk.train.strategy import DensifyConfig
+    from embedtalk_sdk.train.trainer import TrainConfig
+
+    densify = DensifyConfig(start=min(200, iterations // 5), stop=int(iterations * 0.7), every=max(50, iterations // 30))
+    return TrainConfig(
+        iterations=iterations, audio_encoder=audio_encoder, hubert_path=hubert_path, lpips_weights=lpips_weights,
+        init_points=init_points, device=device, seed=seed, densify=densify,
+    )  # fmt: skip
+
+
+def run_training(data: Path, out: Path, cfg) -> dict:
+    """Train with a progress bar; returns the metrics."""
+    from embedtalk_sdk.train.trainer import Trainer
+
+    trainer = Trainer(data, cfg, log=lambda m: console.print(m))
+    console.print(
+        f"training on {trainer.device} ({'gsplat' if trainer.use_gsplat else 'torch reference rasteriser'}), "
+        f"{len(trainer.gaussians)} Gaussians, {len(trainer.train)} train / {len(trainer.val)} val frames"
+    )
+    with progress_bar("train", cfg.iterations) as update:
+        result = trainer.run(out, progress=update)
+    return result.metrics
+
+
+@app.command()
+def train(
+    data: Path = typer.Argument(..., help="dataset folder (from `synth` or `preprocess`)"),
+    out: Path = typer.Option(..., "-o", "--out", help="run folder: ckpt.pt, loss.png, train_metrics.json"),
+    iterations: int = typer.Option(3000),
+    audio_encoder: str = typer.Option("mel", help="mel | hubert | features (the dataset's aud_hu.npy)"),
+    hubert_path: Optional[str] = typer.Option(None, help="local HuBERT checkpoint folder (transformers)"),
+    lpips_weights: Optional[str] = typer.Option(None, help="AlexNet features state dict for LPIPS"),
+    init_points: int = typer.Option(8000, help="Gaussians taken from the dense point cloud"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train an avatar on a dataset folder."""
+    if not data.is_dir():
+        _fail(f"{data}: no such dataset folder")
+    cfg = _train_config(iterations, audio_encoder, hubert_path, lpips_weights, init_points, device, seed)
+    metrics = run_training(data, out, cfg)
+    console.print_json(json.dumps(metrics))
+
+
+@app.command("export")
+def export_cmd(
+    ckpt: Path = typer.Argument(..., help="RUN/ckpt.pt"),
+    out: Path = typer.Option(..., "-o", "--out", help="bundle path: a folder x.etk, or x.zip"),
+    data: Optional[Path] = typer.Option(None, help="training dataset (default: the one the checkpoint names)"),
+    track_frames: int = typer.Option(250, help="frames of camera / torso track to ship"),
+) -> None:
+    """Bake a checkpoint into a portable bundle."""
+    from embedtalk_sdk.export.exporter import export_bundle
+    from embedtalk_sdk.model.checkpoint import CheckpointError
+
+    try:
+        export_bundle(ckpt, out, data, track_frames, log=lambda m: console.print(m))
+    except (CheckpointError, FileNotFoundError) as e:
+        _fail(str(e))
+
+
+@app.command()
+def speak(
+    bundle: Path = typer.Argument(..., help="avatar bundle (.etk folder or .zip)"),
+    audio: Path = typer.Argument(..., help="speech: wav/flac/mp3/... (resampled to 16 kHz mono)"),
+    out: Path = typer.Option(Path("out.mp4"), "-o", "--out", help="mp4 to write (H.264 + AAC)"),
+    backend: str = typer.Option("auto", help="auto | onnxruntime | torch"),
+) -> None:
+    """Render a talking video of an avatar saying AUDIO."""
+    from embedtalk_sdk.audio.io import AudioError
+    from embedtalk_sdk.runtime.avatar import Avatar
+    from embedtalk_sdk.runtime.bundle import BundleError
+
+    try:
+        avatar = Avatar.load(bundle, backend=backend)
+        console.print(f"backend: {avatar.backend_name}")
+        avatar.speak(audio, out=out, progress=True)
+    except (AudioError, BundleError, ValueError) as e:
+        _fail(str(e))
+    console.print(f"wrote {out}")
+
+
+@app.command()
+def bench(
+    bundle: Path = typer.Argument(..., help="avatar bundle"),
+    backend: str = typer.Option("all", help="all | onnxruntime | torch"),
+    frames: int = typer.Option(50, help="frames to time per backend"),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="write the report as JSON here"),
+) -> None:
+    """Frames per second and latency per backend, with ratios to the torch backend (same run)."""
+    from embedtalk_sdk.bench import run_bench, save_chart
+
+    report = run_bench(bundle, backend, frames, log=lambda m: console.print(m))
+    text = json.dumps(report, indent=2)
+    if out:
+        out.write_text(text)
+        save_chart(report, out.with_suffix(".png"))
+    print(text)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_out"), "-o", "--out", help="folder for demo.mp4, avatar.etk, metrics.json"),
+    seconds: float = typer.Option(40.0, help="length of the synthetic training clip"),
+    size: int = typer.Option(256, help="frame size"),
+    iterations: int = typer.Option(1500, help="training iterations"),
+    init_points: int = typer.Option(6000),
+    lpips_weights: Optional[str] = typer.Option(None, help="AlexNet features state dict for LPIPS"),
+) -> None:
+    """The whole chain on the built-in synthetic speaker: synth -> train -> export -> speak."""
+    from embedtalk_sdk.demo import run_demo
+
+    cfg = _train_config(iterations, "mel", None, lpips_weights, init_points, "auto", 0)
+    metrics = run_demo(out, seconds=seconds, size=size, train_config=cfg, progress_bar=progress_bar,
+                       train_fn=run_training, log=lambda m: console.print(m))  # fmt: skip
+    console.print_json(json.dumps(metrics))
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,331 @@
+"""Training of one avatar (paper section 3.3): canonical Gaussians, embeddings and the deformation
+network, jointly, with the loss of eq. 12 and 3DGS density control."""
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from embedtalk_sdk.audio.features import dataset_features
+from embedtalk_sdk.audio.mel import MelSpec, frame_windows
+from embedtalk_sdk.data.dataset import TalkingDataset
+from embedtalk_sdk.model.checkpoint import Checkpoint
+from embedtalk_sdk.model.deform import AU_SCALE, DeformConfig, DeformNet
+from embedtalk_sdk.model.gaussians import GaussianModel
+from embedtalk_sdk.train.losses import embedding_smoothness, knn_indices
+from embedtalk_sdk.train.lpips import LPIPS, load_lpips
+from embedtalk_sdk.train.render import gsplat_available, render
+from embedtalk_sdk.train.strategy import DensifyConfig, GradStats, densify_and_prune
+
+ProgressFn = Callable[[int, int, dict], None]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved into the checkpoint."""
+
+    iterations: int = 3000
+    audio_encoder: str = "mel"
+    hubert_path: str | None = None
+    lpips_weights: str | None = None  # None: ../shared/models default; missing file: LPIPS off
+    lambda_face: float = 0.01
+    lambda_mouth: float = 0.002
+    lambda_opacity: float = 1e-4
+    lambda_emb: float = 1.0
+    knn_k: int = 20
+    max_init_points: int = 100_000
+    init_points: int = 8000  # CPU-friendly default; the paper's dense init is <= 100k
+    lr_means: float = 1.6e-4
+    lr_means_final: float = 1.6e-6
+    lr_scales: float = 5e-3
+    lr_quats: float = 1e-3
+    lr_opacity: float = 2.5e-2
+    lr_colors: float = 5e-3
+    lr_embeddings: float = 2.5e-3
+    lr_network: float = 1e-3
+    lpips_every: int = 1
+    seed: int = 0
+    device: str = "auto"
+    deform: DeformConfig = field(default_factory=DeformConfig)
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Checkpoint
+    metrics: dict
+    losses: list[float]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class FrameData:
+    """A dataset's per-frame tensors: audio windows, AUs, cameras, images (lazily)."""
+
+    def __init__(self, dataset: TalkingDataset, features: np.ndarray, window: int, device: torch.device):
+        self.dataset = dataset
+        self.device = device
+        aud_ids = np.asarray(dataset.aud_ids)
+        windows = frame_windows(features, int(aud_ids.max()) + 1, fps=dataset.fps, window=window)
+        self.windows = torch.as_tensor(windows[aud_ids], device=device)
+        self.aus = torch.as_tensor(dataset.aus / AU_SCALE, dtype=torch.float32, device=device)
+        self.viewmats = torch.as_tensor(dataset.viewmats, device=device)
+        self.K = torch.as_tensor(dataset.K, device=device)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def image(self, i: int) -> torch.Tensor:
+        return torch.as_tensor(self.dataset.image(i), device=self.device)
+
+    def torso_bg(self, i: int) -> torch.Tensor:
+        return torch.as_tensor(self.dataset.torso_bg(i), device=self.device)
+
+
+def _mouth_crop(img: torch.Tensor, box: tuple[int, int, int, int], size: int = 64) -> torch.Tensor:
+    """[H,W,3] -> [1,3,size,size] crop of the mouth box, resized so AlexNet sees enough pixels."""
+    x0, y0, x1, y1 = box
+    crop = img[y0:y1, x0:x1].permute(2, 0, 1)[None]
+    return torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float((a - b).pow(2).mean())
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+class Trainer:
+    """Owns the model, the optimiser and the loop. `run()` returns a TrainResult."""
+
+    def __init__(self, data_dir: str | Path, cfg: TrainConfig, log: Callable[[str], None] = print):
+        self.cfg = cfg
+        self.log = log
+        torch.manual_seed(cfg.seed)
+        self.device = pick_device(cfg.device)
+        self.use_gsplat = gsplat_available(self.device)
+        self.data_dir = Path(data_dir)
+        train_set, val_set = TalkingDataset(data_dir, "train"), TalkingDataset(data_dir, "val")
+        features = dataset_features(
+            train_set.audio_path, cfg.audio_encoder, cfg.hubert_path, self.data_dir / "aud_hu.npy"
+        )
+        self.features = features
+        dcfg = DeformConfig.from_dict({**cfg.deform.to_dict(), "feature_dim": features.shape[1]})
+        self.train = FrameData(train_set, features, dcfg.window, self.device)
+        self.val = FrameData(val_set, features, dcfg.window, self.device)
+        self.gaussians = self._init_gaussians(train_set, dcfg.embed_dim).to(self.device)
+        self.deform = DeformNet(dcfg).to(self.device)
+        self.deform.audio_net.set_feature_stats(torch.as_tensor(features, device=self.device))
+        self.lpips = self._load_lpips()
+        self.optimizer = self._make_optimizer()
+        self.network_opt = torch.optim.Adam(self.deform.parameters(), lr=cfg.lr_network)
+
+    def _init_gaussians(self, ds: TalkingDataset, embed_dim: int) -> GaussianModel:
+        points = ds.points3d
+        if points is None:
+            points = _random_head_points(self.cfg.init_points, self.cfg.seed)
+            self.log("no points3d.npy in the dataset: initialising from a random point cloud around the head")
+        rng = np.random.default_rng(self.cfg.seed)
+        n = min(self.cfg.init_points, self.cfg.max_init_points)
+        if len(points) > n:
+            points = points[rng.choice(len(points), n, replace=False)]
+        return GaussianModel.from_points(points, embed_dim=embed_dim, seed=self.cfg.seed)
+
+    def _load_lpips(self) -> LPIPS | None:
+        metric = load_lpips(self.cfg.lpips_weights)
+        if metric is None:
+            warnings.warn(
+                "LPIPS backbone not found (pass --lpips-weights PATH to an AlexNet features state dict): "
+                "training with L1 only and lpips_val = null",
+                stacklevel=2,
+            )
+            return None
+        return metric.to(self.device)
+
+    def _make_optimizer(self) -> torch.optim.Adam:
+        c = self.cfg
+        lrs = {
+            "means": c.lr_means,
+            "quats": c.lr_quats,
+            "log_scales": c.lr_scales,
+            "sh0": c.lr_colors,
+            "opacity_logits": c.lr_opacity,
+            "embeddings": c.lr_embeddings,
+        }
+        groups = [{"params": [self.gaussians.params[k]], "lr": lr, "name": k} for k, lr in lrs.items()]
+        return torch.optim.Adam(groups, eps=1e-15)
+
+    def _set_means_lr(self, step: int) -> None:
+        t = step / max(self.cfg.iterations, 1)
+        lr = math.exp((1 - t) * math.log(self.cfg.lr_means) + t * math.log(self.cfg.lr_means_final))
+        for group in self.optimizer.param_groups:
+            if group["name"] == "means":
+                group["lr"] = lr
+
+    def render_frame(self, frames: FrameData, i: int, deformed: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (image [H,W,3], alpha [H,W], deformed means [N,3])."""
+        g = self.gaussians
+        if deformed:
+            dmu, dalpha = self.deform(g.embeddings, frames.windows[i : i + 1], frames.aus[i : i + 1])
+            means, opacities = g.means + dmu[0], g.opacities(dalpha[0])
+        else:
+            means, opacities = g.means, g.opacities()
+        image, alpha = render(
+            means, g.params["quats"], g.scales(), opacities, g.colors(),
+            frames.viewmats[i], frames.K, frames.torso_bg(i), self.use_gsplat,
+        )  # fmt: skip
+        return image, alpha, means
+
+    def loss(self, i: int, neighbours: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 12 on training frame i -> (loss, deformed means with retained grad)."""
+        c = self.cfg
+        image, _, means = self.render_frame(self.train, i)
+        means.retain_grad()
+        gt = self.train.image(i)
+        loss = (image - gt).abs().mean()
+        if self.lpips is not None and c.lpips_every and self._step % c.lpips_every == 0:
+            loss = loss + c.lambda_face * self.lpips(image.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None]).mean()
+            box = self.train.dataset.mouth_box(i)
+            loss = loss + c.lambda_mouth * self.lpips(_mouth_crop(image, box), _mouth_crop(gt, box)).mean()
+        g = self.gaussians
+        loss = loss + c.lambda_emb * embedding_smoothness(g.embeddings, g.means, neighbours)
+        loss = loss + c.lambda_opacity * g.opacities().mean()
+        return loss, means
+
+    def run(self, out_dir: str | Path, progress: ProgressFn | None = None) -> TrainResult:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        c, d = self.cfg, self.cfg.densify
+        rng = np.random.default_rng(c.seed)
+        neighbours = knn_indices(self.gaussians.means, c.knn_k)
+        stats = GradStats(len(self.gaussians))
+        losses: list[float] = []
+        start = time.perf_counter()
+        for step in range(c.iterations):
+            self._step = step
+            self._set_means_lr(step)
+            i = int(rng.integers(len(self.train)))
+            loss, means = self.loss(i, neighbours)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.network_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self._accumulate_grad_stats(stats, means, i)
+            self.optimizer.step()
+            self.network_opt.step()
+            losses.append(float(loss))
+            if d.start <= step < d.stop and step % d.every == 0 and step > 0:
+                counts = densify_and_prune(self.gaussians, self.optimizer, stats, d)
+                neighbours = knn_indices(self.gaussians.means, c.knn_k)
+                if progress is None:
+                    self.log(f"step {step}: {counts}")
+            if progress is not None:
+                progress(step + 1, c.iterations, {"loss": losses[-1], "gaussians": len(self.gaussians)})
+        train_seconds = time.perf_counter() - start
+        metrics = self.evaluate()
+        metrics.update(train_seconds=round(train_seconds, 1), iterations=c.iterations, gaussians=len(self.gaussians))
+        ckpt = Checkpoint(self.gaussians.cpu(), self.deform.cpu(), self._meta(metrics))
+        ckpt.save(out_dir / "ckpt.pt")
+        (out_dir / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
+        save_loss_plot(losses, out_dir / "loss.png")
+        return TrainResult(ckpt, metrics, losses)
+
+    def _accumulate_grad_stats(self, stats: GradStats, means: torch.Tensor, i: int) -> None:
+        """View-space positional gradient per Gaussian, in the units 3DGS thresholds (NDC)."""
+        if means.grad is None:
+            return
+        vm = self.train.viewmats[i]
+        z = (means.detach() @ vm[:3, :3].T + vm[:3, 3])[:, 2].clamp_min(1e-3)
+        fx = self.train.K[0, 0]
+        grad_px = means.grad.norm(dim=-1) * z / fx  # |dL/dmean2d| in 1/pixels
+        ndc = grad_px * 0.5 * self.train.dataset.width
+        stats.add(ndc.cpu(), (means.grad.abs().sum(-1) > 0).cpu())
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """PSNR and LPIPS on the validation split (the last 1/11 of frames)."""
+        psnrs, lp = [], []
+        for i in range(len(self.val)):
+            image, _, _ = self.render_frame(self.val, i)
+            gt = self.val.image(i)
+            psnrs.append(psnr(image.clamp(0, 1), gt))
+            if self.lpips is not None:
+                lp.append(float(self.lpips(image.clamp(0, 1).permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None])))
+        return {
+            "psnr_val": round(float(np.mean(psnrs)), 3),
+            "lpips_val": round(float(np.mean(lp)), 4) if lp else None,
+            "val_frames": len(self.val),
+        }
+
+    def _meta(self, metrics: dict) -> dict:
+        ds = self.train.dataset
+        aus = ds.aus
+        blink = aus[:, 5]
+        return {
+            "data_dir": str(self.data_dir.resolve()),
+            "width": ds.width,
+            "height": ds.height,
+            "fps": ds.fps,
+            "K": ds.K.tolist(),
+            "audio": {"encoder": self.cfg.audio_encoder, **MelSpec().to_dict(), "window": self.deform.cfg.window,
+                      "feature_dim": self.deform.cfg.feature_dim},
+            "aus": {
+                "neutral": np.median(aus, axis=0).round(4).tolist(),
+                "blink_peak": float(np.percentile(blink, 99)),
+                "blink_rate_hz": _blink_rate(blink, ds.fps),
+            },
+            "train": {k: v for k, v in self.cfg.to_dict().items() if k not in ("deform", "densify")},
+            "metrics": metrics,
+        }
+
+
+def _blink_rate(au45: np.ndarray, fps: float) -> float:
+    """Blinks per second: rising crossings of half the 99th percentile."""
+    peak = np.percentile(au45, 99)
+    if peak <= 0.5:
+        return 0.0
+    above = au45 > peak / 2
+    rises = int(np.count_nonzero(above[1:] & ~above[:-1]))
+    return round(rises / (len(au45) / fps), 4)
+
+
+def _random_head_points(n: int, seed: int) -> np.ndarray:
+    """[n, 6]: points in a head-sized ellipsoid at the origin with grey colour (no dense cloud given)."""
+    rng = np.random.default_rng(seed)
+    dirs = rng.normal(size=(n, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    xyz = dirs * np.array([0.09, 0.12, 0.1]) * rng.uniform(0.8, 1.0, size=(n, 1))
+    return np.concatenate([xyz, np.full((n, 3), 0.5)], axis=1).astype(np.float32)
+
+
+def save_loss_plot(losses: list[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(losses, lw=0.6, alpha=0.5, label="loss")
+    if len(losses) >= 50:
+        k = 50
+        smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+        ax.plot(np.arange(k - 1, len(losses)), smooth, lw=1.5, label=f"mean of {k}")
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (eq. 12)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,120 @@
+"""Checkpoint -> bundle: bake W_z gamma(z) into a per-Gaussian table, build deform.onnx, gather the
+camera and torso+background tracks, write everything with `write_bundle`.
+
+Size trade (docs/interfaces.md, DESIGN.md "Baking"): the bundle stores the baked table inside
+deform.onnx as fp32 [N, hidden] rather than z [N, 32] + W_z, so the runtime does no work at load and
+the engine builders see one constant; see the closing notes for the measured numbers.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from embedtalk_sdk.data.dataset import TalkingDataset
+from embedtalk_sdk.export.bundle import write_bundle
+from embedtalk_sdk.export.onnx_graph import build_deform_onnx, io_spec
+from embedtalk_sdk.model.checkpoint import Checkpoint
+from embedtalk_sdk.model.deform import AU_NAMES, BakedDeform
+
+DEFAULT_TRACK_FRAMES = 250  # 10 s at 25 fps: enough variety for idle motion, small enough to ship
+
+
+def bake(ckpt: Checkpoint) -> BakedDeform:
+    """The deformation network with W_z gamma(z) precomputed for every Gaussian."""
+    net = ckpt.deform.eval()
+    with torch.no_grad():
+        table = net.embedding_table(ckpt.gaussians.embeddings)
+    return BakedDeform(net, table).eval()
+
+
+def gaussian_arrays(ckpt: Checkpoint) -> dict[str, np.ndarray]:
+    """Activated canonical Gaussians, float32, as docs/interfaces.md names them."""
+    g = ckpt.gaussians
+    with torch.no_grad():
+        quats = torch.nn.functional.normalize(g.params["quats"], dim=-1)
+        arrays = {
+            "means": g.means,
+            "quats": quats,
+            "scales": g.scales(),
+            "opacity_logits": g.params["opacity_logits"],
+            "colors": g.colors(),
+        }
+        return {k: v.detach().cpu().numpy().astype(np.float32) for k, v in arrays.items()}
+
+
+def tracks(dataset: TalkingDataset, max_frames: int = DEFAULT_TRACK_FRAMES) -> tuple[np.ndarray, np.ndarray]:
+    """(viewmats [K,4,4] f32, torso_bg [Kb,H,W,3] uint8) from the first K training frames.
+
+    A torso+background that does not change (within 1/255) is stored once (Kb = 1).
+    """
+    k = min(max_frames, len(dataset))
+    viewmats = np.asarray(dataset.viewmats[:k], dtype=np.float32)
+    first = _to_uint8(dataset.torso_bg(0))
+    frames = [first]
+    static = True
+    for i in range(1, k):
+        frame = _to_uint8(dataset.torso_bg(i))
+        frames.append(frame)
+        if static and np.abs(frame.astype(np.int16) - first).max() > 1:
+            static = False
+    torso = first[None] if static else np.stack(frames)
+    return viewmats, torso
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+
+
+def export_bundle(
+    ckpt_path: str | Path,
+    out_path: str | Path,
+    data_dir: str | Path | None = None,
+    track_frames: int = DEFAULT_TRACK_FRAMES,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Export `ckpt_path` to a bundle at `out_path` (a folder `x.etk`, or `x.zip`).
+
+    data_dir: the training dataset (for the camera and torso+background tracks); defaults to the
+    path recorded in the checkpoint.
+    """
+    ckpt = Checkpoint.load(ckpt_path)
+    meta = ckpt.meta
+    data_dir = Path(data_dir or meta["data_dir"])
+    if not data_dir.is_dir():
+        raise FileNotFoundError(
+            f"{data_dir}: the training dataset is needed for the camera and torso tracks; pass --data DIR"
+        )
+    dataset = TalkingDataset(data_dir, "train")
+    viewmats, torso_bg = tracks(dataset, track_frames)
+    baked = bake(ckpt)
+    onnx_model = build_deform_onnx(baked)
+    arrays = gaussian_arrays(ckpt)
+    arrays.update(viewmats=viewmats, torso_bg=torso_bg)
+    manifest = {
+        "fps": meta["fps"],
+        "width": meta["width"],
+        "height": meta["height"],
+        "K": meta["K"],
+        "audio": meta["audio"],
+        "aus": {"names": list(AU_NAMES), **meta["aus"]},
+        "network": baked.net.cfg.to_dict(),
+        "gaussians": {"count": int(arrays["means"].shape[0])},
+        "onnx": {"deform": {"file": "deform.onnx", **io_spec(onnx_model)}},
+        "tracks": {"frames": int(len(viewmats)), "torso_frames": int(len(torso_bg))},
+        "engines": [],
+        "training": meta.get("metrics", {}),
+    }
+    path = write_bundle(out_path, manifest, arrays, {"deform.onnx": onnx_model.SerializeToString()})
+    log(f"wrote {path} ({bundle_megabytes(path):.2f} MB, {manifest['gaussians']['count']} Gaussians)")
+    return path
+
+
+def bundle_megabytes(path: str | Path) -> float:
+    """Size on disk of a bundle folder or zip, in MB (1e6 bytes)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size / 1e6
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
