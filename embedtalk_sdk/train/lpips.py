@@ -1,16 +1,17 @@
 """LPIPS (AlexNet, v0.1) without torchvision or a model hub.
 
 The backbone is torchvision's `alexnet().features` state dict from a local file (the SDK's tests use
-`../shared/models/lpips_alexnet_features.pth`); the calibrated linear layers ship inside the `lpips`
-package (`lpips/weights/v0.1/alex.pth`), read without importing it (its import pulls torchvision).
+`../shared/models/lpips_alexnet_features.pth`); the calibrated linear layers (4.6 kB, BSD-2, see
+weights/NOTICE.md) ship with the SDK, converted from the `lpips` package, whose import pulls in
+torchvision.
 The network and the distance follow Zhang et al. 2018 exactly: scaling layer, five ReLU outputs,
 channel-normalised squared differences, 1x1 linear layers, spatial mean, sum.
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,12 +21,7 @@ _CHANNELS = (64, 192, 384, 256, 256)
 DEFAULT_BACKBONE = Path(__file__).resolve().parents[2].parent / "shared" / "models" / "lpips_alexnet_features.pth"
 
 
-def lpips_linear_weights_path() -> Path:
-    """The `lpips` package's calibrated AlexNet linear layers (v0.1)."""
-    spec = importlib.util.find_spec("lpips")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("the `lpips` package is not installed: pip install 'embedtalk-sdk[train]'")
-    return Path(spec.origin).parent / "weights" / "v0.1" / "alex.pth"
+LINEAR_WEIGHTS = Path(__file__).parent / "weights" / "lpips_alex_v0.1_linear.npz"
 
 
 class AlexFeatures(nn.Module):
@@ -54,12 +50,14 @@ class AlexFeatures(nn.Module):
 class LPIPS(nn.Module):
     """LPIPS distance. forward(a, b): images [B,3,H,W] in [0,1] -> [B]."""
 
-    def __init__(self, backbone_path: str | Path, linear_path: str | Path | None = None):
+    def __init__(self, backbone_path: str | Path):
         super().__init__()
         self.net = AlexFeatures()
         self.net.features.load_state_dict(torch.load(backbone_path, map_location="cpu", weights_only=True))
-        lin = torch.load(linear_path or lpips_linear_weights_path(), map_location="cpu", weights_only=True)
-        self.lins = nn.ParameterList(nn.Parameter(lin[f"lin{k}.model.1.weight"]) for k in range(5))
+        with np.load(LINEAR_WEIGHTS, allow_pickle=False) as lin:
+            self.lins = nn.ParameterList(
+                nn.Parameter(torch.from_numpy(lin[f"lin{k}"]).view(1, c, 1, 1)) for k, c in enumerate(_CHANNELS)
+            )
         self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor(_SCALE).view(1, 3, 1, 1))
         self.eval().requires_grad_(False)
