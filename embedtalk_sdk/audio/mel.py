@@ -128,6 +128,11 @@ class MelStreamer:
         """Samples fed so far."""
         return self._n_samples
 
+    @property
+    def buffered_samples(self) -> int:
+        """Samples (padding included) kept for the next rows; < n_fft after each feed()."""
+        return self._buf.shape[0]
+
     def feed(self, chunk: np.ndarray) -> np.ndarray:
         """Add samples float [s] (any length, 0 too); return the newly complete rows [K, n_mels]."""
         if self._flushed:
