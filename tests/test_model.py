@@ -1,0 +1,151 @@
+"""Model, baking, deform.onnx parity, checkpoints, density control, loss terms."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from embedtalk_sdk.export.onnx_graph import build_deform_onnx, io_spec
+from embedtalk_sdk.functional.encoding import encoded_dim, positional_encoding
+from embedtalk_sdk.model.checkpoint import Checkpoint, CheckpointError
+from embedtalk_sdk.model.deform import BakedDeform, DeformConfig, DeformNet
+from embedtalk_sdk.model.gaussians import GaussianModel
+from embedtalk_sdk.train.losses import embedding_smoothness, knn_indices
+from embedtalk_sdk.train.strategy import DensifyConfig, GradStats, densify_and_prune
+
+
+def random_net(cfg: DeformConfig = DeformConfig(), seed: int = 0) -> DeformNet:
+    """A DeformNet with every weight random (heads included: the default init is zero)."""
+    torch.manual_seed(seed)
+    net = DeformNet(cfg)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.2)
+    net.audio_net.set_feature_stats(torch.randn(200, cfg.feature_dim) * 2 + 1)
+    return net
+
+
+def test_positional_encoding_matches_formula():
+    x = torch.tensor([[0.3, -1.2]])
+    out = positional_encoding(x, 2)
+    expected = [0.3, -1.2]
+    for k in range(2):
+        f = (2**k) * math.pi
+        expected += [math.sin(f * 0.3), math.sin(f * -1.2), math.cos(f * 0.3), math.cos(f * -1.2)]
+    assert out.shape[-1] == encoded_dim(2, 2)
+    assert torch.allclose(out[0], torch.tensor(expected), atol=1e-6)
+
+
+def test_split_first_layer_equals_linear_on_concatenation():
+    """Eq. 9 feeds gamma(z) (+) a (+) gamma(e) to one MLP; our split layer must be that MLP."""
+    cfg = DeformConfig(feature_dim=8)
+    net = random_net(cfg)
+    z, win, aus = torch.randn(50, cfg.embed_dim), torch.randn(3, cfg.window, 8), torch.rand(3, 6)
+    dmu, dalpha = net(z, win, aus)
+    gz = positional_encoding(z, cfg.embed_freqs)
+    a = net.audio_net(win)
+    ge = positional_encoding(aus, cfg.au_freqs)
+    first = torch.nn.Linear(gz.shape[1] + a.shape[1] + ge.shape[1], cfg.hidden)
+    with torch.no_grad():
+        first.weight.copy_(torch.cat([net.embed_proj.weight, net.audio_proj.weight, net.au_proj.weight], 1))
+        first.bias.copy_(net.audio_proj.bias)
+    x = torch.cat([gz[None].expand(3, -1, -1), a[:, None].expand(-1, 50, -1), ge[:, None].expand(-1, 50, -1)], -1)
+    h = torch.relu(first(x))
+    for layer in net.trunk:
+        h = torch.relu(layer(h))
+    assert torch.allclose(dmu, net.mu_head(h), atol=1e-5)
+    assert torch.allclose(dalpha, net.alpha_head(h)[..., 0], atol=1e-5)
+
+
+def test_baked_equals_unbaked_and_onnx_equals_torch():
+    cfg = DeformConfig(feature_dim=16)
+    net = random_net(cfg).eval()
+    z = torch.randn(3000, cfg.embed_dim)
+    with torch.no_grad():
+        baked = BakedDeform(net, net.embedding_table(z))
+        win, aus = torch.randn(5, cfg.window, 16), torch.rand(5, 6)
+        ref_mu, ref_alpha = net(z, win, aus)
+        b_mu, b_alpha = baked(win, aus)
+    assert torch.allclose(ref_mu, b_mu, atol=1e-6) and torch.allclose(ref_alpha, b_alpha, atol=1e-6)
+    model = build_deform_onnx(baked)
+    spec = io_spec(model)
+    assert spec["inputs"] == {"audio_window": ["batch", cfg.window, 16], "aus": ["batch", 6]}
+    assert spec["outputs"] == {"delta_means": ["batch", 3000, 3], "delta_opacity": ["batch", 3000]}
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    mu, alpha = sess.run(["delta_means", "delta_opacity"], {"audio_window": win.numpy(), "aus": aus.numpy()})
+    assert np.abs(mu - ref_mu.numpy()).max() <= 1e-4
+    assert np.abs(alpha - ref_alpha.numpy()).max() <= 1e-4
+    assert np.abs(ref_mu.numpy()).max() > 1e-2  # the comparison is not between zeros
+
+
+def _gaussians(n: int = 400, seed: int = 0) -> GaussianModel:
+    rng = np.random.default_rng(seed)
+    pts = np.concatenate([rng.normal(scale=0.05, size=(n, 3)), rng.uniform(size=(n, 3))], 1).astype(np.float32)
+    return GaussianModel.from_points(pts, embed_dim=8)
+
+
+def test_checkpoint_round_trip_and_refusals(tmp_path):
+    ckpt = Checkpoint(_gaussians(), random_net(DeformConfig(feature_dim=8)), {"fps": 25})
+    path = ckpt.save(tmp_path / "run" / "ckpt.pt")
+    back = Checkpoint.load(path)
+    for k, v in ckpt.gaussians.params.items():
+        assert torch.equal(v, back.gaussians.params[k])
+    for k, v in ckpt.deform.state_dict().items():
+        assert torch.equal(v, back.deform.state_dict()[k])
+    assert back.meta == {"fps": 25} and back.deform.cfg == ckpt.deform.cfg
+    assert [p.name for p in path.parent.iterdir()] == ["ckpt.pt"]  # no temp file left behind
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated.pt.*truncated or corrupt"):
+        Checkpoint.load(truncated)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        Checkpoint.load(tmp_path / "missing.pt")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(CheckpointError, match="not an EmbedTalk checkpoint"):
+        Checkpoint.load(foreign)
+
+
+def test_embedding_smoothness_matches_eq_11():
+    torch.manual_seed(0)
+    means, z = torch.randn(30, 3) * 0.02, torch.randn(30, 4)
+    nbrs = knn_indices(means, k=5)
+    brute = torch.cdist(means, means).fill_diagonal_(float("inf")).topk(5, largest=False).indices
+    assert torch.equal(nbrs.sort(1).values, brute.sort(1).values)
+    total = 0.0
+    for i in range(30):
+        for j in nbrs[i].tolist():
+            w = math.exp(-2000 * float((means[i] - means[j]).pow(2).sum()))
+            total += w * float((z[i] - z[j]).norm())
+    assert embedding_smoothness(z, means, nbrs) == pytest.approx(total / (30 * 5), rel=1e-5)
+
+
+def test_densify_and_prune_keep_every_tensor_and_optimizer_state_in_step():
+    g = _gaussians(200)
+    opt = torch.optim.Adam([{"params": [p], "lr": 1e-3, "name": k} for k, p in g.params.items()])
+    loss = sum(p.pow(2).sum() for p in g.params.values())
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        g.params["log_scales"][:] = math.log(0.001)
+        g.params["opacity_logits"][:10] = -10.0  # these must be pruned
+        g.params["log_scales"][10:20] = math.log(0.05)  # big: split
+    stats = GradStats(len(g))
+    hot = torch.zeros(len(g), dtype=torch.bool)
+    hot[10:30] = True  # 10 big (split) + 10 small (clone)
+    stats.add(torch.where(hot, 1.0, 0.0), torch.ones(len(g), dtype=torch.bool))
+    counts = densify_and_prune(g, opt, stats, DensifyConfig(grad_threshold=0.5, split_scale=0.01))
+    assert counts["cloned"] == 10 and counts["split"] == 10 and counts["pruned"] == 10
+    assert len(g) == 200 + 20 - 10
+    for group in opt.param_groups:
+        param = group["params"][0]
+        assert param is g.params[group["name"]]
+        assert param.shape[0] == len(g)
+        assert opt.state[param]["exp_avg"].shape == param.shape
+    # The optimiser still steps after the topology change.
+    sum(p.pow(2).sum() for p in g.params.values()).backward()
+    opt.step()
