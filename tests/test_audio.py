@@ -61,7 +61,8 @@ def test_16k_mono_passes_through_exactly(tmp_path):
 
 
 def test_int_pcm_is_scaled():
-    np.testing.assert_allclose(prepare_audio(np.array([16384, -32768, 0], np.int16), SR), [0.5, -1, 0])
+    i16 = np.array([16384, -32768, 0], np.int16)
+    np.testing.assert_allclose(prepare_audio(i16, SR), [0.5, -1, 0])
     np.testing.assert_allclose(prepare_audio(np.array([128, 0, 192], np.uint8), SR), [0, -1, 0.5])
     i32 = np.array([2**30, -(2**31)], np.int32)
     np.testing.assert_allclose(prepare_audio(i32, SR), [0.5, -1.0])
@@ -154,7 +155,8 @@ def test_png_named_wav(tmp_path):
 
     header = struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0)
     pixels = zlib.compress((b"\x00" + b"\xff\x00\x00" * 2) * 2)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    png = b"\x89PNG\r\n\x1a\n" + body
     path = tmp_path / "picture.wav"
     path.write_bytes(png)
     refused(path, "not audio")

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 __all__ = ["AudioError", "load_audio", "prepare_audio", "decode_audio"]
 
@@ -208,5 +207,7 @@ def _check_rate(rate: float, name: str, what: str) -> int:
 def _resample(x: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
     if source_rate == target_rate:
         return x
+    from scipy.signal import resample_poly  # local: scipy.signal takes ~0.5 s to import
+
     ratio = Fraction(target_rate, source_rate)
     return resample_poly(x, ratio.numerator, ratio.denominator)
