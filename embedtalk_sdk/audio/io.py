@@ -11,6 +11,9 @@ copy or download) and returns fewer samples than the header declares. We refuse 
 silently shorter clip becomes a silently shorter video. The streaming placeholders that pipe
 writers use for the data size (0 and 0xFFFFFFFF) are accepted and read to the end of the file
 (size 0 through PyAV, as libsndfile reads it as empty).
+
+Compressed files (AAC, MP3) decode with the encoder's tail padding (AAC: up to 1024 samples at
+the source rate, ffmpeg does not trim it from .mp4/.m4a): a clip may gain up to ~64 ms of silence.
 """
 from __future__ import annotations
 
