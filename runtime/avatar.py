@@ -1,0 +1,420 @@
+"""`Avatar`: play a bundle — audio in, uint8 frames (or an MP4) out. Never imports torch.
+
+    from embedtalk_sdk import Avatar
+    avatar = Avatar.load("alice.etk")            # backend="auto" | "onnxruntime" | "torch"
+    video = avatar.speak("hello.wav")            # uint8 [T, H, W, 3] at avatar.fps
+    avatar.speak("hello.wav", out="out.mp4")     # H.264 + AAC, frames streamed to the encoder
+    for frame in avatar.stream(chunks): ...      # 16 kHz PCM chunks in, frames out as ready
+
+Frame n uses the audio-feature window of `frame_windows` (docs/interfaces.md), AUs for frame n
+(given, or neutral + generated blinks), camera viewmats[pingpong(n, K)] and torso/background
+image torso_bg[pingpong(n, Kb)]. The network runs on batches of `batch` frames.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from embedtalk_sdk.audio.io import AudioError, load_audio, prepare_audio
+from embedtalk_sdk.audio.mel import MelSpec, MelStreamer, frame_windows, log_mel, n_video_frames, rows_needed, window_bounds
+from embedtalk_sdk.camera import pingpong
+from embedtalk_sdk.runtime.backends.base import N_AUS, Backend, create_backend
+from embedtalk_sdk.runtime.bundle import Bundle, BundleError
+
+AU_SCALE = 5.0  # AU intensities are 0..5 (OpenFace); the network sees AU / 5
+BLINK_AU = "AU45"
+BLINK_SEED = 0
+SUPPORTED_ENCODERS = ("mel", "features")
+
+Progress = bool | Callable[[int, int], None]
+
+
+def _get(bundle: Bundle, dotted: str) -> Any:
+    """manifest["a"]["b"] for "a.b", or a BundleError naming the missing key."""
+    node: Any = bundle.manifest
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            raise BundleError(f"bundle {bundle.path}: manifest lacks {dotted!r}")
+        node = node[key]
+    return node
+
+
+class BlinkSchedule:
+    """Deterministic eye blinks: AU45 over time, as a sequence of raised-sine bumps.
+
+    Gaps between blink onsets are period * U(0.5, 1.5) drawn from a seeded generator one blink at
+    a time, so the schedule does not depend on how frames are requested (speak == stream).
+    Requests must move forward in time; blinks that ended are dropped (bounded memory).
+    """
+
+    def __init__(self, period_s: float, duration_s: float, peak: float, fps: float, seed: int = BLINK_SEED) -> None:
+        self.period, self.duration, self.peak, self.fps = float(period_s), float(duration_s), float(peak), float(fps)
+        self._rng = np.random.default_rng(seed)
+        self._onsets: list[float] = []
+        self._last = 0.0  # onset of the most recent blink drawn (0 = clip start, not a blink)
+
+    def values(self, n0: int, n1: int) -> np.ndarray:
+        """AU45 intensity (0..peak) for frames n0..n1-1, float32 [n1-n0]."""
+        t = np.arange(n0, n1, dtype=np.float64) / self.fps
+        out = np.zeros(t.shape, dtype=np.float32)
+        if t.size == 0 or self.period <= 0 or self.duration <= 0 or self.peak <= 0:
+            return out
+        while self._last <= t[-1]:
+            self._last += self.period * self._rng.uniform(0.5, 1.5)
+            self._onsets.append(self._last)
+        self._onsets = [o for o in self._onsets if o + self.duration > t[0]]
+        for onset in self._onsets:
+            phase = (t - onset) / self.duration
+            bump = np.where((phase > 0) & (phase < 1), np.sin(np.pi * np.clip(phase, 0, 1)), 0.0)
+            np.maximum(out, self.peak * bump, out=out)
+        return out
+
+
+class Avatar:
+    """A loaded avatar bundle plus the backend that plays it.
+
+    Create with `Avatar.load(path)`. Not thread-safe: use one Avatar per thread.
+    """
+
+    def __init__(self, bundle: Bundle, backend: Backend, batch: int = 8) -> None:
+        """Use `Avatar.load`; this wires an already-open bundle to an already-built backend."""
+        self._bundle, self._backend, self._batch = bundle, backend, int(batch)
+        self._fps = float(_get(bundle, "fps"))
+        self._width, self._height = int(_get(bundle, "width")), int(_get(bundle, "height"))
+        self._load_audio_spec()
+        self._load_aus()
+        self._load_tracks()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, backend: str = "auto", batch: int = 8) -> "Avatar":
+        """Open and verify the bundle at `path` (an `.etk` folder or a `.zip`) and create its backend.
+
+        backend: "auto" (the fastest that works here; logged at INFO on "embedtalk_sdk.runtime"),
+            "onnxruntime" or "torch". batch: frames per network call.
+        Raises BundleError (bad/corrupt/too-new bundle), ValueError (unknown backend),
+        BackendError (the backend cannot run here).
+        """
+        bundle = Bundle.open(path)
+        return cls(bundle, create_backend(backend, bundle), batch=batch)
+
+    # ------------------------------------------------------------ set-up
+
+    def _load_audio_spec(self) -> None:
+        audio = _get(self._bundle, "audio")
+        self._encoder = _get(self._bundle, "audio.encoder")
+        if self._encoder not in SUPPORTED_ENCODERS:
+            raise BundleError(
+                f"bundle {self._bundle.path} uses audio encoder {self._encoder!r}; this runtime plays "
+                f"{' and '.join(SUPPORTED_ENCODERS)} bundles (re-export with --audio-encoder mel, or pass features=)"
+            )
+        self._window = int(_get(self._bundle, "audio.window"))
+        self._feature_dim = int(_get(self._bundle, "audio.feature_dim"))
+        self._mel = MelSpec.from_dict(audio) if self._encoder == "mel" else None
+        default_rate = self._mel.rate if self._mel else 50.0
+        self._rate = float(audio.get("rate", default_rate))  # feature rows per second
+        if self._mel is not None and (self._mel.n_mels != self._feature_dim or self._rate != self._mel.rate):
+            raise BundleError(f"bundle {self._bundle.path}: audio block is inconsistent: {audio}")
+
+    def _load_aus(self) -> None:
+        names = list(_get(self._bundle, "aus.names"))
+        neutral = np.asarray(_get(self._bundle, "aus.neutral"), dtype=np.float32)
+        if len(names) != N_AUS or neutral.shape != (N_AUS,):
+            raise BundleError(f"bundle {self._bundle.path}: aus.names/neutral must have {N_AUS} entries")
+        self._neutral = neutral
+        self._blink_index = names.index(BLINK_AU) if BLINK_AU in names else None
+        self._blink = (
+            float(_get(self._bundle, "aus.blink_period_s")),
+            float(_get(self._bundle, "aus.blink_duration_s")),
+            float(_get(self._bundle, "aus.blink_peak")),
+        )
+
+    def _load_tracks(self) -> None:
+        b = self._bundle
+        self._viewmats = np.ascontiguousarray(b.array("viewmats"), dtype=np.float32)
+        self._torso = b.array("torso_bg")
+        k, kb = int(_get(b, "tracks.frames")), int(_get(b, "tracks.torso_frames"))
+        if self._viewmats.shape != (k, 4, 4) or k < 1:
+            raise BundleError(f"{b.path}/viewmats.npy has shape {self._viewmats.shape}, expected ({k}, 4, 4)")
+        want = (kb, self._height, self._width, 3)
+        if self._torso.shape != want or self._torso.dtype != np.uint8 or kb < 1:
+            raise BundleError(f"{b.path}/torso_bg.npy is {self._torso.dtype} {self._torso.shape}, expected uint8 {want}")
+        self._bg = np.empty((self._height, self._width, 3), dtype=np.float32)
+        self._bg_index = -1
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def fps(self) -> float:
+        """Video frames per second."""
+        return self._fps
+
+    @property
+    def width(self) -> int:
+        """Frame width in pixels."""
+        return self._width
+
+    @property
+    def height(self) -> int:
+        """Frame height in pixels."""
+        return self._height
+
+    @property
+    def backend_name(self) -> str:
+        """The backend that plays this avatar ("onnxruntime", "torch", ...)."""
+        return self._backend.name
+
+    @property
+    def bundle(self) -> Bundle:
+        """The open bundle."""
+        return self._bundle
+
+    def n_frames(self, n_samples: int, sample_rate: int = 16000) -> int:
+        """Frames `speak` makes for a clip of n_samples: round(duration * fps)."""
+        return n_video_frames(n_samples, sample_rate=sample_rate, fps=self._fps)
+
+    def __repr__(self) -> str:
+        return f"Avatar({str(self._bundle.path)!r}, {self._width}x{self._height} @ {self._fps:g} fps, backend={self.backend_name!r})"
+
+    # ------------------------------------------------------------ offline
+
+    def speak(
+        self,
+        audio: str | os.PathLike | np.ndarray | None,
+        out: str | os.PathLike | None = None,
+        aus: np.ndarray | None = None,
+        sample_rate: int | None = None,
+        progress: Progress = False,
+        features: np.ndarray | None = None,
+    ) -> np.ndarray | Path:
+        """Render the avatar speaking `audio`.
+
+        Args:
+            audio: a file path (any format `load_audio` reads), or samples [S] / [S, C] (float in
+                [-1, 1] or integer PCM) with `sample_rate` given. May be None when `features` is.
+            out: optional .mp4 path: frames are encoded as they are made (H.264 + the audio as
+                AAC) and never all held in memory; the path is returned instead of the frames.
+            aus: optional action units, OpenFace intensities 0..5: [T, 6] (one row per frame, at
+                least T rows) or [6] (constant). None: the bundle's neutral AUs plus blinks.
+            sample_rate: rate of an array `audio` in Hz (required for arrays).
+            progress: True prints "frame i/T" to stderr; a callable gets (done, total).
+            features: precomputed audio features [M, F] (or [M, 2, F]) at the bundle's feature
+                rate (50 Hz), used instead of the bundle's encoder; required for bundles whose
+                encoder is "features". With audio None, T = round(M * fps / rate).
+
+        Returns:
+            uint8 [T, H, W, 3] with T = round(duration * fps), or the Path of `out`.
+        """
+        samples, feats, t = self._prepare(audio, sample_rate, features)
+        frames = self._frames(feats, t, self._au_source(aus, t), progress)
+        if out is not None:
+            from embedtalk_sdk.video import write_mp4  # PyAV: only needed for files
+
+            if t == 0:
+                raise AudioError(f"{audio}: too short for one video frame at {self._fps:g} fps")
+            write_mp4(out, (f.copy() for f in frames), fps=self._fps, audio=samples, sample_rate=16000)
+            return Path(out)
+        video = np.empty((t, self._height, self._width, 3), dtype=np.uint8)
+        for n, frame in enumerate(frames):
+            video[n] = frame
+        return video
+
+    def frames(
+        self,
+        audio: str | os.PathLike | np.ndarray | None,
+        aus: np.ndarray | None = None,
+        sample_rate: int | None = None,
+        progress: Progress = False,
+        features: np.ndarray | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Like `speak`, but yields the frames (uint8 [H, W, 3], each a new array) one by one."""
+        _, feats, t = self._prepare(audio, sample_rate, features)  # errors raise here, not at next()
+        return (frame.copy() for frame in self._frames(feats, t, self._au_source(aus, t), progress))
+
+    def _prepare(
+        self, audio: Any, sample_rate: int | None, features: np.ndarray | None
+    ) -> tuple[np.ndarray | None, np.ndarray, int]:
+        """-> (16 kHz mono samples or None, feature rows [M, F], frame count T)."""
+        samples = None if audio is None else self._load_samples(audio, sample_rate)
+        if features is not None:
+            feats = self._check_features(features)
+            if samples is None:
+                return None, feats, n_video_frames(feats.shape[0], sample_rate=self._rate, fps=self._fps)
+            return samples, feats, self.n_frames(samples.shape[0])
+        if self._mel is None:
+            raise ValueError(
+                f"bundle {self._bundle.path} uses precomputed audio features: pass features= "
+                f"([M, {self._feature_dim}] rows at {self._rate:g} Hz)"
+            )
+        if samples is None:
+            raise ValueError("speak: give audio (a path or an array) or features=")
+        return samples, log_mel(samples, self._mel), self.n_frames(samples.shape[0])
+
+    @staticmethod
+    def _load_samples(audio: Any, sample_rate: int | None) -> np.ndarray:
+        if isinstance(audio, (str, os.PathLike)):
+            if sample_rate is not None:
+                raise ValueError("sample_rate is for array audio; files carry their own rate")
+            return load_audio(audio, 16000)
+        if sample_rate is None:
+            raise ValueError("audio is an array: pass its sample_rate= (Hz)")
+        return prepare_audio(np.asarray(audio), sample_rate, sample_rate=16000)
+
+    def _check_features(self, features: np.ndarray) -> np.ndarray:
+        feats = np.asarray(features, dtype=np.float32)
+        if feats.ndim == 3:  # ER-NeRF aud_hu.npy: [M, 2, F], two 50 Hz rows per 25 fps frame
+            feats = feats.reshape(-1, feats.shape[-1])
+        if feats.ndim != 2 or feats.shape[0] == 0 or feats.shape[1] != self._feature_dim:
+            raise ValueError(f"features must be [M, {self._feature_dim}] (M > 0), got shape {np.shape(features)}")
+        if not np.isfinite(feats).all():
+            raise ValueError("features contain NaN or Inf")
+        return feats
+
+    # ------------------------------------------------------------ AUs
+
+    def _au_source(self, aus: np.ndarray | None, t: int | None) -> Callable[[int, int], np.ndarray]:
+        """A function (n0, n1) -> network AUs [n1-n0, 6] (intensity / 5) for frames n0..n1-1."""
+        if aus is None:
+            blinks = BlinkSchedule(*self._blink, fps=self._fps)
+            base = self._neutral / AU_SCALE
+
+            def generated(n0: int, n1: int) -> np.ndarray:
+                out = np.repeat(base[None], n1 - n0, axis=0)
+                if self._blink_index is not None:
+                    i = self._blink_index
+                    out[:, i] = np.maximum(out[:, i], blinks.values(n0, n1) / AU_SCALE)
+                return out
+
+            return generated
+        a = np.asarray(aus, dtype=np.float32)
+        if a.shape == (N_AUS,):
+            a = a[None]
+            return lambda n0, n1: np.repeat(a / AU_SCALE, n1 - n0, axis=0)
+        if a.ndim != 2 or a.shape[1] != N_AUS or (t is not None and a.shape[0] < t):
+            raise ValueError(f"aus must be [{N_AUS}] or [T, {N_AUS}] with T >= {t} frames, got shape {a.shape}")
+        return lambda n0, n1: a[n0:n1] / AU_SCALE
+
+    # ------------------------------------------------------------ the frame loop
+
+    def _frames(
+        self, feats: np.ndarray, t: int, aus: Callable[[int, int], np.ndarray], progress: Progress
+    ) -> Iterator[np.ndarray]:
+        """Frames 0..t-1 from whole-clip features; yields a reused buffer (copy to keep)."""
+        report = _progress_reporter(progress, t)
+        for n0 in range(0, t, self._batch):
+            b = min(self._batch, t - n0)
+            windows = frame_windows(feats, b, self._fps, self._rate, self._window, first_frame=n0)
+            yield from self._render_batch(n0, windows, aus(n0, n0 + b))
+            report(n0 + b)
+
+    def _render_batch(self, n0: int, windows: np.ndarray, aus: np.ndarray) -> Iterator[np.ndarray]:
+        delta_means, delta_opacity = self._backend.deform(windows, aus)
+        frame = np.empty((self._height, self._width, 3), dtype=np.uint8)
+        for i in range(windows.shape[0]):
+            n = n0 + i
+            viewmat = self._viewmats[int(pingpong(n, self._viewmats.shape[0]))]
+            background = self._background(int(pingpong(n, self._torso.shape[0])))
+            yield self._backend.render(delta_means[i], delta_opacity[i], viewmat, background, out=frame)
+
+    def _background(self, k: int) -> np.ndarray:
+        if k != self._bg_index:
+            np.multiply(self._torso[k], np.float32(1.0 / 255.0), out=self._bg)
+            self._bg_index = k
+        return self._bg
+
+    # ------------------------------------------------------------ real time
+
+    def stream(self, chunks: Iterable[np.ndarray], sample_rate: int = 16000) -> Iterator[np.ndarray]:
+        """Real-time playback: mono PCM chunks in, frames (uint8 [H, W, 3], new arrays) out.
+
+        chunks: any iterable of 1-D float (in [-1, 1]) or int16 arrays at 16 kHz, of any sizes.
+        Frame n is yielded as soon as its feature window is complete (about window/2 feature rows,
+        ~160 ms of audio, after its time stamp); the rest come when `chunks` ends. Only a bounded
+        buffer of feature rows is kept, so streams may be arbitrarily long. Uses the generated
+        AUs (neutral + blinks). Gives the same frames as `speak` on the concatenated audio.
+        Only bundles with the "mel" encoder stream.
+        """
+        if self._mel is None:
+            raise ValueError(f"bundle {self._bundle.path} uses precomputed features; it cannot stream audio")
+        if sample_rate != self._mel.sample_rate:
+            raise ValueError(f"stream takes {self._mel.sample_rate} Hz chunks, got sample_rate={sample_rate}")
+        return self._stream(chunks)
+
+    def _stream(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        mel = MelStreamer(self._mel)
+        buf = _RowBuffer(self._feature_dim)
+        aus = self._au_source(None, None)
+        n = 0  # next frame to yield
+        for chunk in chunks:
+            buf.append(mel.feed(_pcm_to_float(chunk)))
+            ready = self._frames_ready(n, buf.end, self.n_frames(mel.n_samples))
+            yield from self._stream_frames(buf, n, ready, aus)
+            n = ready
+            buf.drop_before(window_bounds(n, self._fps, self._rate, self._window)[0])
+        buf.append(mel.flush())
+        yield from self._stream_frames(buf, n, self.n_frames(mel.n_samples), aus)
+
+    def _frames_ready(self, n: int, rows: int, lower_bound_t: int) -> int:
+        # Frame n is final once its window's rows exist and the clip surely has frame n.
+        while n < lower_bound_t and rows_needed(n, self._fps, self._rate, self._window) <= rows:
+            n += 1
+        return n
+
+    def _stream_frames(
+        self, buf: "_RowBuffer", n0: int, n1: int, aus: Callable[[int, int], np.ndarray]
+    ) -> Iterator[np.ndarray]:
+        for a in range(n0, n1, self._batch):
+            b = min(self._batch, n1 - a)
+            windows = frame_windows(
+                buf.rows, b, self._fps, self._rate, self._window, first_frame=a, row_offset=buf.start
+            )
+            for frame in self._render_batch(a, windows, aus(a, a + b)):
+                yield frame.copy()
+
+
+class _RowBuffer:
+    """Feature rows [start, end) of a stream; old rows are dropped, so memory stays bounded."""
+
+    def __init__(self, dim: int) -> None:
+        self.rows = np.zeros((0, dim), dtype=np.float32)
+        self.start = 0
+
+    @property
+    def end(self) -> int:
+        return self.start + self.rows.shape[0]
+
+    def append(self, new: np.ndarray) -> None:
+        if new.shape[0]:
+            self.rows = np.concatenate([self.rows, new.astype(np.float32, copy=False)])
+
+    def drop_before(self, row: int) -> None:
+        k = min(max(0, row - self.start), self.rows.shape[0] - 1)  # keep >= 1 row for edge repeats
+        if k > 0:
+            self.rows = self.rows[k:].copy()
+            self.start += k
+
+
+def _pcm_to_float(chunk: np.ndarray) -> np.ndarray:
+    x = np.asarray(chunk)
+    if x.ndim != 1:
+        raise ValueError(f"stream chunks must be mono 1-D arrays, got shape {x.shape}")
+    if x.dtype == np.int16:
+        return x.astype(np.float32) / 32768.0
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"stream chunks must be float or int16 PCM, got {x.dtype}")
+    return x
+
+
+def _progress_reporter(progress: Progress, total: int) -> Callable[[int], None]:
+    if callable(progress):
+        return lambda done: progress(done, total)
+    if not progress:
+        return lambda done: None
+
+    def report(done: int) -> None:
+        print(f"\rframe {done}/{total}", end="\n" if done >= total else "", file=sys.stderr, flush=True)
+
+    return report

@@ -1,0 +1,259 @@
+"""The backend contract, the shared CPU renderer, and the backend registry (no torch here).
+
+A backend turns per-frame audio windows and AUs into Gaussian offsets (`deform`) and offsets
+into a uint8 frame (`render`). `Avatar` does everything else (audio, AUs, batching, tracks).
+Backends are imported lazily by `create_backend`, so a missing optional dependency (torch,
+TensorRT) only matters to the backend that needs it.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from scipy.special import expit
+
+from embedtalk_sdk.runtime.bundle import Bundle, BundleError
+
+log = logging.getLogger("embedtalk_sdk.runtime")
+
+N_AUS = 6
+DEFORM_INPUTS = ("audio_window", "aus")
+DEFORM_OUTPUTS = ("delta_means", "delta_opacity")
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What `Avatar` needs from a backend. Built as `SomeBackend(bundle)`."""
+
+    name: str
+
+    def deform(self, audio_window: np.ndarray, aus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """audio_window float32 [B,W,F], aus float32 [B,6] (AU intensity / 5)
+        -> (delta_means float32 [B,N,3], delta_opacity float32 [B,N]).
+
+        The returned arrays may be buffers that the next `deform` call overwrites."""
+        ...
+
+    def render(
+        self,
+        delta_means: np.ndarray,
+        delta_opacity: np.ndarray,
+        viewmat: np.ndarray,
+        background: np.ndarray,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """One frame: delta_means [N,3], delta_opacity [N], viewmat [4,4] (w2c, OpenCV),
+        background float32 [H,W,3] in [0,1] -> uint8 [H,W,3] (written into `out` if given)."""
+        ...
+
+
+# ---------------------------------------------------------------- the deform graph's I/O
+
+
+@dataclass(frozen=True)
+class DeformIO:
+    """The baked network's interface as the manifest declares it (`onnx.deform`)."""
+
+    file: str
+    window: int
+    feature_dim: int
+    n_gaussians: int
+    inputs: dict[str, list]  # name -> shape, symbolic dims as strings
+    outputs: dict[str, list]
+
+    def expected(self) -> dict[str, list]:
+        """Shapes the rest of the manifest implies (None = any size, the batch)."""
+        w, f, n = self.window, self.feature_dim, self.n_gaussians
+        return {
+            "audio_window": [None, w, f],
+            "aus": [None, N_AUS],
+            "delta_means": [None, n, 3],
+            "delta_opacity": [None, n],
+        }
+
+
+def _shape(value: Any) -> list:
+    return list(value["shape"] if isinstance(value, dict) else value)
+
+
+def deform_io(bundle: Bundle) -> DeformIO:
+    """Read and cross-check the deform graph's declared I/O against the manifest."""
+    m = bundle.manifest
+    try:
+        spec = m["onnx"]["deform"]
+        io = DeformIO(
+            file=spec["file"],
+            window=int(m["audio"]["window"]),
+            feature_dim=int(m["audio"]["feature_dim"]),
+            n_gaussians=int(m["gaussians"]["count"]),
+            inputs={k: _shape(v) for k, v in spec["inputs"].items()},
+            outputs={k: _shape(v) for k, v in spec["outputs"].items()},
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"bundle {bundle.path}: manifest lacks or mangles {e} (onnx.deform / audio / gaussians)") from None
+    declared = {**io.inputs, **io.outputs}
+    for name, want in io.expected().items():
+        if name not in declared:
+            raise BundleError(f"bundle {bundle.path}: onnx.deform declares no tensor {name!r}")
+        check_shape(f"manifest onnx.deform {name}", declared[name], want, bundle)
+    return io
+
+
+def check_shape(what: str, got: list, want: list, bundle: Bundle) -> None:
+    """Raise BundleError unless `got` matches `want` (ints must agree; None/strings match any)."""
+    ok = len(got) == len(want) and all(
+        not isinstance(g, int) or not isinstance(w, int) or g == w for g, w in zip(got, want)
+    )
+    if not ok:
+        raise BundleError(f"bundle {bundle.path}: {what} has shape {got}, expected {want}")
+
+
+# ---------------------------------------------------------------- rendering on the CPU
+
+
+def _rasterize_cpu():
+    from embedtalk_sdk.plugins.cpu import rasterize_cpu  # numba: compiled on first use
+
+    return rasterize_cpu
+
+
+class CpuRenderer:
+    """The canonical Gaussians of a bundle plus the CPU rasteriser; any backend may use it.
+
+    Holds preallocated per-Gaussian buffers, so `render` allocates only what the rasteriser
+    itself allocates.
+    """
+
+    def __init__(self, bundle: Bundle) -> None:
+        n = int(bundle.manifest["gaussians"]["count"])
+        self.means = self._load(bundle, "means", (n, 3))
+        self.quats = self._load(bundle, "quats", (n, 4))
+        self.scales = self._load(bundle, "scales", (n, 3))
+        self.opacity_logits = self._load(bundle, "opacity_logits", (n,))
+        self.colors = self._load(bundle, "colors", (n, 3))
+        self.K = np.ascontiguousarray(np.asarray(bundle.manifest["K"], dtype=np.float32).reshape(3, 3))
+        self._means = np.empty_like(self.means)
+        self._opacity = np.empty_like(self.opacity_logits)
+        self._rasterize = _rasterize_cpu()
+
+    @staticmethod
+    def _load(bundle: Bundle, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        arr = bundle.array(name)
+        if arr.shape != shape:
+            raise BundleError(f"{bundle.path}/{name}.npy has shape {arr.shape}, expected {shape}")
+        return np.ascontiguousarray(arr, dtype=np.float32)
+
+    def render(
+        self,
+        delta_means: np.ndarray,
+        delta_opacity: np.ndarray,
+        viewmat: np.ndarray,
+        background: np.ndarray,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """See `Backend.render`."""
+        np.add(self.means, delta_means, out=self._means)
+        np.add(self.opacity_logits, delta_opacity, out=self._opacity)
+        expit(self._opacity, out=self._opacity)
+        image, _ = self._rasterize(
+            self._means, self.quats, self.scales, self._opacity, self.colors,
+            np.ascontiguousarray(viewmat, dtype=np.float32), self.K, background,
+        )
+        return to_uint8(image, out)
+
+
+def to_uint8(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """float [H,W,3] -> uint8: clip to [0,1], scale, round half to even. `image` is clobbered."""
+    if out is None:
+        out = np.empty(image.shape, dtype=np.uint8)
+    np.clip(image, 0.0, 1.0, out=image)
+    np.multiply(image, 255.0, out=image)
+    np.rint(image, out=image)
+    np.copyto(out, image, casting="unsafe")
+    return out
+
+
+# ---------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class _Entry:
+    module: str
+    cls: str
+    requires: tuple[str, ...]  # import names that must be installed
+    install: str  # how to get them
+
+
+_REGISTRY: dict[str, _Entry] = {
+    "onnxruntime": _Entry("embedtalk_sdk.runtime.backends.onnxruntime", "OnnxRuntimeBackend", ("onnxruntime",), "pip install onnxruntime"),
+    "torch": _Entry("embedtalk_sdk.runtime.backends.torch_backend", "TorchBackend", ("torch",), "pip install 'embedtalk-sdk[train]'"),
+}
+# Fastest first; `auto` takes the first that loads. GPU backends slot in ahead when they land.
+AUTO_ORDER = ("tensorrt", "tensorrt-rtx", "onnxruntime", "torch")
+
+
+def register_backend(name: str, module: str, cls: str, requires: tuple[str, ...] = (), install: str = "") -> None:
+    """Make a backend class creatable by name (it is imported only when created)."""
+    _REGISTRY[name] = _Entry(module, cls, tuple(requires), install)
+
+
+def _installed(module: str) -> bool:
+    # find_spec, not import: probing must not import torch into a torch-free app.
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def available_backends() -> list[str]:
+    """Names of registered backends whose dependencies are installed, fastest first.
+
+    Cheap: nothing is imported. A listed backend can still fail to load (e.g. no GPU)."""
+    order = [n for n in AUTO_ORDER if n in _REGISTRY] + [n for n in _REGISTRY if n not in AUTO_ORDER]
+    return [n for n in order if all(_installed(r) for r in _REGISTRY[n].requires) and _installed(_REGISTRY[n].module)]
+
+
+class BackendError(RuntimeError):
+    """No backend of the requested kind could be created."""
+
+
+def create_backend(name: str, bundle: Bundle) -> Backend:
+    """Create backend `name` ("auto", "onnxruntime", "torch", ...) for an open bundle.
+
+    "auto" tries the available backends fastest first and logs which one it picked (logger
+    "embedtalk_sdk.runtime", INFO; failures of faster ones at WARNING).
+    Raises ValueError for an unknown name, BackendError if the backend cannot run here,
+    BundleError if the bundle does not fit the backend.
+    """
+    if name == "auto":
+        return _create_auto(bundle)
+    if name not in _REGISTRY:
+        choices = ", ".join(["auto", *_REGISTRY])
+        raise ValueError(f"unknown backend {name!r}; choose one of: {choices}")
+    entry = _REGISTRY[name]
+    missing = [r for r in entry.requires if not _installed(r)]
+    if missing:
+        raise BackendError(f"backend {name!r} needs {', '.join(missing)}, which is not installed: {entry.install}")
+    cls = getattr(importlib.import_module(entry.module), entry.cls)
+    return cls(bundle)
+
+
+def _create_auto(bundle: Bundle) -> Backend:
+    failures = []
+    for name in available_backends():
+        try:
+            backend = create_backend(name, bundle)
+        except BundleError:
+            raise  # the bundle is wrong; another backend will not fix that
+        except Exception as e:  # noqa: BLE001 - any failure means: try the next one
+            log.warning("backend %s unavailable (%s: %s); trying the next", name, type(e).__name__, e)
+            failures.append(f"{name}: {e}")
+            continue
+        log.info("backend auto -> %s", name)
+        return backend
+    detail = "; ".join(failures) or "none of " + ", ".join(_REGISTRY) + " is installed"
+    raise BackendError(f"no backend could run bundle {bundle.path} ({detail})")

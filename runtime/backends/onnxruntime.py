@@ -1,0 +1,111 @@
+"""CPU backend: the bundle's deform.onnx through onnxruntime, frames by the numba rasteriser.
+
+Tensors are bound by name (never by position) and their shapes are checked against the
+manifest when the session is created. Outputs go into preallocated buffers through an
+IOBinding, so a steady-state `deform` call allocates no per-Gaussian arrays.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnxruntime as ort
+
+from embedtalk_sdk.runtime.backends.base import (
+    DEFORM_INPUTS,
+    DEFORM_OUTPUTS,
+    CpuRenderer,
+    check_shape,
+    deform_io,
+)
+from embedtalk_sdk.runtime.bundle import Bundle, BundleError
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # respects taskset / cgroup pinning
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _ort_shape(shape: list) -> list:
+    # onnxruntime reports symbolic dims as strings and unknown ones as None.
+    return [d if isinstance(d, int) else None for d in shape]
+
+
+class OnnxRuntimeBackend:
+    """`Backend` on any CPU: onnxruntime for the network, `CpuRenderer` for the pixels.
+
+    Args:
+        bundle: an open Bundle whose manifest declares `onnx.deform`.
+        threads: onnxruntime intra-op threads (default: the cores this process may use).
+        max_batch: output buffers are preallocated for this many frames (they grow if needed).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, bundle: Bundle, threads: int | None = None, max_batch: int = 8) -> None:
+        self.io = deform_io(bundle)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or _cores()
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3  # errors only: ORT's warnings are not actionable for users
+        try:
+            self.session = ort.InferenceSession(
+                bundle.bytes_of(self.io.file), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+            raise BundleError(f"{bundle.path}/{self.io.file} is not a usable ONNX model: {e}") from None
+        self._check_session(bundle)
+        self._binding = self.session.io_binding()
+        self._alloc(max_batch)
+        self._renderer = CpuRenderer(bundle)
+
+    def _check_session(self, bundle: Bundle) -> None:
+        got_in = {v.name: v for v in self.session.get_inputs()}
+        got_out = {v.name: v for v in self.session.get_outputs()}
+        if set(got_in) != set(DEFORM_INPUTS) or not set(DEFORM_OUTPUTS) <= set(got_out):
+            raise BundleError(
+                f"{bundle.path}/{self.io.file} has inputs {sorted(got_in)} and outputs {sorted(got_out)}; "
+                f"expected inputs {list(DEFORM_INPUTS)} and outputs {list(DEFORM_OUTPUTS)}"
+            )
+        expected = self.io.expected()
+        for name, v in {**got_in, **got_out}.items():
+            if name not in expected:
+                continue
+            if v.type != "tensor(float)":
+                raise BundleError(f"{bundle.path}/{self.io.file}: {name} is {v.type}, expected tensor(float)")
+            check_shape(f"{self.io.file} {name}", _ort_shape(v.shape), expected[name], bundle)
+
+    def _alloc(self, batch: int) -> None:
+        n = self.io.n_gaussians
+        self._delta_means = np.empty((batch, n, 3), dtype=np.float32)
+        self._delta_opacity = np.empty((batch, n), dtype=np.float32)
+
+    def deform(self, audio_window: np.ndarray, aus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """See `Backend.deform`; returns views of buffers reused by the next call."""
+        b = audio_window.shape[0]
+        if aus.shape != (b, 6):
+            raise ValueError(f"aus has shape {aus.shape}, expected ({b}, 6)")
+        if b > self._delta_means.shape[0]:
+            self._alloc(b)
+        dm, do = self._delta_means[:b], self._delta_opacity[:b]  # leading slices stay contiguous
+        binding = self._binding
+        binding.bind_cpu_input("audio_window", np.ascontiguousarray(audio_window, dtype=np.float32))
+        binding.bind_cpu_input("aus", np.ascontiguousarray(aus, dtype=np.float32))
+        binding.bind_output("delta_means", "cpu", 0, np.float32, list(dm.shape), dm.ctypes.data)
+        binding.bind_output("delta_opacity", "cpu", 0, np.float32, list(do.shape), do.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        return dm, do
+
+    def render(
+        self,
+        delta_means: np.ndarray,
+        delta_opacity: np.ndarray,
+        viewmat: np.ndarray,
+        background: np.ndarray,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """See `Backend.render`."""
+        return self._renderer.render(delta_means, delta_opacity, viewmat, background, out)
