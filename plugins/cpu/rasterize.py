@@ -1,0 +1,221 @@
+"""Fast CPU Gaussian-splat rasteriser: forward only, numba, numpy float32 in/out, no torch.
+
+The maths is plugins/design.md (steps 1-7); tests/test_rasterize.py checks this against the torch
+reference and a plain per-pixel oracle. Pipeline: project (parallel over Gaussians) -> one stable
+depth sort -> bin into 16x16 tiles in depth order (count, prefix sum, fill; each tile's list comes
+out sorted) -> blend (parallel over tiles, per pixel front to back with the early stop).
+Projection runs in float64; blending in float32 with float32 constants, so the threshold tests
+round as in the float32 torch reference and a CUDA kernel.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import get_parallel_chunksize, njit, prange, set_parallel_chunksize
+
+TILE = 16
+NEAR = 0.01
+EPS2D = 0.3
+ALPHA_MIN = np.float32(1.0 / 255.0)
+ALPHA_MAX = np.float32(0.99)
+T_MIN = np.float32(1e-4)
+HALF = np.float32(0.5)
+ONE = np.float32(1.0)
+ZERO = np.float32(0.0)
+# sigma beyond log(255 o) + margin means alpha < 1/255 whatever the rounding: skip the exp.
+SIGMA_MARGIN = 1e-3
+
+
+@njit(fastmath=False, cache=True)
+def _project_one(g, means, quats, scales, opacities, viewmat, K, width, height, mean2d, conic, depth, rect, sigma_max):
+    """Steps 1-5 and the tile box (step 6) for Gaussian g; writes row g of the outputs.
+    rect[g] = (x0, x1, y0, y1) inclusive tile ranges; empty (x1 < x0) when culled."""
+    rect[g, 0], rect[g, 1], rect[g, 2], rect[g, 3] = 0, -1, 0, -1
+    m0, m1, m2 = np.float64(means[g, 0]), np.float64(means[g, 1]), np.float64(means[g, 2])
+    x = viewmat[0, 0] * m0 + viewmat[0, 1] * m1 + viewmat[0, 2] * m2 + viewmat[0, 3]
+    y = viewmat[1, 0] * m0 + viewmat[1, 1] * m1 + viewmat[1, 2] * m2 + viewmat[1, 3]
+    z = viewmat[2, 0] * m0 + viewmat[2, 1] * m1 + viewmat[2, 2] * m2 + viewmat[2, 3]
+    depth[g] = z
+    o = np.float64(opacities[g])
+    if z < NEAR or o < 1.0 / 255.0:
+        return
+
+    # Sigma = M M^T with M = R(q) diag(s).
+    w, qx, qy, qz = (np.float64(quats[g, 0]), np.float64(quats[g, 1]),
+                     np.float64(quats[g, 2]), np.float64(quats[g, 3]))
+    qn = math.sqrt(w * w + qx * qx + qy * qy + qz * qz)
+    w, qx, qy, qz = w / qn, qx / qn, qy / qn, qz / qn
+    R = np.empty((3, 3))
+    R[0, 0], R[0, 1], R[0, 2] = 1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - w * qz), 2 * (qx * qz + w * qy)
+    R[1, 0], R[1, 1], R[1, 2] = 2 * (qx * qy + w * qz), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - w * qx)
+    R[2, 0], R[2, 1], R[2, 2] = 2 * (qx * qz - w * qy), 2 * (qy * qz + w * qx), 1 - 2 * (qx * qx + qy * qy)
+    # T = J R_v R(q) diag(s) [2,3]; cov2d = T T^T + 0.3 I.
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
+    tx = z * min(max(x / z, -(cx / fx + 0.3 * tan_x)), (width - cx) / fx + 0.3 * tan_x)
+    ty = z * min(max(y / z, -(cy / fy + 0.3 * tan_y)), (height - cy) / fy + 0.3 * tan_y)
+    j00, j02, j11, j12 = fx / z, -fx * tx / (z * z), fy / z, -fy * ty / (z * z)
+    a, b, c = EPS2D, 0.0, EPS2D
+    for k in range(3):
+        # column k of R_v R(q), times s_k
+        v0 = (viewmat[0, 0] * R[0, k] + viewmat[0, 1] * R[1, k] + viewmat[0, 2] * R[2, k]) * scales[g, k]
+        v1 = (viewmat[1, 0] * R[0, k] + viewmat[1, 1] * R[1, k] + viewmat[1, 2] * R[2, k]) * scales[g, k]
+        v2 = (viewmat[2, 0] * R[0, k] + viewmat[2, 1] * R[1, k] + viewmat[2, 2] * R[2, k]) * scales[g, k]
+        u0, u1 = j00 * v0 + j02 * v2, j11 * v1 + j12 * v2
+        a += u0 * u0
+        b += u0 * u1
+        c += u1 * u1
+    det = a * c - b * b
+    if det <= 0.0:
+        return
+    mx, my = fx * x / z + cx, fy * y / z + cy
+    mean2d[g, 0], mean2d[g, 1] = mx, my
+    conic[g, 0], conic[g, 1], conic[g, 2] = c / det, -b / det, a / det
+    log_o = math.log(255.0 * o)
+    sigma_max[g] = log_o + SIGMA_MARGIN
+
+    mid = 0.5 * (a + c)
+    lam = mid + math.sqrt(max(0.1, mid * mid - det))
+    r = math.ceil(math.sqrt(2.0 * log_o * lam))
+    tiles_x, tiles_y = (width + TILE - 1) // TILE, (height + TILE - 1) // TILE
+    # clamp in float first: mx can be huge next to the near plane
+    rect[g, 0] = max(0, int(math.floor(min(max((mx - r) / TILE, -1.0), tiles_x))))
+    rect[g, 1] = min(tiles_x - 1, int(math.floor(min(max((mx + r) / TILE, -1.0), tiles_x))))
+    rect[g, 2] = max(0, int(math.floor(min(max((my - r) / TILE, -1.0), tiles_y))))
+    rect[g, 3] = min(tiles_y - 1, int(math.floor(min(max((my + r) / TILE, -1.0), tiles_y))))
+
+
+@njit(parallel=True, fastmath=False, cache=True)
+def _project(means, quats, scales, opacities, viewmat, K, width, height):
+    """Steps 1-5 for all Gaussians (float32 in, float64 maths).
+    -> mean2d f32[N,2], conic f32[N,3], depth f64[N], rect i32[N,4], sigma_max f32[N]."""
+    n = means.shape[0]
+    mean2d = np.zeros((n, 2), np.float32)
+    conic = np.zeros((n, 3), np.float32)
+    depth = np.empty(n, np.float64)
+    rect = np.empty((n, 4), np.int32)
+    sigma_max = np.zeros(n, np.float32)
+    vm, k = viewmat.astype(np.float64), K.astype(np.float64)
+    for g in prange(n):
+        _project_one(g, means, quats, scales, opacities, vm, k, width, height, mean2d, conic, depth, rect, sigma_max)
+    return mean2d, conic, depth, rect, sigma_max
+
+
+@njit(fastmath=False, cache=True)
+def _bin(depth, rect, tiles_x, tiles_y):
+    """Step 6: CSR of Gaussian ids per tile, each tile's list in (depth, index) order.
+    depth f64[N], rect i32[N,4] -> offsets i64[n_tiles+1], ids i32[pairs]."""
+    order = np.argsort(depth, kind="mergesort")  # stable: ties by index
+    n_tiles = tiles_x * tiles_y
+    offsets = np.zeros(n_tiles + 1, np.int64)
+    for g in order:
+        for ty in range(rect[g, 2], rect[g, 3] + 1):
+            for tx in range(rect[g, 0], rect[g, 1] + 1):
+                offsets[ty * tiles_x + tx + 1] += 1
+    for t in range(n_tiles):
+        offsets[t + 1] += offsets[t]
+    fill = offsets[:-1].copy()
+    ids = np.empty(offsets[n_tiles], np.int32)
+    for g in order:  # depth order, so every tile's slice comes out sorted
+        for ty in range(rect[g, 2], rect[g, 3] + 1):
+            for tx in range(rect[g, 0], rect[g, 1] + 1):
+                t = ty * tiles_x + tx
+                ids[fill[t]] = g
+                fill[t] += 1
+    return offsets, ids
+
+
+@njit(fastmath=False, cache=True)
+def _blend_tile(t, offsets, ids, mean2d, conic, opacities, colors, sigma_max, background, tiles_x, image, alpha):
+    """Step 7 for the pixels of tile t; writes them into image [H,W,3] and alpha [H,W]."""
+    H, W = background.shape[0], background.shape[1]
+    i0, j0 = (t // tiles_x) * TILE, (t % tiles_x) * TILE
+    start, m = offsets[t], offsets[t + 1] - offsets[t]
+    # The tile's Gaussians packed contiguously: read 256 times per tile.
+    p = np.empty((m, 10), np.float32)
+    for k in range(m):
+        g = ids[start + k]
+        p[k, 0], p[k, 1] = mean2d[g, 0], mean2d[g, 1]
+        p[k, 2], p[k, 3], p[k, 4] = conic[g, 0], conic[g, 1], conic[g, 2]
+        p[k, 5], p[k, 6] = opacities[g], sigma_max[g]
+        p[k, 7], p[k, 8], p[k, 9] = colors[g, 0], colors[g, 1], colors[g, 2]
+    for i in range(i0, min(i0 + TILE, H)):
+        py = np.float32(i) + HALF
+        for j in range(j0, min(j0 + TILE, W)):
+            px = np.float32(j) + HALF
+            T, r, gr, b = ONE, ZERO, ZERO, ZERO
+            for k in range(m):
+                dx, dy = px - p[k, 0], py - p[k, 1]
+                sigma = HALF * (p[k, 2] * dx * dx + p[k, 4] * dy * dy) + p[k, 3] * dx * dy
+                if sigma > p[k, 6]:
+                    continue
+                a = min(ALPHA_MAX, p[k, 5] * math.exp(-sigma))
+                if a < ALPHA_MIN:
+                    continue
+                T_next = T * (ONE - a)
+                if T_next < T_MIN:
+                    break
+                w = a * T
+                r += p[k, 7] * w
+                gr += p[k, 8] * w
+                b += p[k, 9] * w
+                T = T_next
+            image[i, j, 0] = r + T * background[i, j, 0]
+            image[i, j, 1] = gr + T * background[i, j, 1]
+            image[i, j, 2] = b + T * background[i, j, 2]
+            alpha[i, j] = ONE - T
+
+
+@njit(parallel=True, fastmath=False, cache=True)
+def _blend(offsets, ids, mean2d, conic, opacities, colors, sigma_max, background, tiles_x):
+    """Step 7 for every tile, in parallel. -> image f32[H,W,3], alpha f32[H,W]."""
+    H, W = background.shape[0], background.shape[1]
+    image = np.empty((H, W, 3), np.float32)
+    alpha = np.empty((H, W), np.float32)
+    n_tiles = offsets.shape[0] - 1
+    for t in prange(n_tiles):
+        _blend_tile(t, offsets, ids, mean2d, conic, opacities, colors, sigma_max, background, tiles_x, image, alpha)
+    return image, alpha
+
+
+def _f32(x: np.ndarray, shape: tuple, name: str) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != len(shape) or any(s != -1 and s != d for s, d in zip(shape, x.shape)):
+        raise ValueError(f"{name}: expected shape {shape} (-1: any), got {x.shape}")
+    return x
+
+
+def rasterize_cpu(
+    means: np.ndarray,
+    quats: np.ndarray,
+    scales: np.ndarray,
+    opacities: np.ndarray,
+    colors: np.ndarray,
+    viewmat: np.ndarray,
+    K: np.ndarray,
+    background: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw Gaussians over a background (plugins/design.md, steps 1-7), forward only.
+
+    means [N,3], quats [N,4] wxyz, scales [N,3] (activated), opacities [N] in (0,1),
+    colors [N,3], viewmat [4,4] w2c OpenCV, K [3,3], background [H,W,3]
+    -> (image f32[H,W,3], alpha f32[H,W]). Inputs are converted to contiguous float32.
+    """
+    means = _f32(means, (-1, 3), "means")
+    n = means.shape[0]
+    quats, scales = _f32(quats, (n, 4), "quats"), _f32(scales, (n, 3), "scales")
+    opacities, colors = _f32(opacities, (n,), "opacities"), _f32(colors, (n, 3), "colors")
+    viewmat, K = _f32(viewmat, (4, 4), "viewmat"), _f32(K, (3, 3), "K")
+    background = _f32(background, (-1, -1, 3), "background")
+    H, W = background.shape[:2]
+    tiles_x, tiles_y = -(-W // TILE), -(-H // TILE)
+
+    mean2d, conic, depth, rect, sigma_max = _project(means, quats, scales, opacities, viewmat, K, W, H)
+    offsets, ids = _bin(depth, rect, tiles_x, tiles_y)
+    old = get_parallel_chunksize()
+    set_parallel_chunksize(1)  # tiles differ a lot in work: hand them out one at a time
+    try:
+        return _blend(offsets, ids, mean2d, conic, opacities, colors, sigma_max, background, tiles_x)
+    finally:
+        set_parallel_chunksize(old)
