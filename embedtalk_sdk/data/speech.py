@@ -10,6 +10,7 @@ from the audio's spectrum (loudness and F1 both grow with openness).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from scipy import signal
@@ -156,7 +157,8 @@ def _plan_syllable(rng: np.random.Generator, sr: int, onset: str, vowel: str, co
     return segs
 
 
-def _consonant(c: str, formants, openness: float, ms, phrase: int) -> list[_Segment]:
+def _consonant(c: str, formants: tuple[float, float, float], openness: float,
+               ms: Callable[[float, float], int], phrase: int) -> list[_Segment]:
     """Segments for one consonant next to a vowel with `formants` and `openness`."""
     kind, band, lips_closed = _CONSONANTS[c]
     voiced = c in _VOICED

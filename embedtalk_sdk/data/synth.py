@@ -103,7 +103,8 @@ def _rot(yaw: float, pitch: float, roll: float) -> np.ndarray:
 
 
 def _lip_lines(x: np.ndarray, state: FaceState) -> dict[str, np.ndarray]:
-    """Heights of the lip edges above x: upper/lower, inner/outer; opening half-width."""
+    """Heights [M] of the lip edges above x [M] (upper/lower, inner/outer) and the half-widths
+    w_out (lips) and w_in (opening) as 0-d arrays."""
     h = 0.024 * state.mouth_open  # opening height at the centre
     w_out, w_in = 0.026, 0.021 + 0.003 * state.mouth_open
     q_in = np.sqrt(np.maximum(1.0 - (x / w_in) ** 2, 0.0))
@@ -113,8 +114,8 @@ def _lip_lines(x: np.ndarray, state: FaceState) -> dict[str, np.ndarray]:
     philtrum = 1.0 - 0.18 * np.exp(-(x / 0.003) ** 2 / 2)
     return {"upper_in": upper_in, "lower_in": lower_in,
             "upper_out": upper_in + 0.0060 * q_out * philtrum,
-            "lower_out": lower_in - 0.0080 * q_out, "w_out": np.float64(w_out),
-            "w_in": np.float64(w_in)}
+            "lower_out": lower_in - 0.0080 * q_out, "w_out": np.asarray(w_out),
+            "w_in": np.asarray(w_in)}
 
 
 def _nose_height(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -243,14 +244,14 @@ def _lips(p: np.ndarray, col: np.ndarray, state: FaceState) -> tuple[np.ndarray,
     chin = np.exp(-0.5 * ((ys - e["lower_out"] + 0.005) / 0.003) ** 2) * _inside(
         np.abs(xs) - 0.02, 0.006)
     c *= (1.0 - 0.12 * chin)[:, None]  # shadow under the lower lip, follows it down
-    lip_d = np.maximum(np.maximum(ys - e["upper_out"], e["lower_out"] - ys), np.abs(xs) - e["w_out"])
+    lip_d = np.maximum.reduce([ys - e["upper_out"], e["lower_out"] - ys, np.abs(xs) - e["w_out"]])
     lip = _inside(lip_d, 0.0007)
     tone = np.where(ys > MOUTH_Y, 0.88, 1.0)[:, None] * _LIP  # upper lip a touch darker
     c = c * (1 - lip)[:, None] + tone * lip[:, None]
     seam = np.exp(-0.5 * ((ys - MOUTH_Y) / 0.0010) ** 2) * _inside(np.abs(xs) - e["w_in"], 0.002)
     c *= (1.0 - 0.45 * seam)[:, None]  # the closed-lip line
     col[idx] = c
-    hole = np.maximum(np.maximum(ys - e["upper_in"], e["lower_in"] - ys), np.abs(xs) - e["w_in"])
+    hole = np.maximum.reduce([ys - e["upper_in"], e["lower_in"] - ys, np.abs(xs) - e["w_in"]])
     opening = _inside(hole, 0.0006) * (e["upper_in"] - e["lower_in"] > 1e-5)
     return idx, opening
 
