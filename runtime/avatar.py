@@ -331,8 +331,8 @@ class Avatar:
         """Real-time playback: mono PCM chunks in, frames (uint8 [H, W, 3], new arrays) out.
 
         chunks: any iterable of 1-D float (in [-1, 1]) or int16 arrays at 16 kHz, of any sizes.
-        Frame n is yielded as soon as its feature window is complete (about window/2 feature rows,
-        ~160 ms of audio, after its time stamp); the rest come when `chunks` ends. Only a bounded
+        Frame n is yielded as soon as its feature window is complete (~150 ms of audio after its
+        time stamp with the default MelSpec and window); the rest come when `chunks` ends. Only a bounded
         buffer of feature rows is kept, so streams may be arbitrarily long. Uses the generated
         AUs (neutral + blinks). Gives the same frames as `speak` on the concatenated audio.
         Only bundles with the "mel" encoder stream.

@@ -51,6 +51,9 @@ class OnnxRuntimeBackend:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # errors only: ORT's warnings are not actionable for users
+        # ORT's idle workers spin after each run; the numba rasteriser runs right after on the
+        # same cores, so spinning would only steal its time.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 bundle.bytes_of(self.io.file), sess_options=opts, providers=["CPUExecutionProvider"]
