@@ -28,6 +28,7 @@ from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 AU_SCALE = 5.0  # AU intensities are 0..5 (OpenFace); the network sees AU / 5
 BLINK_AU = "AU45"
 BLINK_SEED = 0
+DEFAULT_BLINK_S = 0.2  # a typical blink, used when the manifest gives no blink_duration_s
 SUPPORTED_ENCODERS = ("mel", "features")
 
 Progress = bool | Callable[[int, int], None]
@@ -126,11 +127,16 @@ class Avatar:
             raise BundleError(f"bundle {self._bundle.path}: aus.names/neutral must have {N_AUS} entries")
         self._neutral = neutral
         self._blink_index = names.index(BLINK_AU) if BLINK_AU in names else None
-        self._blink = (
-            float(_get(self._bundle, "aus.blink_period_s")),
-            float(_get(self._bundle, "aus.blink_duration_s")),
-            float(_get(self._bundle, "aus.blink_peak")),
-        )
+        self._blink = self._blink_params(_get(self._bundle, "aus"))
+
+    def _blink_params(self, aus: dict) -> tuple[float, float, float]:
+        """(period_s, duration_s, peak): blink_period_s, or 1 / blink_rate_hz (0 Hz: no blinks)."""
+        if "blink_period_s" in aus:
+            period = float(aus["blink_period_s"])
+        else:
+            rate = float(_get(self._bundle, "aus.blink_rate_hz"))
+            period = 1.0 / rate if rate > 0 else 0.0
+        return period, float(aus.get("blink_duration_s", DEFAULT_BLINK_S)), float(_get(self._bundle, "aus.blink_peak"))
 
     def _load_tracks(self) -> None:
         b = self._bundle

@@ -290,6 +290,16 @@ def test_blinks_are_deterministic_and_chunk_independent():
     assert 4 <= np.count_nonzero(np.diff((whole > 0).astype(int)) == 1) <= 12  # ~6-7 blinks in 10 s
 
 
+def test_blink_rate_in_manifest(tmp_path: Path):
+    aus = {"names": AU_NAMES, "neutral": [0.0] * 6, "blink_peak": 3.0, "blink_rate_hz": 0.5}
+    avatar = Avatar.load(make_test_bundle(tmp_path / "b.etk", aus=aus))
+    assert avatar._blink == (2.0, 0.2, 3.0)  # period 1/rate, default duration
+    assert avatar.speak(speech(0.4), sample_rate=16000).shape == (10, H, W, 3)
+    aus.pop("blink_rate_hz")
+    with pytest.raises(BundleError, match="aus.blink_rate_hz"):
+        Avatar.load(make_test_bundle(tmp_path / "c.etk", aus=aus))
+
+
 def test_precomputed_features(bundle_path: Path, tmp_path: Path):
     feats = np.random.default_rng(0).normal(size=(100, 32)).astype(np.float32)
     avatar = Avatar.load(bundle_path, backend="onnxruntime")
