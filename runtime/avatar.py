@@ -150,6 +150,7 @@ class Avatar:
             raise BundleError(f"{b.path}/torso_bg.npy is {self._torso.dtype} {self._torso.shape}, expected uint8 {want}")
         self._bg = np.empty((self._height, self._width, 3), dtype=np.float32)
         self._bg_index = -1
+        self._frame = np.empty((self._height, self._width, 3), dtype=np.uint8)  # reused per frame
 
     # ------------------------------------------------------------ properties
 
@@ -318,7 +319,7 @@ class Avatar:
 
     def _render_batch(self, n0: int, windows: np.ndarray, aus: np.ndarray) -> Iterator[np.ndarray]:
         delta_means, delta_opacity = self._backend.deform(windows, aus)
-        frame = np.empty((self._height, self._width, 3), dtype=np.uint8)
+        frame = self._frame
         for i in range(windows.shape[0]):
             n = n0 + i
             viewmat = self._viewmats[int(pingpong(n, self._viewmats.shape[0]))]

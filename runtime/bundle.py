@@ -163,6 +163,8 @@ class Bundle:
         not the existence and size checks). Raises BundleError naming the problem and the file.
         """
         path = Path(path)
+        if path.name == MANIFEST and path.is_file():  # the manifest itself: open its folder
+            path = path.parent
         store = _open_store(path)
         manifest = _parse_manifest(path, store.read(MANIFEST))
         bundle = cls(path, store, manifest)

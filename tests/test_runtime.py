@@ -332,6 +332,13 @@ def test_manifest_and_graph_must_agree(tmp_path: Path):
         Avatar.load(renamed, backend="onnxruntime")
 
 
+def test_not_a_bundle(tmp_path: Path):
+    (tmp_path / "talk.wav").write_bytes(b"RIFF....WAVE")
+    for path in (tmp_path, tmp_path / "talk.wav", tmp_path / "nope.etk"):
+        with pytest.raises(BundleError, match="not an EmbedTalk bundle|no such bundle"):
+            Avatar.load(path)
+
+
 def test_zip_bundle_plays(tmp_path: Path):
     z = make_test_bundle(tmp_path / "z.zip")
     assert Avatar.load(z).speak(speech(0.2), sample_rate=16000).shape == (5, H, W, 3)
