@@ -16,7 +16,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-TILE = 16
+TILE = 16  # the contract's tile (CUDA, numba)
+EVAL_TILE = 8  # what this reference evaluates at: less padding waste, same image (design.md)
 NEAR = 0.01
 EPS2D = 0.3
 ALPHA_MIN = 1.0 / 255.0
@@ -132,18 +133,20 @@ class TileBins(NamedTuple):
     offsets: Tensor  # [n_tiles + 1] int64: pairs of tile t are gauss_ids[offsets[t]:offsets[t+1]]
     tiles_x: int
     tiles_y: int
+    tile_size: int
 
 
 @torch.no_grad()
-def bin_tiles(proj: Projected, width: int, height: int) -> TileBins:
-    """Step 6: bin valid Gaussians into the 16x16 tiles their radius box touches."""
-    tiles_x, tiles_y = -(-width // TILE), -(-height // TILE)
+def bin_tiles(proj: Projected, width: int, height: int, tile_size: int = TILE) -> TileBins:
+    """Step 6: bin valid Gaussians into the square tiles their radius box touches."""
+    ts = tile_size
+    tiles_x, tiles_y = -(-width // ts), -(-height // ts)
     mean2d, r = proj.mean2d.detach(), proj.radius.to(proj.mean2d.dtype)
 
     def tile_range(centre: Tensor, n: int) -> tuple[Tensor, Tensor]:
         # Clamp in float first: mean2d can be huge near the near plane.
-        lo = torch.floor(((centre - r) / TILE).clamp(-1, n)).to(torch.int64)
-        hi = torch.floor(((centre + r) / TILE).clamp(-1, n)).to(torch.int64)
+        lo = torch.floor(((centre - r) / ts).clamp(-1, n)).to(torch.int64)
+        hi = torch.floor(((centre + r) / ts).clamp(-1, n)).to(torch.int64)
         return lo.clamp(min=0), hi.clamp(max=n - 1)
 
     x0, x1 = tile_range(mean2d[:, 0], tiles_x)
@@ -161,21 +164,21 @@ def bin_tiles(proj: Projected, width: int, height: int) -> TileBins:
     order = torch.argsort(tile * N + rank[gid])
     per_tile = torch.bincount(tile, minlength=tiles_x * tiles_y)
     offsets = torch.cat([per_tile.new_zeros(1), torch.cumsum(per_tile, 0)])
-    return TileBins(gid[order], offsets, tiles_x, tiles_y)
+    return TileBins(gid[order], offsets, tiles_x, tiles_y, ts)
 
 
 @torch.no_grad()
-def tile_blocks(offsets: Tensor, max_elements: int = MAX_BLOCK_ELEMENTS) -> list[Tensor]:
-    """Group non-empty tiles into blocks of similar Gaussian count. offsets [n_tiles+1] ->
-    list of tile-id tensors; a block pads to its largest count, so a block stops when padding
-    would more than double its work or exceed max_elements."""
-    counts = offsets[1:] - offsets[:-1]
+def tile_blocks(bins: TileBins, max_elements: int = MAX_BLOCK_ELEMENTS) -> list[Tensor]:
+    """Group non-empty tiles into blocks of similar Gaussian count -> list of tile-id tensors [B].
+    A block pads to its largest count, so it stops where padding would more than double its
+    work or its [B, pixels, M] evaluation would exceed max_elements."""
+    counts = bins.offsets[1:] - bins.offsets[:-1]
     tiles = torch.nonzero(counts > 0).squeeze(1)
     tiles = tiles[torch.argsort(counts[tiles], descending=True, stable=True)]
-    c = counts[tiles].tolist()
+    c, pixels = counts[tiles].tolist(), bins.tile_size**2
     blocks, start = [], 0
     for i in range(1, len(c) + 1):
-        if i == len(c) or 2 * c[i] < c[start] or (i - start + 1) * c[start] * TILE * TILE > max_elements:
+        if i == len(c) or 2 * c[i] < c[start] or (i - start + 1) * c[start] * pixels > max_elements:
             blocks.append(tiles[start:i])
             start = i
     return blocks
@@ -190,61 +193,68 @@ def blend_tiles(
     colors: Tensor,
     bg_tiles: Tensor,
 ) -> tuple[Tensor, Tensor]:
-    """Step 7 for a block of tiles. tiles [B] tile ids; mean2d [N+1,2], conic [N+1,3],
-    opacities [N+1], colors [N+1,3] (row N: padding, opacity 0); bg_tiles [B,256,3]
-    -> (color [B,256,3], transmittance [B,256])."""
+    """Steps 4 and 7 for a block of B tiles of P = tile_size^2 pixels.
+
+    tiles [B] tile ids; mean2d [N+1,2], conic [N+1,3], opacities [N+1], colors [N+1,3]
+    (row N: padding, opacity 0); bg_tiles [B,P,3] -> (color [B,P,3], transmittance [B,P]).
+    """
+    ts = bins.tile_size
     start, count = bins.offsets[tiles], bins.offsets[tiles + 1] - bins.offsets[tiles]
     M = int(count.max())
     slot = torch.arange(M, device=tiles.device)
-    pad = bins.gauss_ids.new_full((), mean2d.shape[0] - 1)
-    pos = (start[:, None] + slot).clamp(max=max(bins.gauss_ids.shape[0] - 1, 0))
-    idx = torch.where(slot < count[:, None], bins.gauss_ids[pos], pad)  # [B,M]
+    pos = (start[:, None] + slot).clamp(max=bins.gauss_ids.shape[0] - 1)
+    idx = torch.where(slot < count[:, None], bins.gauss_ids[pos], mean2d.shape[0] - 1)  # [B,M]
 
-    pix = torch.arange(TILE * TILE, dtype=mean2d.dtype, device=tiles.device)
-    px = (tiles % bins.tiles_x)[:, None] * TILE + pix % TILE + 0.5  # [B,256]
-    py = (tiles // bins.tiles_x)[:, None] * TILE + torch.div(pix, TILE, rounding_mode="floor") + 0.5
+    pix = torch.arange(ts * ts, device=tiles.device)
+    px = ((tiles % bins.tiles_x)[:, None] * ts + pix % ts).to(mean2d.dtype) + 0.5  # [B,P]
+    py = ((tiles // bins.tiles_x)[:, None] * ts + pix // ts).to(mean2d.dtype) + 0.5
     m, q = mean2d[idx], conic[idx]  # [B,M,2], [B,M,3]
-    dx = px[:, :, None] - m[:, None, :, 0]  # [B,256,M]
+    dx = px[:, :, None] - m[:, None, :, 0]  # [B,P,M]
     dy = py[:, :, None] - m[:, None, :, 1]
-    sigma = 0.5 * (q[:, None, :, 0] * dx * dx + q[:, None, :, 2] * dy * dy) + q[:, None, :, 1] * dx * dy
+    # sigma = 0.5 A dx^2 + B dx dy + 0.5 C dy^2, factored to save passes over [B,P,M]
+    qa, qb, qc = (0.5 * q[:, None, :, 0]), q[:, None, :, 1], (0.5 * q[:, None, :, 2])
+    sigma = dx * (qa * dx + qb * dy) + qc * dy * dy
     alpha = torch.clamp(opacities[idx][:, None, :] * torch.exp(-sigma), max=ALPHA_MAX)
 
     with torch.no_grad():  # the skip and stop rules: constant masks
         hit = alpha >= ALPHA_MIN
-        T_incl = torch.cumprod(1.0 - alpha * hit, dim=-1)
-        keep = hit & (T_incl >= T_MIN)
+        keep = hit & (torch.cumprod(1.0 - alpha * hit, dim=-1) >= T_MIN)
     a = alpha * keep
-    T_incl = torch.cumprod(1.0 - a, dim=-1)  # [B,256,M]
+    T_incl = torch.cumprod(1.0 - a, dim=-1)  # [B,P,M]
     T_excl = torch.cat([torch.ones_like(T_incl[..., :1]), T_incl[..., :-1]], dim=-1)
-    color = torch.bmm(a * T_excl, colors[idx])  # [B,256,3]
+    color = torch.bmm(a * T_excl, colors[idx])  # [B,P,3]
     T = T_incl[..., -1]
     return color + T[..., None] * bg_tiles, T
 
 
 def rasterize_projected(
-    proj: Projected, opacities: Tensor, colors: Tensor, background: Tensor,
+    proj: Projected,
+    opacities: Tensor,
+    colors: Tensor,
+    background: Tensor,
+    tile_size: int = EVAL_TILE,
     max_block_elements: int = MAX_BLOCK_ELEMENTS,
 ) -> tuple[Tensor, Tensor]:
     """Steps 6-7. proj from `project`; opacities [N], colors [N,3], background [H,W,3]
-    -> (image [H,W,3], alpha [H,W])."""
+    -> (image [H,W,3], alpha [H,W]). tile_size does not change the result (design.md, step 6)."""
     H, W = background.shape[:2]
-    bins = bin_tiles(proj, W, H)
-    ty, tx = bins.tiles_y, bins.tiles_x
-    bg = torch.nn.functional.pad(background, (0, 0, 0, tx * TILE - W, 0, ty * TILE - H))
-    bg_tiles = bg.reshape(ty, TILE, tx, TILE, 3).permute(0, 2, 1, 3, 4).reshape(ty * tx, TILE * TILE, 3)
+    bins = bin_tiles(proj, W, H, tile_size)
+    ty, tx, ts = bins.tiles_y, bins.tiles_x, tile_size
+    bg = torch.nn.functional.pad(background, (0, 0, 0, tx * ts - W, 0, ty * ts - H))
+    bg_tiles = bg.reshape(ty, ts, tx, ts, 3).permute(0, 2, 1, 3, 4).reshape(ty * tx, ts * ts, 3)
 
     def ext(x: Tensor) -> Tensor:  # append the padding row (opacity 0)
         return torch.cat([x, torch.zeros_like(x[:1])], dim=0)
 
     mean2d, conic = ext(proj.mean2d), ext(proj.conic)
     opac, col = ext(opacities * proj.valid), ext(colors)
-    out, T = bg_tiles, bg_tiles.new_ones(ty * tx, TILE * TILE)
-    for tiles in tile_blocks(bins.offsets, max_block_elements):
+    out, T = bg_tiles, bg_tiles.new_ones(ty * tx, ts * ts)
+    for tiles in tile_blocks(bins, max_block_elements):
         c, t = blend_tiles(tiles, bins, mean2d, conic, opac, col, bg_tiles[tiles])
         out, T = out.index_copy(0, tiles, c), T.index_copy(0, tiles, t)
 
-    image = out.reshape(ty, tx, TILE, TILE, 3).permute(0, 2, 1, 3, 4).reshape(ty * TILE, tx * TILE, 3)
-    T_img = T.reshape(ty, tx, TILE, TILE).permute(0, 2, 1, 3).reshape(ty * TILE, tx * TILE)
+    image = out.reshape(ty, tx, ts, ts, 3).permute(0, 2, 1, 3, 4).reshape(ty * ts, tx * ts, 3)
+    T_img = T.reshape(ty, tx, ts, ts).permute(0, 2, 1, 3).reshape(ty * ts, tx * ts)
     return image[:H, :W], 1.0 - T_img[:H, :W]
 
 
