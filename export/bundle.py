@@ -51,7 +51,7 @@ def write_bundle(
     files = _collect_files(arrays, blobs or {})
     full = dict(manifest)
     full.update(format=FORMAT_NAME, format_version=FORMAT_VERSION, sdk_version=__version__)
-    full["files"] = {rel: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)} for rel, data in files.items()}
+    full["files"] = {rel: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)} for rel, d in files.items()}
     text = json.dumps(full, indent=2, default=_json_default).encode("utf-8")
     _check_replaceable(out_path)
     if out_path.suffix.lower() == ".zip":

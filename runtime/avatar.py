@@ -20,7 +20,15 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from embedtalk_sdk.audio.io import AudioError, load_audio, prepare_audio
-from embedtalk_sdk.audio.mel import MelSpec, MelStreamer, frame_windows, log_mel, n_video_frames, rows_needed, window_bounds
+from embedtalk_sdk.audio.mel import (
+    MelSpec,
+    MelStreamer,
+    frame_windows,
+    log_mel,
+    n_video_frames,
+    rows_needed,
+    window_bounds,
+)
 from embedtalk_sdk.camera import pingpong
 from embedtalk_sdk.runtime.backends.base import N_AUS, Backend, create_backend
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
@@ -147,7 +155,8 @@ class Avatar:
             raise BundleError(f"{b.path}/viewmats.npy has shape {self._viewmats.shape}, expected ({k}, 4, 4)")
         want = (kb, self._height, self._width, 3)
         if self._torso.shape != want or self._torso.dtype != np.uint8 or kb < 1:
-            raise BundleError(f"{b.path}/torso_bg.npy is {self._torso.dtype} {self._torso.shape}, expected uint8 {want}")
+            got = f"{self._torso.dtype} {self._torso.shape}"
+            raise BundleError(f"{b.path}/torso_bg.npy is {got}, expected uint8 {want}")
         self._bg = np.empty((self._height, self._width, 3), dtype=np.float32)
         self._bg_index = -1
         self._frame = np.empty((self._height, self._width, 3), dtype=np.uint8)  # reused per frame
@@ -184,7 +193,8 @@ class Avatar:
         return n_video_frames(n_samples, sample_rate=sample_rate, fps=self._fps)
 
     def __repr__(self) -> str:
-        return f"Avatar({str(self._bundle.path)!r}, {self._width}x{self._height} @ {self._fps:g} fps, backend={self.backend_name!r})"
+        size = f"{self._width}x{self._height} @ {self._fps:g} fps"
+        return f"Avatar({str(self._bundle.path)!r}, {size}, backend={self.backend_name!r})"
 
     # ------------------------------------------------------------ offline
 

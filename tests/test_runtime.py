@@ -67,7 +67,7 @@ def deform_graph(rng: np.random.Generator, n: int = N, window: int = WINDOW, fea
             helper.make_tensor_value_info("delta_means", f32, ["batch", n, 3]),
             helper.make_tensor_value_info("delta_opacity", f32, ["batch", n]),
         ],
-        [numpy_helper.from_array(np.asarray(v, np.int64 if v.dtype == np.int64 else np.float32), k) for k, v in inits.items()],
+        [numpy_helper.from_array(v if v.dtype == np.int64 else v.astype(np.float32), k) for k, v in inits.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
@@ -306,7 +306,8 @@ def test_precomputed_features(bundle_path: Path, tmp_path: Path):
     assert avatar.speak(None, features=feats).shape == (50, H, W, 3)
     with pytest.raises(ValueError, match=r"features must be \[M, 32\]"):
         avatar.speak(None, features=feats[:, :8])
-    fb = make_test_bundle(tmp_path / "f.etk", audio={"encoder": "features", "window": WINDOW, "feature_dim": 32, "rate": 50})
+    audio = {"encoder": "features", "window": WINDOW, "feature_dim": 32, "rate": 50}
+    fb = make_test_bundle(tmp_path / "f.etk", audio=audio)
     favatar = Avatar.load(fb, backend="onnxruntime")
     assert favatar.speak(speech(1.0), sample_rate=16000, features=feats).shape == (25, H, W, 3)
     with pytest.raises(ValueError, match="pass features="):
@@ -319,7 +320,8 @@ def test_manifest_and_graph_must_agree(tmp_path: Path):
         Avatar.load(wrong, backend="onnxruntime")
 
     widened = make_test_bundle(tmp_path / "x.etk", graph_n=N + 5)
-    with pytest.raises(BundleError, match=r"deform\.onnx delta_means has shape \[None, 305, 3\], expected \[None, 300, 3\]"):
+    msg = r"deform\.onnx delta_means has shape \[None, 305, 3\], expected \[None, 300, 3\]"
+    with pytest.raises(BundleError, match=msg):
         Avatar.load(widened, backend="onnxruntime")
 
     def rename_aus(model: onnx.ModelProto) -> None:

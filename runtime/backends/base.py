@@ -93,8 +93,10 @@ def deform_io(bundle: Bundle) -> DeformIO:
             inputs={k: _shape(v) for k, v in spec["inputs"].items()},
             outputs={k: _shape(v) for k, v in spec["outputs"].items()},
         )
-    except (KeyError, TypeError, ValueError) as e:
-        raise BundleError(f"bundle {bundle.path}: manifest lacks or mangles {e} (onnx.deform / audio / gaussians)") from None
+    except KeyError as e:
+        raise BundleError(f"bundle {bundle.path}: manifest lacks {e} (in onnx.deform, audio or gaussians)") from None
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"bundle {bundle.path}: malformed onnx.deform, audio or gaussians block: {e}") from None
     declared = {**io.inputs, **io.outputs}
     for name, want in io.expected().items():
         if name not in declared:
@@ -189,8 +191,12 @@ class _Entry:
 
 
 _REGISTRY: dict[str, _Entry] = {
-    "onnxruntime": _Entry("embedtalk_sdk.runtime.backends.onnxruntime", "OnnxRuntimeBackend", ("onnxruntime",), "pip install onnxruntime"),
-    "torch": _Entry("embedtalk_sdk.runtime.backends.torch_backend", "TorchBackend", ("torch",), "pip install 'embedtalk-sdk[train]'"),
+    "onnxruntime": _Entry(
+        "embedtalk_sdk.runtime.backends.onnxruntime", "OnnxRuntimeBackend", ("onnxruntime",), "pip install onnxruntime"
+    ),
+    "torch": _Entry(
+        "embedtalk_sdk.runtime.backends.torch_backend", "TorchBackend", ("torch",), "pip install 'embedtalk-sdk[train]'"
+    ),
 }
 # Fastest first; `auto` takes the first that loads. GPU backends slot in ahead when they land.
 AUTO_ORDER = ("tensorrt", "tensorrt-rtx", "onnxruntime", "torch")
