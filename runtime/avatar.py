@@ -37,7 +37,8 @@ AU_SCALE = 5.0  # AU intensities are 0..5 (OpenFace); the network sees AU / 5
 BLINK_AU = "AU45"
 BLINK_SEED = 0
 DEFAULT_BLINK_S = 0.2  # a typical blink, used when the manifest gives no blink_duration_s
-SUPPORTED_ENCODERS = ("mel", "features")
+# "mel" is computed here from the manifest's MelSpec; the others need speak(features=...).
+SUPPORTED_ENCODERS = ("mel", "hubert", "features")
 
 Progress = bool | Callable[[int, int], None]
 
@@ -117,8 +118,8 @@ class Avatar:
         self._encoder = _get(self._bundle, "audio.encoder")
         if self._encoder not in SUPPORTED_ENCODERS:
             raise BundleError(
-                f"bundle {self._bundle.path} uses audio encoder {self._encoder!r}; this runtime plays "
-                f"{' and '.join(SUPPORTED_ENCODERS)} bundles (re-export with --audio-encoder mel, or pass features=)"
+                f"bundle {self._bundle.path} uses audio encoder {self._encoder!r}; this runtime knows "
+                f"{', '.join(SUPPORTED_ENCODERS)}: upgrade embedtalk-sdk"
             )
         self._window = int(_get(self._bundle, "audio.window"))
         self._feature_dim = int(_get(self._bundle, "audio.feature_dim"))
@@ -220,7 +221,8 @@ class Avatar:
             progress: True prints "frame i/T" to stderr; a callable gets (done, total).
             features: precomputed audio features [M, F] (or [M, 2, F]) at the bundle's feature
                 rate (50 Hz), used instead of the bundle's encoder; required for bundles whose
-                encoder is "features". With audio None, T = round(M * fps / rate).
+                encoder is "features" or "hubert" (e.g. the dataset's aud_hu.npy, or HuBERT run
+                elsewhere). With audio None, T = round(M * fps / rate) and the MP4 is silent.
 
         Returns:
             uint8 [T, H, W, 3] with T = round(duration * fps), or the Path of `out`.
@@ -263,8 +265,8 @@ class Avatar:
             return samples, feats, self.n_frames(samples.shape[0])
         if self._mel is None:
             raise ValueError(
-                f"bundle {self._bundle.path} uses precomputed audio features: pass features= "
-                f"([M, {self._feature_dim}] rows at {self._rate:g} Hz)"
+                f"bundle {self._bundle.path} uses {self._encoder} audio features, which this runtime does not "
+                f"compute: pass features= ([M, {self._feature_dim}] rows at {self._rate:g} Hz)"
             )
         if samples is None:
             raise ValueError("speak: give audio (a path or an array) or features=")
@@ -352,7 +354,7 @@ class Avatar:
         time stamp with the default MelSpec and window); the rest come when `chunks` ends. Only a bounded
         buffer of feature rows is kept, so streams may be arbitrarily long. Uses the generated
         AUs (neutral + blinks). Gives the same frames as `speak` on the concatenated audio.
-        Only bundles with the "mel" encoder stream.
+        Only bundles with the "mel" encoder stream (others need features computed elsewhere).
         """
         if self._mel is None:
             raise ValueError(f"bundle {self._bundle.path} uses precomputed features; it cannot stream audio")

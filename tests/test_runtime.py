@@ -312,6 +312,8 @@ def test_precomputed_features(bundle_path: Path, tmp_path: Path):
     assert favatar.speak(speech(1.0), sample_rate=16000, features=feats).shape == (25, H, W, 3)
     with pytest.raises(ValueError, match="pass features="):
         favatar.speak(speech(1.0), sample_rate=16000)
+    with pytest.raises(BundleError, match="audio encoder 'wav2vec9'"):
+        Avatar.load(make_test_bundle(tmp_path / "g.etk", audio={**audio, "encoder": "wav2vec9"}))
 
 
 def test_manifest_and_graph_must_agree(tmp_path: Path):
