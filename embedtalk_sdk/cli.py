@@ -108,14 +108,18 @@ def export_cmd(
     out: Path = typer.Option(..., "-o", "--out", help="bundle path: a folder x.etk, or x.zip"),
     data: Optional[Path] = typer.Option(None, help="training dataset (default: the one the checkpoint names)"),
     track_frames: int = typer.Option(250, help="frames of camera / torso track to ship"),
+    engine: Optional[str] = typer.Option(None, help="also build engines: tensorrt-rtx | tensorrt"),
+    target: str = typer.Option("sm86,sm89", help="compute capabilities for tensorrt-rtx engines"),
 ) -> None:
     """Bake a checkpoint into a portable bundle."""
+    from embedtalk_sdk.export.engines import EngineBuildError, parse_targets
     from embedtalk_sdk.export.exporter import export_bundle
     from embedtalk_sdk.model.checkpoint import CheckpointError
 
     try:
-        export_bundle(ckpt, out, data, track_frames, log=lambda m: console.print(m))
-    except (CheckpointError, FileNotFoundError) as e:
+        export_bundle(ckpt, out, data, track_frames, log=lambda m: console.print(m),
+                      engine=engine, targets=parse_targets(target))  # fmt: skip
+    except (CheckpointError, FileNotFoundError, EngineBuildError, ValueError) as e:
         _fail(str(e))
 
 

@@ -8,7 +8,7 @@ the engine builders see one constant; see the closing notes for the measured num
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -74,11 +74,16 @@ def export_bundle(
     data_dir: str | Path | None = None,
     track_frames: int = DEFAULT_TRACK_FRAMES,
     log: Callable[[str], None] = print,
+    engine: str | None = None,
+    targets: Sequence[str] = ("sm86", "sm89"),
 ) -> Path:
     """Export `ckpt_path` to a bundle at `out_path` (a folder `x.etk`, or `x.zip`).
 
     data_dir: the training dataset (for the camera and torso+background tracks); defaults to the
     path recorded in the checkpoint.
+    engine: None, "tensorrt-rtx" (engines of deform.onnx for each compute capability in
+    `targets`, built without a GPU) or "tensorrt" (network + rasteriser plugin, this GPU);
+    see export/engines.py. They go under engines/ and into the manifest's `engines` list.
     """
     ckpt = Checkpoint.load(ckpt_path)
     meta = ckpt.meta
@@ -107,7 +112,15 @@ def export_bundle(
         "engines": [],
         "training": meta.get("metrics", {}),
     }
-    path = write_bundle(out_path, manifest, arrays, {"deform.onnx": onnx_model.SerializeToString()})
+    blobs = {"deform.onnx": onnx_model.SerializeToString()}
+    if engine:  # ---- TensorRT engines (export/engines.py, GPU playback) ----
+        from embedtalk_sdk.export.engines import build_engines, manifest_entry
+
+        built = build_engines(engine, onnx_model, targets, gaussians=arrays, K=meta["K"],
+                              width=meta["width"], height=meta["height"], log=log)  # fmt: skip
+        manifest["engines"] = [manifest_entry(e) for e in built]
+        blobs.update({e["file"]: e["data"] for e in built})
+    path = write_bundle(out_path, manifest, arrays, blobs)
     log(f"wrote {path} ({bundle_megabytes(path):.2f} MB, {manifest['gaussians']['count']} Gaussians)")
     return path
 
