@@ -1,0 +1,148 @@
+"""Engines at export: TensorRT-RTX engines of the baked network, built here without a GPU.
+
+TensorRT-RTX is a real consumer of our ONNX that no one here wrote: the parser and the builder
+must accept `build_deform_onnx`'s graph for each target compute capability. These tests need the
+`gpu` extra's tensorrt-rtx wheels (not a GPU) and skip cleanly without them; the full-TensorRT
+path (plugin node) is checked as far as it can be without `tensorrt`.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from embedtalk_sdk.export import engines
+from embedtalk_sdk.export.onnx_graph import build_deform_onnx, io_spec
+from embedtalk_sdk.model.deform import BakedDeform, DeformConfig, DeformNet
+
+N_GAUSSIANS = 700
+CFG = DeformConfig(feature_dim=32, hidden=32)
+
+needs_rtx = pytest.mark.skipif(
+    not engines.rtx_available(),
+    reason="TensorRT-RTX is not installed (pip install 'embedtalk-sdk[gpu]': tensorrt-rtx-cu13-libs/-bindings)",
+)
+
+
+def random_baked(n: int = N_GAUSSIANS, seed: int = 0) -> BakedDeform:
+    torch.manual_seed(seed)
+    net = DeformNet(CFG)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.2)
+        net.audio_net.set_feature_stats(torch.randn(200, CFG.feature_dim) * 2 + 1)
+        table = net.embedding_table(torch.randn(n, CFG.embed_dim))
+    return BakedDeform(net.eval(), table).eval()
+
+
+@pytest.fixture(scope="module")
+def deform_model():
+    return build_deform_onnx(random_baked())
+
+
+def test_targets_are_normalised():
+    assert engines.parse_targets("sm86, sm_89,8.9,120") == ["sm86", "sm89", "sm120"]
+    assert engines.parse_targets(["86"]) == ["sm86"]
+    with pytest.raises(ValueError, match="compute capability"):
+        engines.normalize_target("ampere")
+
+
+@needs_rtx
+def test_rtx_engines_for_sm86_and_sm89(deform_model):
+    spec = io_spec(deform_model)
+    entries = engines.build_rtx_engines(deform_model.SerializeToString(), targets=["sm86", "sm89"])
+    trt = engines.import_rtx()
+    assert [e["compute_capability"] for e in entries] == ["sm86", "sm89"]
+    for e in entries:
+        assert e["backend"] == "tensorrt-rtx" and e["trt_version"] == trt.__version__
+        assert e["file"] == f"engines/deform-{e['compute_capability']}.trtrtx"
+        assert e["inputs"] == spec["inputs"] == {"audio_window": ["batch", 16, 32], "aus": ["batch", 6]}
+        assert e["outputs"] == spec["outputs"] == {
+            "delta_means": ["batch", N_GAUSSIANS, 3], "delta_opacity": ["batch", N_GAUSSIANS],
+        }  # fmt: skip
+        assert e["profile"] == {"batch": list(engines.BATCH_PROFILE)}
+        assert e["bytes"] == len(e["data"]) > N_GAUSSIANS * CFG.hidden * 4  # the table is in there
+        json.dumps(engines.manifest_entry(e))  # the manifest part is JSON and has no bytes
+        assert "data" not in engines.manifest_entry(e)
+
+
+@needs_rtx
+def test_rtx_refusals_say_why(deform_model):
+    with pytest.raises(engines.EngineBuildError, match="cannot target sm90"):
+        engines.build_rtx_engines(deform_model.SerializeToString(), targets=["sm90"])
+    with pytest.raises(engines.EngineBuildError, match="parser rejected"):
+        engines.build_rtx_engines(b"not an onnx model", targets=["sm86"])
+
+
+def test_plugin_graph_for_full_tensorrt(deform_model):
+    """The one-engine graph: deform net -> EmbedTalkRasterizer plugin node -> uint8 frames."""
+    n = N_GAUSSIANS
+    rng = np.random.default_rng(0)
+    gaussians = {k: rng.normal(size=s).astype(np.float32) for k, s in
+                 dict(means=(n, 3), quats=(n, 4), scales=(n, 3), opacity_logits=(n,), colors=(n, 3)).items()}  # fmt: skip
+    K = [[60.0, 0, 32], [0, 60.0, 24], [0, 0, 1]]
+    model = engines.rasterizer_graph(deform_model, gaussians, K, width=64, height=48)
+    node = model.graph.node[-1]
+    assert (node.op_type, node.domain) == ("EmbedTalkRasterizer", "embedtalk")
+    attrs = {a.name: a for a in node.attribute}
+    assert attrs["plugin_version"].s == b"1" and attrs["fx"].f == 60.0 and attrs["cy"].f == 24.0
+    assert list(node.input[:4]) == ["delta_means", "delta_opacity", "viewmat", "background"]
+    spec = io_spec(model)
+    assert spec["inputs"]["background"] == ["batch", 48, 64, 3]
+    assert spec["outputs"] == {"frames": ["batch", 48, 64, 3]}
+    assert len(deform_model.graph.node) == len(model.graph.node) - 1  # the input model is untouched
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="full TensorRT is installed here")
+def test_full_tensorrt_absent_is_a_clear_error(deform_model):
+    with pytest.raises(engines.EngineBuildError, match="full TensorRT is not installed"):
+        engines.import_trt()
+
+
+# ---------------------------------------------------------------- through the exporter
+
+
+def _checkpoint(tmp_path: Path) -> Path:
+    from embedtalk_sdk.audio.mel import MelSpec
+    from embedtalk_sdk.data.dataset import TalkingDataset
+    from embedtalk_sdk.data.synth import synthesize_dataset
+    from embedtalk_sdk.model.checkpoint import Checkpoint
+    from embedtalk_sdk.model.gaussians import GaussianModel
+
+    data = synthesize_dataset(tmp_path / "data", seconds=2, size=64)
+    ds = TalkingDataset(data, "train")
+    rng = np.random.default_rng(0)
+    pts = np.concatenate([rng.normal(scale=0.05, size=(300, 3)), rng.uniform(size=(300, 3))], 1).astype(np.float32)
+    baked = random_baked()
+    meta = {
+        "data_dir": str(data), "width": ds.width, "height": ds.height, "fps": ds.fps, "K": np.asarray(ds.K).tolist(),
+        "audio": {"encoder": "mel", **MelSpec().to_dict(), "window": CFG.window, "feature_dim": CFG.feature_dim},
+        "aus": {"neutral": [0.5] * 6, "blink_peak": 3.0, "blink_rate_hz": 0.3},
+    }  # fmt: skip
+    gaussians = GaussianModel.from_points(pts, embed_dim=CFG.embed_dim)
+    return Checkpoint(gaussians, baked.net, meta).save(tmp_path / "run" / "ckpt.pt")
+
+
+@needs_rtx
+def test_exported_bundle_lists_its_engines(tmp_path):
+    from embedtalk_sdk.export.exporter import export_bundle
+    from embedtalk_sdk.runtime.bundle import Bundle
+
+    ckpt = _checkpoint(tmp_path)
+    out = export_bundle(ckpt, tmp_path / "a.etk", track_frames=5, log=lambda m: None,
+                        engine="tensorrt-rtx", targets=["sm86", "sm89"])  # fmt: skip
+    bundle = Bundle.open(out)  # verifies every listed file's sha256, the engines included
+    listed = bundle.manifest["engines"]
+    assert [e["compute_capability"] for e in listed] == ["sm86", "sm89"]
+    deform = bundle.manifest["onnx"]["deform"]
+    for e in listed:
+        assert e["file"] in bundle.manifest["files"] and e["bytes"] == bundle.manifest["files"][e["file"]]["bytes"]
+        assert e["inputs"] == deform["inputs"] and e["outputs"] == deform["outputs"]
+        assert len(bundle.bytes_of(e["file"])) == e["bytes"]
+    # Without --engine nothing is built and the list stays empty.
+    plain = export_bundle(ckpt, tmp_path / "b.etk", track_frames=5, log=lambda m: None)
+    assert Bundle.open(plain).manifest["engines"] == []
