@@ -556,13 +556,26 @@ def head_points(n: int, rng: np.random.Generator, noise: float = 0.0008) -> np.n
         normal = p / HEAD_RADII ** 2
         seen = np.einsum("ij,ij->i", normal, cam - p) > 0.05 * np.linalg.norm(normal, axis=1)
         pts = np.concatenate([pts, p[seen]])
-    pts = pts[:n]
+    n_cavity = n // 40
+    pts = pts[: n - n_cavity]
     d = pts - cam
     d /= np.linalg.norm(d, axis=1, keepdims=True)
     rgb = surface_colour(pts, d, FaceState())
+    cavity, cavity_rgb = _cavity_points(n_cavity, rng)
+    pts, rgb = np.concatenate([pts, cavity]), np.concatenate([rgb, cavity_rgb])
     pts = pts + noise * rng.standard_normal(pts.shape)
     rgb = np.clip(rgb + 0.02 * rng.standard_normal(rgb.shape), 0, 1)
     return np.concatenate([pts, rgb], axis=1).astype(np.float32)
+
+
+def _cavity_points(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """[n,3] points on the mouth's back wall and their colours [n,3]: what a reconstruction from
+    frames with the mouth open sees behind the lips (hidden by the lips when it is closed)."""
+    z_wall = MOUTH_CENTER[2] - 0.018
+    x = rng.uniform(-0.028, 0.028, n)
+    y = rng.uniform(MOUTH_Y - 0.030, MOUTH_Y + 0.004, n)
+    p = np.stack([x, y, np.full(n, z_wall)], axis=1)
+    return p, _mouth_interior(p, np.tile([0.0, 0.0, -1.0], (n, 1)))
 
 
 # ---------------------------------------------------------------------------------------------
