@@ -66,7 +66,7 @@ def test_layout_is_complete_and_readable(data_dir: Path) -> None:
     assert pts.dtype == np.float32 and pts.shape[1] == 6 and 20000 <= len(pts) <= 40000
     r = np.linalg.norm(pts[:, :3] / synth.HEAD_RADII, axis=1)
     surface = len(pts) - len(pts) // 40  # the rest lie on the mouth's back wall, inside the head
-    assert np.all(np.abs(r[:surface] - 1) < 0.1) and np.all(r[surface:] < 0.97)
+    assert np.all(np.abs(r[:surface] - 1) < 0.1) and np.all(r[surface:] < 0.97 + 0.02)  # inside, up to the 0.8 mm jitter
     assert 0 <= pts[:, 3:].min() and pts[:, 3:].max() <= 1
 
 

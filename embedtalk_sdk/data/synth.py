@@ -572,10 +572,11 @@ def _cavity_points(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.nda
     """[n,3] points on the mouth's back wall and their colours [n,3]: what a reconstruction from
     frames with the mouth open sees behind the lips (hidden by the lips when it is closed)."""
     z_wall = MOUTH_CENTER[2] - 0.018
-    x = rng.uniform(-0.028, 0.028, n)
-    y = rng.uniform(MOUTH_Y - 0.030, MOUTH_Y + 0.004, n)
-    p = np.stack([x, y, np.full(n, z_wall)], axis=1)
-    return p, _mouth_interior(p, np.tile([0.0, 0.0, -1.0], (n, 1)))
+    x = rng.uniform(-0.028, 0.028, 4 * n)
+    y = rng.uniform(MOUTH_Y - 0.030, MOUTH_Y + 0.004, 4 * n)
+    p = np.stack([x, y, np.full(4 * n, z_wall)], axis=1)
+    p = p[np.linalg.norm(p / HEAD_RADII, axis=1) < 0.96][:n]  # only where the wall is inside the head
+    return p, _mouth_interior(p, np.tile([0.0, 0.0, -1.0], (len(p), 1)))
 
 
 # ---------------------------------------------------------------------------------------------
