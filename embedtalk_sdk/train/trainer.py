@@ -225,7 +225,7 @@ class Trainer:
             self._accumulate_grad_stats(stats, means, i)
             self.optimizer.step()
             self.network_opt.step()
-            losses.append(float(loss))
+            losses.append(loss.detach().item())
             if d.start <= step < d.stop and step % d.every == 0 and step > 0:
                 counts = densify_and_prune(self.gaussians, self.optimizer, stats, d)
                 neighbours = knn_indices(self.gaussians.means, c.knn_k)
@@ -270,25 +270,30 @@ class Trainer:
         }
 
     def _meta(self, metrics: dict) -> dict:
-        ds = self.train.dataset
-        aus = ds.aus
-        blink = aus[:, 5]
-        return {
-            "data_dir": str(self.data_dir.resolve()),
-            "width": ds.width,
-            "height": ds.height,
-            "fps": ds.fps,
-            "K": ds.K.tolist(),
-            "audio": {"encoder": self.cfg.audio_encoder, **MelSpec().to_dict(), "window": self.deform.cfg.window,
-                      "feature_dim": self.deform.cfg.feature_dim},
-            "aus": {
-                "neutral": np.median(aus, axis=0).round(4).tolist(),
-                "blink_peak": float(np.percentile(blink, 99)),
-                "blink_rate_hz": _blink_rate(blink, ds.fps),
-            },
-            "train": {k: v for k, v in self.cfg.to_dict().items() if k not in ("deform", "densify")},
-            "metrics": metrics,
-        }
+        meta = dataset_meta(self.train.dataset, self.cfg.audio_encoder, self.deform.cfg)
+        meta["train"] = {k: v for k, v in self.cfg.to_dict().items() if k not in ("deform", "densify")}
+        meta["metrics"] = metrics
+        return meta
+
+
+def dataset_meta(ds: TalkingDataset, audio_encoder: str, deform_cfg: DeformConfig) -> dict:
+    """What export needs to know about the training data: image size, fps, intrinsics, audio
+    features, AU statistics (neutral pose, blink peak and rate for generated blinks)."""
+    blink = ds.aus[:, 5]
+    return {
+        "data_dir": str(Path(ds.root).resolve()),
+        "width": ds.width,
+        "height": ds.height,
+        "fps": ds.fps,
+        "K": ds.K.tolist(),
+        "audio": {"encoder": audio_encoder, **MelSpec().to_dict(), "window": deform_cfg.window,
+                  "feature_dim": deform_cfg.feature_dim},
+        "aus": {
+            "neutral": np.median(ds.aus, axis=0).round(4).tolist(),
+            "blink_peak": float(np.percentile(blink, 99)),
+            "blink_rate_hz": _blink_rate(blink, ds.fps),
+        },
+    }
 
 
 def _blink_rate(au45: np.ndarray, fps: float) -> float:

@@ -51,7 +51,7 @@ def _load_baked(bundle: Bundle, file: str):
     # embed_proj is baked into the table; the rebuilt net never uses it.
     state["embed_proj.weight"] = net.embed_proj.weight.detach().numpy()
     try:
-        net.load_state_dict({k: torch.as_tensor(np.ascontiguousarray(v)) for k, v in state.items()})
+        net.load_state_dict({k: torch.as_tensor(np.array(v, dtype=np.float32)) for k, v in state.items()})
     except RuntimeError as e:
         raise BundleError(f"{bundle.path}/{file} does not fit the manifest's network: {e}") from None
     return BakedDeform(net, torch.as_tensor(w["gaussian_table"])).eval()

@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny synthetic dataset, and a briefly trained + exported avatar made by the
+real pipeline (synth -> Trainer -> export_bundle), shared by the end-to-end tests."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def has_cuda() -> bool:
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (none visible)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    from embedtalk_sdk.data.synth import synthesize_dataset
+
+    return synthesize_dataset(tmp_path_factory.mktemp("data") / "tiny", seconds=4.4, size=64, seed=3, n_points=6000)
+
+
+@pytest.fixture(scope="session")
+def trained_avatar(tiny_dataset, tmp_path_factory) -> dict:
+    """{"data", "ckpt", "bundle", "metrics"}: 60 iterations of real training on the tiny dataset."""
+    from embedtalk_sdk.export.exporter import export_bundle
+    from embedtalk_sdk.train.strategy import DensifyConfig
+    from embedtalk_sdk.train.trainer import TrainConfig, Trainer
+
+    run = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(iterations=60, init_points=1500, lpips_every=0, densify=DensifyConfig(start=20, stop=50, every=20))
+    result = Trainer(tiny_dataset, cfg, log=lambda m: None).run(run)
+    bundle = export_bundle(run / "ckpt.pt", run / "avatar.etk", log=lambda m: None)
+    return {"data": tiny_dataset, "ckpt": run / "ckpt.pt", "bundle": bundle, "metrics": result.metrics}
