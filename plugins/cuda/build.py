@@ -214,22 +214,24 @@ def nvrtc_compile(arch: str) -> tuple[bytes, str]:
         raise BuildError(f"nvrtcCreateProgram failed: {err}")
     try:
         (status,) = nvrtc.nvrtcCompileProgram(prog, len(options), options)
+        # Output buffers must be bytearrays: NVRTC writes into them, and `b" " * n` may be an
+        # interned bytes object shared by the whole interpreter.
         _, size = nvrtc.nvrtcGetProgramLogSize(prog)
-        log = b" " * size
+        log = bytearray(size)
         nvrtc.nvrtcGetProgramLog(prog, log)
         if status != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            raise BuildError(f"NVRTC failed for {target}: {status}\n{log.decode(errors='replace')}")
+            raise BuildError(f"NVRTC failed for {target}: {status}\n{bytes(log).decode(errors='replace')}")
         if kind == "cubin":
             _, size = nvrtc.nvrtcGetCUBINSize(prog)
-            image = b" " * size
+            image = bytearray(size)
             nvrtc.nvrtcGetCUBIN(prog, image)
         else:
             _, size = nvrtc.nvrtcGetPTXSize(prog)
-            image = b" " * size
+            image = bytearray(size)
             nvrtc.nvrtcGetPTX(prog, image)
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
-    return image, kind
+    return bytes(image), kind
 
 
 def nvrtc_cache_path(arch: str) -> Path:

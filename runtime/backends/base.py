@@ -198,6 +198,11 @@ _REGISTRY: dict[str, _Entry] = {
         "embedtalk_sdk.runtime.backends.torch_backend", "TorchBackend", ("torch",), "pip install 'embedtalk-sdk[train]'"
     ),
 }
+# GPU backends (runtime/backends/tensorrt*.py, plugins/cuda/design.md); they fail fast without a GPU.
+_REGISTRY["tensorrt-rtx"] = _Entry("embedtalk_sdk.runtime.backends.tensorrt_rtx", "TensorRTRTXBackend",
+                                   ("tensorrt_rtx_bindings", "cuda.bindings"), "pip install 'embedtalk-sdk[gpu]'")
+_REGISTRY["tensorrt"] = _Entry("embedtalk_sdk.runtime.backends.tensorrt", "TensorRTBackend",
+                               ("tensorrt", "cuda.bindings"), "install TensorRT 10+ and pip install cuda-python")
 # Fastest first; `auto` takes the first that loads. GPU backends slot in ahead when they land.
 AUTO_ORDER = ("tensorrt", "tensorrt-rtx", "onnxruntime", "torch")
 
