@@ -24,7 +24,14 @@ from embedtalk_sdk.plugins.cuda import build
 from embedtalk_sdk.plugins.cuda.rasterizer import EtkCamera, plan, tile_bits
 from embedtalk_sdk.plugins.cuda.shared_lib import EtkRasterArgs
 
-HAS_CUDA_PYTHON = importlib.util.find_spec("cuda") is not None and importlib.util.find_spec("cuda.bindings") is not None
+def _has(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
+HAS_CUDA_PYTHON = _has("cuda") and _has("cuda.bindings")
 
 
 def _gpu_present() -> bool:
@@ -169,7 +176,7 @@ def test_gpu_runtime_modules_never_import_torch():
     code = (
         "import sys\n"
         "import embedtalk_sdk.plugins.cuda, embedtalk_sdk.plugins.cuda.rasterizer\n"
-        "import embedtalk_sdk.runtime.backends.tensorrt_rtx\n"
+        "import embedtalk_sdk.runtime.backends.tensorrt_rtx, embedtalk_sdk.runtime.backends.tensorrt\n"
         "from embedtalk_sdk.runtime.backends.base import available_backends\n"
         "available_backends()\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
@@ -177,6 +184,38 @@ def test_gpu_runtime_modules_never_import_torch():
     if not HAS_CUDA_PYTHON:
         code = code.replace("embedtalk_sdk.plugins.cuda.rasterizer", "embedtalk_sdk.plugins.cuda.build")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_engine_selection_and_why_not():
+    from embedtalk_sdk.runtime.backends.tensorrt_rtx import select_engine
+
+    entries = [
+        {"file": "engines/a", "backend": "tensorrt-rtx", "compute_capability": "sm86", "trt_version": "1.7.1.116"},
+        {"file": "engines/b", "backend": "tensorrt-rtx", "compute_capability": "sm89", "trt_version": "1.6.0.1"},
+        {"file": "engines/c", "backend": "tensorrt", "compute_capability": "sm89", "trt_version": "1.7.1.116"},
+    ]
+    assert select_engine(entries, "sm86", "1.7.1.200")[0]["file"] == "engines/a"  # build number may differ
+    entry, why = select_engine(entries, "sm89", "1.7.1.116")
+    assert entry is None and "engines/a is for sm86, this GPU is sm89" in why
+    assert any("built by TensorRT-RTX 1.6.0.1, 1.7.1.116 is installed" in w for w in why)
+    assert select_engine([], "sm89", "1.7.1") == (None, ["the bundle has no tensorrt-rtx engine"])
+
+
+@pytest.mark.skipif(GPU, reason="checks the no-GPU fallback")
+def test_without_a_gpu_auto_falls_back_to_the_cpu(tmp_path, caplog):
+    from test_runtime import make_test_bundle
+
+    from embedtalk_sdk.runtime.avatar import Avatar
+    from embedtalk_sdk.runtime.backends.base import BackendError, create_backend
+    from embedtalk_sdk.runtime.bundle import Bundle
+
+    bundle = make_test_bundle(tmp_path / "a.etk")
+    if "tensorrt-rtx" in __import__("embedtalk_sdk.runtime.backends.base", fromlist=["x"]).available_backends():
+        with pytest.raises(BackendError, match="tensorrt-rtx"):
+            create_backend("tensorrt-rtx", Bundle.open(bundle))
+    with caplog.at_level("INFO", logger="embedtalk_sdk.runtime"):
+        avatar = Avatar.load(bundle)
+    assert avatar.backend_name == "onnxruntime"
 
 
 def test_backends_are_registered():

@@ -146,3 +146,22 @@ def test_exported_bundle_lists_its_engines(tmp_path):
     # Without --engine nothing is built and the list stays empty.
     plain = export_bundle(ckpt, tmp_path / "b.etk", track_frames=5, log=lambda m: None)
     assert Bundle.open(plain).manifest["engines"] == []
+
+
+@needs_rtx
+def test_plugin_classes_subclass_tensorrts_ipluginv3():
+    """The IPluginV3 plugin and creator, instantiated against TensorRT-RTX's plugin interfaces
+    (the same Python API as full TensorRT's): fields round-trip, output type is uint8."""
+    from embedtalk_sdk.plugins.cuda.trt_plugin import FIELDS, plugin_classes
+
+    trt = engines.import_rtx()
+    plugin_cls, creator_cls = plugin_classes(trt)
+    creator = creator_cls()
+    assert (creator.name, creator.plugin_version) == ("EmbedTalkRasterizer", "1")
+    fc = trt.PluginFieldCollection(
+        [trt.PluginField(k, np.array([v], np.float32), trt.PluginFieldType.FLOAT32) for k, v in zip(FIELDS, [60, 61, 32, 24])]
+    )
+    plugin = creator.create_plugin("rasterizer", fc, trt.TensorRTPhase.BUILD)
+    assert plugin.fields == {"fx": 60.0, "fy": 61.0, "cx": 32.0, "cy": 24.0} == plugin.clone().fields
+    assert plugin.get_output_data_types([trt.DataType.FLOAT] * 9) == [trt.DataType.UINT8]
+    assert [f.name for f in plugin.get_fields_to_serialize()] == list(FIELDS)

@@ -203,6 +203,9 @@ _REGISTRY["tensorrt-rtx"] = _Entry("embedtalk_sdk.runtime.backends.tensorrt_rtx"
                                    ("tensorrt_rtx_bindings", "cuda.bindings"), "pip install 'embedtalk-sdk[gpu]'")
 _REGISTRY["tensorrt"] = _Entry("embedtalk_sdk.runtime.backends.tensorrt", "TensorRTBackend",
                                ("tensorrt", "cuda.bindings"), "install TensorRT 10+ and pip install cuda-python")
+# Benchmark baseline only (embedtalk_sdk/bench_gpu.py): PyTorch MLP + gsplat, CUDA only; last in `auto`.
+_REGISTRY["gsplat-torch"] = _Entry("embedtalk_sdk.bench_gpu", "GsplatTorchBaseline", ("gsplat", "torch"),
+                                   "pip install 'embedtalk-sdk[train,gpu]' (and a CUDA device)")
 # Fastest first; `auto` takes the first that loads. GPU backends slot in ahead when they land.
 AUTO_ORDER = ("tensorrt", "tensorrt-rtx", "onnxruntime", "torch")
 

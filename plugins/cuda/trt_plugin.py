@@ -1,0 +1,170 @@
+"""`EmbedTalkRasterizer`: the CUDA rasteriser as a TensorRT IPluginV3, written in Python.
+
+Full TensorRT only (TensorRT-RTX engines hold the network alone). TensorRT's ONNX parser maps the
+node that `export/engines.py:rasterizer_graph` adds to this plugin by its op type, version "1",
+namespace "". `enqueue` runs `CudaRasterizer.forward` (the same kernels as everywhere) on
+TensorRT's stream, frame by frame of the batch, in TensorRT's workspace.
+
+Inputs: 0 delta_means [B,N,3] f32, 1 delta_opacity [B,N] f32, 2 viewmat [B,4,4] f32,
+3 background [B,H,W,3] u8, 4..8 means [N,3], quats [N,4], scales [N,3], opacity_logits [N],
+colors [N,3] (f32 constants). Output: frames [B,H,W,3] u8. Fields: fx, fy, cx, cy.
+The pair capacity is fixed at build time (workspace size): EMBEDTALK_TRT_MAX_PAIRS, default
+16 per Gaussian; a frame that needs more is drawn incompletely and logged (warning).
+
+TensorRT's Python plugin classes must subclass the `tensorrt` module's types, so they are made
+by `plugin_classes(trt)` once `tensorrt` is importable; nothing here imports it at module load.
+Untested on the development machines (full TensorRT does not install there); see design.md.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("embedtalk_sdk.plugins.cuda")
+
+PLUGIN_NAME = "EmbedTalkRasterizer"
+PLUGIN_VERSION = "1"
+PLUGIN_NAMESPACE = ""
+FIELDS = ("fx", "fy", "cx", "cy")
+_REGISTERED: set[int] = set()
+
+
+def max_pairs_for(n: int) -> int:
+    per = int(os.environ.get("EMBEDTALK_TRT_MAX_PAIRS_PER_GAUSSIAN", "16"))
+    return int(os.environ.get("EMBEDTALK_TRT_MAX_PAIRS", max(65536, per * n)))
+
+
+class _RawStream:
+    """TensorRT hands enqueue a raw cudaStream_t; CudaRasterizer wants an object with `.handle`."""
+
+    def __init__(self, handle: int) -> None:
+        from cuda.bindings import driver
+
+        self.handle = driver.CUstream(int(handle))
+
+
+def plugin_classes(trt) -> tuple[type, type]:
+    """(plugin class, creator class) subclassing `trt`'s IPluginV3 interfaces."""
+
+    class EmbedTalkRasterizerPlugin(trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild, trt.IPluginV3OneRuntime):
+        def __init__(self, fields: dict[str, float] | None = None, phase: Any = None) -> None:
+            trt.IPluginV3.__init__(self)
+            trt.IPluginV3OneCore.__init__(self)
+            trt.IPluginV3OneBuild.__init__(self)
+            trt.IPluginV3OneRuntime.__init__(self)
+            self.num_outputs = 1
+            self.plugin_namespace = PLUGIN_NAMESPACE
+            self.plugin_name = PLUGIN_NAME
+            self.plugin_version = PLUGIN_VERSION
+            self.fields = dict(fields or {})
+            self.phase = phase
+            self._rasterizer = None
+
+        # ---- core / build
+        def get_capability_interface(self, kind):
+            return self
+
+        def get_output_data_types(self, input_types):
+            return [trt.DataType.UINT8]
+
+        def get_output_shapes(self, inputs, shape_inputs, expr_builder):
+            return [trt.DimsExprs(inputs[3])]  # frames: the background's shape
+
+        def supports_format_combination(self, pos, in_out, num_inputs):
+            desc = in_out[pos].desc
+            if desc.format != trt.TensorFormat.LINEAR:
+                return False
+            want = trt.DataType.UINT8 if pos in (3, num_inputs) else trt.DataType.FLOAT
+            return desc.type == want
+
+        def configure_plugin(self, inputs, outputs):
+            pass
+
+        def on_shape_change(self, inputs, outputs):
+            pass
+
+        def get_fields_to_serialize(self):
+            return trt.PluginFieldCollection(
+                [trt.PluginField(k, np.array([self.fields[k]], np.float32), trt.PluginFieldType.FLOAT32) for k in FIELDS]
+            )
+
+        def get_workspace_size(self, inputs, outputs):
+            from embedtalk_sdk.plugins.cuda.rasterizer import plan
+
+            n, h, w = int(inputs[4].max[0]), int(inputs[3].max[1]), int(inputs[3].max[2])
+            return plan(n, w, h, max_pairs_for(n)).total + 256  # + the pair count
+
+        # ---- runtime
+        def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream):
+            from embedtalk_sdk.plugins.cuda.driver import _drv, check
+            from embedtalk_sdk.plugins.cuda.rasterizer import CudaRasterizer, plan
+
+            if self._rasterizer is None:
+                self._rasterizer = CudaRasterizer()
+            dims = input_desc[3].dims
+            b, h, w = int(dims[0]), int(dims[1]), int(dims[2])
+            n = int(input_desc[4].dims[0])
+            max_pairs = max_pairs_for(n)
+            ws_bytes = plan(n, w, h, max_pairs).total
+            pair_count = int(workspace) + ws_bytes
+            K = [[self.fields["fx"], 0, self.fields["cx"]], [0, self.fields["fy"], self.fields["cy"]], [0, 0, 1]]
+            s = _RawStream(stream)
+            for i in range(b):
+                self._rasterizer.forward(
+                    s, n=n, width=w, height=h, K=K,
+                    means=inputs[4], quats=inputs[5], scales=inputs[6], opacity_logits=inputs[7], colors=inputs[8],
+                    delta_means=int(inputs[0]) + i * n * 12, delta_opacity=int(inputs[1]) + i * n * 4,
+                    viewmat=int(inputs[2]) + i * 64, background_u8=int(inputs[3]) + i * h * w * 3,
+                    image_u8=int(outputs[0]) + i * h * w * 3, max_pairs=max_pairs,
+                    workspace=int(workspace), workspace_bytes=ws_bytes, pair_count=pair_count,
+                )  # fmt: skip
+            if self.phase == trt.TensorRTPhase.RUNTIME:  # overflow check costs a sync: only then
+                count = np.zeros(1, np.uint32)
+                check(_drv().cuMemcpyDtoHAsync(count.ctypes.data, pair_count, 4, s.handle))
+                check(_drv().cuStreamSynchronize(s.handle))
+                if int(count[0]) > max_pairs:
+                    log.warning("%s: a frame needed %d tile pairs, room for %d (set EMBEDTALK_TRT_MAX_PAIRS)",
+                                PLUGIN_NAME, int(count[0]), max_pairs)  # fmt: skip
+            return 0
+
+        def attach_to_context(self, context):
+            return self.clone()
+
+        def set_tactic(self, tactic):
+            pass
+
+        def clone(self):
+            other = EmbedTalkRasterizerPlugin(self.fields, self.phase)
+            return other
+
+    class EmbedTalkRasterizerCreator(trt.IPluginCreatorV3One):
+        def __init__(self) -> None:
+            trt.IPluginCreatorV3One.__init__(self)
+            self.name = PLUGIN_NAME
+            self.plugin_namespace = PLUGIN_NAMESPACE
+            self.plugin_version = PLUGIN_VERSION
+            self.field_names = trt.PluginFieldCollection(
+                [trt.PluginField(k, np.array([]), trt.PluginFieldType.FLOAT32) for k in FIELDS]
+            )
+
+        def create_plugin(self, name, fc, phase):
+            fields = {f.name: float(np.asarray(f.data).reshape(-1)[0]) for f in fc}
+            missing = [k for k in FIELDS if k not in fields]
+            if missing:
+                raise ValueError(f"{PLUGIN_NAME}: missing fields {missing}")
+            return EmbedTalkRasterizerPlugin(fields, phase)
+
+    return EmbedTalkRasterizerPlugin, EmbedTalkRasterizerCreator
+
+
+def register_plugin(trt) -> None:
+    """Register the creator with `trt`'s plugin registry (once per process); needed before
+    parsing a graph with the node and before deserialising an engine that holds it."""
+    if id(trt) in _REGISTERED:
+        return
+    _, creator = plugin_classes(trt)
+    trt.get_plugin_registry().register_creator(creator(), PLUGIN_NAMESPACE)
+    _REGISTERED.add(id(trt))
