@@ -138,7 +138,8 @@ def speak(
     try:
         avatar = Avatar.load(bundle, backend=backend)
         console.print(f"backend: {avatar.backend_name}")
-        avatar.speak(audio, out=out, progress=True)
+        with progress_bar("speak", 1) as update:
+            avatar.speak(audio, out=out, progress=lambda done, total: update(done, total))
     except (AudioError, BundleError, ValueError) as e:
         _fail(str(e))
     console.print(f"wrote {out}")
