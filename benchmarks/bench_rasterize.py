@@ -24,8 +24,8 @@ def head_scene(n: int, size: int, seed: int = 0) -> dict[str, np.ndarray]:
     means = d * shell[:, None] * np.array([0.27, 0.34, 0.27])  # head ~ 0.54 x 0.68 at distance 1
     viewmat = np.eye(4)
     viewmat[2, 3] = 1.0  # camera 1 unit in front of the head, looking down +z
-    # 1-6 px radius ~ 3 sigma_px, sigma_px = f s / z
-    scales = np.exp(rng.uniform(np.log(0.4), np.log(2.0), (n, 3))) / f
+    # sigma_px = f s / z in 0.15-1.5 px: culling radii 2-6 px after the 0.3 px^2 low-pass
+    scales = np.exp(rng.uniform(np.log(0.15), np.log(1.5), (n, 3))) / f
     opac = np.clip(rng.beta(5, 1, n), 0.02, 0.999)
     return dict(
         means=means,

@@ -23,14 +23,17 @@ T_MIN = np.float32(1e-4)
 HALF = np.float32(0.5)
 ONE = np.float32(1.0)
 ZERO = np.float32(0.0)
-# sigma beyond log(255 o) + margin means alpha < 1/255 whatever the rounding: skip the exp.
-SIGMA_MARGIN = 1e-3
+# Pixels with sigma > log(255 o) + margin have alpha < 1/255 whatever the float32 rounding: the
+# row spans (_row_span) leave them out; the exact alpha test runs on the rest.
+SIGMA_MARGIN = 1e-2
 
 
 @njit(fastmath=False, cache=True)
-def _project_one(g, means, quats, scales, opacities, viewmat, K, width, height, mean2d, conic, depth, rect, sigma_max):
+def _project_one(g, means, quats, scales, opacities, viewmat, K, width, height, mean2d, conic, depth, rect, support):
     """Steps 1-5 and the tile box (step 6) for Gaussian g; writes row g of the outputs.
-    rect[g] = (x0, x1, y0, y1) inclusive tile ranges; empty (x1 < x0) when culled."""
+    rect[g] = (x0, x1, y0, y1) inclusive tile ranges; empty (x1 < x0) when culled.
+    support[g] = (kB, P, Q, y_reach): where sigma <= log(255 o) + margin, pixel centres lie at
+    |dy| <= y_reach and x in mean.x + kB dy +- sqrt(P - Q dy^2)."""
     rect[g, 0], rect[g, 1], rect[g, 2], rect[g, 3] = 0, -1, 0, -1
     m0, m1, m2 = np.float64(means[g, 0]), np.float64(means[g, 1]), np.float64(means[g, 2])
     x = viewmat[0, 0] * m0 + viewmat[0, 1] * m1 + viewmat[0, 2] * m2 + viewmat[0, 3]
@@ -73,7 +76,12 @@ def _project_one(g, means, quats, scales, opacities, viewmat, K, width, height, 
     mean2d[g, 0], mean2d[g, 1] = mx, my
     conic[g, 0], conic[g, 1], conic[g, 2] = c / det, -b / det, a / det
     log_o = math.log(255.0 * o)
-    sigma_max[g] = log_o + SIGMA_MARGIN
+    # 0.5 A dx^2 + B dx dy + 0.5 C dy^2 <= s_max, solved for dx (A = c/det, B = -b/det, C = a/det)
+    s_max = log_o + SIGMA_MARGIN
+    support[g, 0] = b / c  # -B/A
+    support[g, 1] = 2.0 * s_max * det / c  # 2 s_max / A
+    support[g, 2] = det / (c * c)  # (AC - B^2) / A^2
+    support[g, 3] = math.sqrt(2.0 * s_max * c)  # sqrt(P/Q): the largest |dy|
 
     mid = 0.5 * (a + c)
     lam = mid + math.sqrt(max(0.1, mid * mid - det))
@@ -89,17 +97,18 @@ def _project_one(g, means, quats, scales, opacities, viewmat, K, width, height, 
 @njit(parallel=True, fastmath=False, cache=True)
 def _project(means, quats, scales, opacities, viewmat, K, width, height):
     """Steps 1-5 for all Gaussians (float32 in, float64 maths).
-    -> mean2d f32[N,2], conic f32[N,3], depth f64[N], rect i32[N,4], sigma_max f32[N]."""
+    -> mean2d f32[N,2], conic f32[N,3], depth f64[N], rect i32[N,4], support f64[N,4]
+    (see _project_one)."""
     n = means.shape[0]
     mean2d = np.zeros((n, 2), np.float32)
     conic = np.zeros((n, 3), np.float32)
     depth = np.empty(n, np.float64)
     rect = np.empty((n, 4), np.int32)
-    sigma_max = np.zeros(n, np.float32)
+    support = np.zeros((n, 4), np.float64)
     vm, k = viewmat.astype(np.float64), K.astype(np.float64)
     for g in prange(n):
-        _project_one(g, means, quats, scales, opacities, vm, k, width, height, mean2d, conic, depth, rect, sigma_max)
-    return mean2d, conic, depth, rect, sigma_max
+        _project_one(g, means, quats, scales, opacities, vm, k, width, height, mean2d, conic, depth, rect, support)
+    return mean2d, conic, depth, rect, support
 
 
 @njit(fastmath=False, cache=True)
@@ -127,55 +136,81 @@ def _bin(depth, rect, tiles_x, tiles_y):
 
 
 @njit(fastmath=False, cache=True)
-def _blend_tile(t, offsets, ids, mean2d, conic, opacities, colors, sigma_max, background, tiles_x, image, alpha):
-    """Step 7 for the pixels of tile t; writes them into image [H,W,3] and alpha [H,W]."""
+def _row_span(dy, mx, kB, P, Q, j0, j1):
+    """Columns j in [j0, j1) of a pixel row at dy from a Gaussian whose centre j + 0.5 lies in its
+    support (see _project_one) -> (ja, jb), empty if ja > jb. Float64: the rounding here is far
+    smaller than the pixel distance SIGMA_MARGIN puts between this and the exact alpha test."""
+    h2 = P - Q * dy * dy
+    if h2 < 0.0:
+        return 1, 0
+    xc, hw = mx + kB * dy - 0.5, math.sqrt(h2)
+    xa = min(max(xc - hw, j0 - 1.0), j1 + 1.0)  # clamp before int(): spans can be huge
+    xb = min(max(xc + hw, j0 - 1.0), j1 + 1.0)
+    return max(j0, int(math.ceil(xa))), min(j1 - 1, int(math.floor(xb)))
+
+
+@njit(fastmath=False, cache=True)
+def _blend_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x, image, alpha):
+    """Step 7 for the pixels of tile t; writes them into image [H,W,3] and alpha [H,W].
+
+    Gaussian by Gaussian in depth order, each over just the pixels of its support (row spans):
+    every pixel still sees its Gaussians in order; the break is kept per pixel (`live`)."""
     H, W = background.shape[0], background.shape[1]
     i0, j0 = (t // tiles_x) * TILE, (t % tiles_x) * TILE
-    start, m = offsets[t], offsets[t + 1] - offsets[t]
-    # The tile's Gaussians packed contiguously: read 256 times per tile.
-    p = np.empty((m, 10), np.float32)
-    for k in range(m):
-        g = ids[start + k]
-        p[k, 0], p[k, 1] = mean2d[g, 0], mean2d[g, 1]
-        p[k, 2], p[k, 3], p[k, 4] = conic[g, 0], conic[g, 1], conic[g, 2]
-        p[k, 5], p[k, 6] = opacities[g], sigma_max[g]
-        p[k, 7], p[k, 8], p[k, 9] = colors[g, 0], colors[g, 1], colors[g, 2]
-    for i in range(i0, min(i0 + TILE, H)):
-        py = np.float32(i) + HALF
-        for j in range(j0, min(j0 + TILE, W)):
-            px = np.float32(j) + HALF
-            T, r, gr, b = ONE, ZERO, ZERO, ZERO
-            for k in range(m):
-                dx, dy = px - p[k, 0], py - p[k, 1]
-                sigma = HALF * (p[k, 2] * dx * dx + p[k, 4] * dy * dy) + p[k, 3] * dx * dy
-                if sigma > p[k, 6]:
+    i1, j1 = min(i0 + TILE, H), min(j0 + TILE, W)
+    T = np.ones(TILE * TILE, np.float32)
+    rgb = np.zeros((TILE * TILE, 3), np.float32)
+    live = np.ones(TILE * TILE, np.bool_)
+    n_live = (i1 - i0) * (j1 - j0)
+    for k in range(offsets[t], offsets[t + 1]):
+        g = ids[k]
+        mx, my, A, B, C, o = mean2d[g, 0], mean2d[g, 1], conic[g, 0], conic[g, 1], conic[g, 2], opacities[g]
+        my64, reach = np.float64(my), support[g, 3]
+        ia = max(i0, int(math.ceil(max(my64 - reach - 0.5, i0 - 1.0))))
+        ib = min(i1 - 1, int(math.floor(min(my64 + reach - 0.5, i1 + 1.0))))
+        for i in range(ia, ib + 1):
+            py = np.float32(i) + HALF
+            dy = py - my
+            ja, jb = _row_span(np.float64(py) - my64, np.float64(mx), support[g, 0], support[g, 1],
+                               support[g, 2], j0, j1)
+            for j in range(ja, jb + 1):
+                c = (i - i0) * TILE + (j - j0)
+                if not live[c]:
                     continue
-                a = min(ALPHA_MAX, p[k, 5] * math.exp(-sigma))
+                dx = np.float32(j) + HALF - mx
+                sigma = HALF * (A * dx * dx + C * dy * dy) + B * dx * dy
+                a = min(ALPHA_MAX, o * math.exp(-sigma))
                 if a < ALPHA_MIN:
                     continue
-                T_next = T * (ONE - a)
-                if T_next < T_MIN:
-                    break
-                w = a * T
-                r += p[k, 7] * w
-                gr += p[k, 8] * w
-                b += p[k, 9] * w
-                T = T_next
-            image[i, j, 0] = r + T * background[i, j, 0]
-            image[i, j, 1] = gr + T * background[i, j, 1]
-            image[i, j, 2] = b + T * background[i, j, 2]
-            alpha[i, j] = ONE - T
+                T_next = T[c] * (ONE - a)
+                if T_next < T_MIN:  # the break, for this pixel
+                    live[c] = False
+                    n_live -= 1
+                    continue
+                w = a * T[c]
+                rgb[c, 0] += colors[g, 0] * w
+                rgb[c, 1] += colors[g, 1] * w
+                rgb[c, 2] += colors[g, 2] * w
+                T[c] = T_next
+        if n_live == 0:
+            break
+    for i in range(i0, i1):
+        for j in range(j0, j1):
+            c = (i - i0) * TILE + (j - j0)
+            for ch in range(3):
+                image[i, j, ch] = rgb[c, ch] + T[c] * background[i, j, ch]
+            alpha[i, j] = ONE - T[c]
 
 
 @njit(parallel=True, fastmath=False, cache=True)
-def _blend(offsets, ids, mean2d, conic, opacities, colors, sigma_max, background, tiles_x):
+def _blend(offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x):
     """Step 7 for every tile, in parallel. -> image f32[H,W,3], alpha f32[H,W]."""
     H, W = background.shape[0], background.shape[1]
     image = np.empty((H, W, 3), np.float32)
     alpha = np.empty((H, W), np.float32)
     n_tiles = offsets.shape[0] - 1
     for t in prange(n_tiles):
-        _blend_tile(t, offsets, ids, mean2d, conic, opacities, colors, sigma_max, background, tiles_x, image, alpha)
+        _blend_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x, image, alpha)
     return image, alpha
 
 
@@ -211,11 +246,11 @@ def rasterize_cpu(
     H, W = background.shape[:2]
     tiles_x, tiles_y = -(-W // TILE), -(-H // TILE)
 
-    mean2d, conic, depth, rect, sigma_max = _project(means, quats, scales, opacities, viewmat, K, W, H)
+    mean2d, conic, depth, rect, support = _project(means, quats, scales, opacities, viewmat, K, W, H)
     offsets, ids = _bin(depth, rect, tiles_x, tiles_y)
     old = get_parallel_chunksize()
     set_parallel_chunksize(1)  # tiles differ a lot in work: hand them out one at a time
     try:
-        return _blend(offsets, ids, mean2d, conic, opacities, colors, sigma_max, background, tiles_x)
+        return _blend(offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x)
     finally:
         set_parallel_chunksize(old)
