@@ -54,7 +54,7 @@ def _load_baked(bundle: Bundle, file: str):
         net.load_state_dict({k: torch.as_tensor(np.array(v, dtype=np.float32)) for k, v in state.items()})
     except RuntimeError as e:
         raise BundleError(f"{bundle.path}/{file} does not fit the manifest's network: {e}") from None
-    return BakedDeform(net, torch.as_tensor(w["gaussian_table"])).eval()
+    return BakedDeform(net, torch.as_tensor(np.array(w["gaussian_table"], dtype=np.float32))).eval()
 
 
 class TorchBackend:
