@@ -49,11 +49,11 @@ def _project_one(g, means, quats, scales, opacities, viewmat, K, width, height, 
                      np.float64(quats[g, 2]), np.float64(quats[g, 3]))
     qn = math.sqrt(w * w + qx * qx + qy * qy + qz * qz)
     w, qx, qy, qz = w / qn, qx / qn, qy / qn, qz / qn
-    R = np.empty((3, 3))
-    R[0, 0], R[0, 1], R[0, 2] = 1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - w * qz), 2 * (qx * qz + w * qy)
-    R[1, 0], R[1, 1], R[1, 2] = 2 * (qx * qy + w * qz), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - w * qx)
-    R[2, 0], R[2, 1], R[2, 2] = 2 * (qx * qz - w * qy), 2 * (qy * qz + w * qx), 1 - 2 * (qx * qx + qy * qy)
-    # T = J R_v R(q) diag(s) [2,3]; cov2d = T T^T + 0.3 I.
+    # columns of R(q) (no array: this runs per Gaussian in a parallel loop)
+    r00, r01, r02 = 1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - w * qz), 2 * (qx * qz + w * qy)
+    r10, r11, r12 = 2 * (qx * qy + w * qz), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - w * qx)
+    r20, r21, r22 = 2 * (qx * qz - w * qy), 2 * (qy * qz + w * qx), 1 - 2 * (qx * qx + qy * qy)
+    # U = J R_v R(q) diag(s) [2,3]; cov2d = U U^T + 0.3 I.
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
     tx = z * min(max(x / z, -(cx / fx + 0.3 * tan_x)), (width - cx) / fx + 0.3 * tan_x)
@@ -61,10 +61,12 @@ def _project_one(g, means, quats, scales, opacities, viewmat, K, width, height, 
     j00, j02, j11, j12 = fx / z, -fx * tx / (z * z), fy / z, -fy * ty / (z * z)
     a, b, c = EPS2D, 0.0, EPS2D
     for k in range(3):
+        rk0, rk1, rk2 = (r00, r10, r20) if k == 0 else ((r01, r11, r21) if k == 1 else (r02, r12, r22))
+        s_k = np.float64(scales[g, k])
         # column k of R_v R(q), times s_k
-        v0 = (viewmat[0, 0] * R[0, k] + viewmat[0, 1] * R[1, k] + viewmat[0, 2] * R[2, k]) * scales[g, k]
-        v1 = (viewmat[1, 0] * R[0, k] + viewmat[1, 1] * R[1, k] + viewmat[1, 2] * R[2, k]) * scales[g, k]
-        v2 = (viewmat[2, 0] * R[0, k] + viewmat[2, 1] * R[1, k] + viewmat[2, 2] * R[2, k]) * scales[g, k]
+        v0 = (viewmat[0, 0] * rk0 + viewmat[0, 1] * rk1 + viewmat[0, 2] * rk2) * s_k
+        v1 = (viewmat[1, 0] * rk0 + viewmat[1, 1] * rk1 + viewmat[1, 2] * rk2) * s_k
+        v2 = (viewmat[2, 0] * rk0 + viewmat[2, 1] * rk1 + viewmat[2, 2] * rk2) * s_k
         u0, u1 = j00 * v0 + j02 * v2, j11 * v1 + j12 * v2
         a += u0 * u0
         b += u0 * u1
