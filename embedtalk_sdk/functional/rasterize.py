@@ -10,7 +10,6 @@ renderer used for CPU training.
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -23,7 +22,7 @@ EPS2D = 0.3
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.99
 T_MIN = 1e-4
-MAX_BLOCK_ELEMENTS = 1 << 24  # [tiles, 256, M] elements per block; bounds autograd memory
+MAX_BLOCK_ELEMENTS = 1 << 24  # [tiles, pixels, M] elements per block: bounds autograd memory
 
 
 class Projected(NamedTuple):
@@ -272,7 +271,10 @@ def rasterize(
 
     means [N,3], quats [N,4] wxyz, scales [N,3] (activated), opacities [N] in (0,1),
     colors [N,3], viewmat [4,4] w2c OpenCV, K [3,3], background [H,W,3]
-    -> (image [H,W,3], alpha [H,W]). Differentiable w.r.t. all float inputs but viewmat and K.
+    -> (image [H,W,3], alpha [H,W]), in the inputs' dtype. Gradients reach means, quats, scales,
+    opacities, colors and background (tested), and viewmat and K (untested). For screen-space
+    gradients (densification), call `project` and `rasterize_projected` and retain_grad() on
+    `proj.mean2d`.
     """
     H, W = background.shape[:2]
     proj = project(means, quats, scales, opacities, viewmat, K, W, H)
