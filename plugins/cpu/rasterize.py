@@ -3,9 +3,11 @@
 The maths is plugins/design.md (steps 1-7); tests/test_rasterize.py checks this against the torch
 reference and a plain per-pixel oracle. Pipeline: project (parallel over Gaussians) -> one stable
 depth sort -> bin into 16x16 tiles in depth order (count, prefix sum, fill; each tile's list comes
-out sorted) -> blend (parallel over tiles, per pixel front to back with the early stop).
+out sorted) -> blend (parallel over tiles; each Gaussian only over the row spans of its support,
+each pixel front to back with the early stop; see design.md, "Implementation notes").
 Projection runs in float64; blending in float32 with float32 constants, so the threshold tests
-round as in the float32 torch reference and a CUDA kernel.
+round as in the float32 torch reference and a CUDA kernel. The first call compiles (~10 s);
+cache=True keeps the machine code next to this file (or in numba's user cache dir) for later runs.
 """
 from __future__ import annotations
 
