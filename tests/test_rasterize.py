@@ -413,6 +413,20 @@ def test_empty_and_all_culled_scenes_return_the_background():
         assert (a == 0).all()
 
 
+def test_nan_gaussians_are_culled():
+    """A zero quaternion or a NaN mean culls that Gaussian (NaN fails every `>=` test)."""
+    rng = np.random.default_rng(12)
+    scene = random_scene(rng, n=40, H=24, W=32)
+    broken = {k: v.copy() for k, v in scene.items()}
+    broken["quats"][13], broken["means"][14] = 0.0, np.nan
+    dropped = {k: (np.delete(v, [13, 14], axis=0) if k in ARGS[:5] else v) for k, v in scene.items()}
+    for s in (broken, dropped):
+        s["image_t"] = rasterize(*as_torch(s))[0].numpy()
+        s["image_n"] = rasterize_cpu(*as_f32(s))[0]
+    np.testing.assert_array_equal(broken["image_t"], dropped["image_t"])
+    np.testing.assert_array_equal(broken["image_n"], dropped["image_n"])
+
+
 def test_numba_converts_inputs():
     """float64 and non-contiguous inputs are accepted; output is float32."""
     rng = np.random.default_rng(4)

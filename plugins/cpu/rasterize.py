@@ -43,7 +43,7 @@ def _project_one(g, means, quats, scales, opacities, viewmat, K, width, height, 
     z = viewmat[2, 0] * m0 + viewmat[2, 1] * m1 + viewmat[2, 2] * m2 + viewmat[2, 3]
     depth[g] = z
     o = np.float64(opacities[g])
-    if z < NEAR or o < 1.0 / 255.0:
+    if not (z >= NEAR and o >= 1.0 / 255.0):  # NaN-proof
         return
 
     # Sigma = M M^T with M = R(q) diag(s).
@@ -74,7 +74,7 @@ def _project_one(g, means, quats, scales, opacities, viewmat, K, width, height, 
         b += u0 * u1
         c += u1 * u1
     det = a * c - b * b
-    if det <= 0.0:
+    if not det > 0.0:  # also culls NaN (e.g. a zero quaternion), as the torch reference does
         return
     mx, my = fx * x / z + cx, fy * y / z + cy
     mean2d[g, 0], mean2d[g, 1] = mx, my
