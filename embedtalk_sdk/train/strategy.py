@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from embedtalk_sdk.functional.rasterize import quat_to_rotmat
 from embedtalk_sdk.model.gaussians import GaussianModel
 
 
@@ -71,8 +72,9 @@ def grow(model: GaussianModel, optimizer: torch.optim.Optimizer, clone: torch.Te
     idx_c = clone.nonzero()[:, 0]
     idx_s = split.nonzero()[:, 0]
     scales = p["log_scales"][idx_s].exp()
-    q = torch.nn.functional.normalize(p["quats"][idx_s], dim=-1)
-    samples = _rotate(q, torch.randn(2, len(idx_s), 3) * scales)  # [2, S, 3]
+    q = p["quats"][idx_s]
+    offsets = torch.randn(2, len(idx_s), 3) * scales
+    samples = torch.einsum("sij,ksj->ksi", quat_to_rotmat(q), offsets)  # [2, S, 3]: in each one's frame
     shrink = torch.log(torch.tensor(1.6))
     added = {}
     for k, v in p.items():
@@ -92,20 +94,6 @@ def grow(model: GaussianModel, optimizer: torch.optim.Optimizer, clone: torch.Te
         return torch.cat([s, s.new_zeros((n_added,) + s.shape[1:])])
 
     _replace_rows(optimizer, model, new, rows)
-
-
-def _rotate(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Rotate v [..., S, 3] by unit quaternions q [S, 4] (wxyz)."""
-    w, x, y, z = q.unbind(-1)
-    r = torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        -1,
-    ).view(-1, 3, 3)  # fmt: skip
-    return torch.einsum("sij,...sj->...si", r, v)
 
 
 def densify_and_prune(
