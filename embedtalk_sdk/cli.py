@@ -181,6 +181,85 @@ def demo(
     console.print_json(json.dumps(metrics))
 
 
+# ---------------------------------------------------------------------------------------------
+# preprocess / eval (issue 5): real speakers.
+
+
+@contextmanager
+def _step_bars() -> Iterator:
+    """One rich progress bar per preprocessing step; yields update(step, done, total)."""
+    with Progress(
+        TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), console=console, transient=False,
+    ) as bar:  # fmt: skip
+        tasks: dict[str, int] = {}
+
+        def update(step: str, done: int, total: int) -> None:
+            if step not in tasks:
+                tasks[step] = bar.add_task(step, total=total)
+            bar.update(tasks[step], completed=done, total=total)
+
+        yield update
+
+
+@app.command()
+def preprocess(
+    video: Path = typer.Argument(..., help="a 1-5 minute video of one person talking to a static camera"),
+    out: Path = typer.Option(..., "-o", "--out", help="dataset folder to write (re-running resumes)"),
+    face_model: Optional[Path] = typer.Option(None, help="MediaPipe face_landmarker.task [default: ../shared/models]"),
+    segmentation_model: Optional[Path] = typer.Option(
+        None, help="MediaPipe selfie_segmentation.tflite [default: ../shared/models]"),
+    audio: Optional[Path] = typer.Option(None, help="speech track to use instead of the video's own"),
+    hubert_path: Optional[str] = typer.Option(None, help="local HuBERT checkpoint: also write aud_hu.npy"),
+    points: int = typer.Option(30000, help="size of the initial point cloud points3d.npy"),
+    pose_smoothing: float = typer.Option(1.0, help="temporal smoothing of the head pose (Gaussian sigma, frames)"),
+) -> None:
+    """Turn a talking-portrait video into a dataset folder (TalkingGaussian layout), offline."""
+    from embedtalk_sdk.data.face import FaceModelError
+    from embedtalk_sdk.data.preprocess import PreprocessError, PreprocessOptions
+    from embedtalk_sdk.data.preprocess import preprocess as run_preprocess
+
+    opts = PreprocessOptions(audio=str(audio) if audio else None, hubert_path=hubert_path, points=points,
+                             pose_smoothing=pose_smoothing)  # fmt: skip
+    if face_model:
+        opts.face_model = str(face_model)
+    if segmentation_model:
+        opts.segmentation_model = str(segmentation_model)
+    try:
+        with _step_bars() as update:
+            record = run_preprocess(video, out, opts, progress=update, log=lambda m: console.print(m))
+    except (PreprocessError, FaceModelError, FileNotFoundError) as e:
+        _fail(str(e))
+    for warning in record["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    steps = {k: f"{v['status']}, {v['seconds']} s" for k, v in record["steps"].items()}
+    console.print_json(json.dumps(steps))
+    console.print(f"dataset written to {out} (log: {out / 'preprocess_log.json'})")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Path = typer.Argument(..., help="RUN/ckpt.pt, or an avatar bundle (.etk / .zip) with --data"),
+    data: Optional[Path] = typer.Option(None, help="dataset folder [default: the one the checkpoint names]"),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="folder for eval.json, side_by_side.mp4, frames"),
+    face_model: Optional[Path] = typer.Option(None, help="face_landmarker.task for LMD / sync [default: ../shared/models]"),
+    lpips_weights: Optional[str] = typer.Option(None, help="AlexNet features state dict for LPIPS"),
+    backend: str = typer.Option("auto", help="bundles: auto | onnxruntime | torch"),
+    frames: int = typer.Option(0, help="evaluate only the first N validation frames (0: all)"),
+) -> None:
+    """PSNR / SSIM / LPIPS / LMD / audio-visual sync on the validation split, plus a side-by-side video."""
+    from embedtalk_sdk.eval import EvalError, evaluate
+
+    try:
+        with progress_bar("eval", 1) as update:
+            report = evaluate(model, data=data, out=out, face_model=face_model, lpips_weights=lpips_weights,
+                              backend=backend, max_frames=frames, progress=lambda d, t: update(d, t))  # fmt: skip
+    except (EvalError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    console.print_json(json.dumps(report["metrics"]))
+    console.print(f"wrote {report['files']['json']} and {report['files']['video']}")
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

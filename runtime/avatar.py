@@ -344,6 +344,46 @@ class Avatar:
             self._bg_index = k
         return self._bg
 
+    # ------------------------------------------------------------ explicit per-frame inputs (evaluation)
+
+    def render_frames(
+        self,
+        windows: np.ndarray,
+        aus: np.ndarray,
+        viewmats: np.ndarray,
+        backgrounds: np.ndarray,
+    ) -> Iterator[np.ndarray]:
+        """Render frames from explicit inputs instead of the bundle's tracks (e.g. a dataset's
+        validation cameras and torso images, to compare with its ground truth).
+
+        Args:
+            windows: audio-feature windows [T, window, F] (`frame_windows` of the bundle's features).
+            aus: AU intensities 0..5 [T, 6] (OpenFace scale, as in au.csv).
+            viewmats: world-to-camera, OpenCV [T, 4, 4].
+            backgrounds: torso + background images [T, H, W, 3], uint8, or float in [0, 1].
+
+        Yields uint8 [H, W, 3] frames (each a new array), batched `batch` at a time through the network.
+        """
+        windows = np.asarray(windows, dtype=np.float32)
+        aus = np.asarray(aus, dtype=np.float32)
+        t = windows.shape[0]
+        if windows.shape[1:] != (self._window, self._feature_dim):
+            raise ValueError(f"windows must be [T, {self._window}, {self._feature_dim}], got {windows.shape}")
+        if aus.shape != (t, N_AUS) or np.shape(viewmats) != (t, 4, 4) or len(backgrounds) != t:
+            raise ValueError(f"aus [T, {N_AUS}], viewmats [T, 4, 4], backgrounds [T, H, W, 3] must match "
+                             f"T = {t}: got {aus.shape}, {np.shape(viewmats)}, {len(backgrounds)}")
+        bg = np.empty((self._height, self._width, 3), dtype=np.float32)
+        for n0 in range(0, t, self._batch):
+            n1 = min(n0 + self._batch, t)
+            delta_means, delta_opacity = self._backend.deform(windows[n0:n1], aus[n0:n1] / AU_SCALE)
+            for i in range(n1 - n0):
+                b = np.asarray(backgrounds[n0 + i])
+                if b.shape != bg.shape:
+                    raise ValueError(f"background {n0 + i} is {b.shape}, the avatar renders {bg.shape}")
+                bg[:] = b / np.float32(255.0) if b.dtype == np.uint8 else b
+                vm = np.ascontiguousarray(viewmats[n0 + i], dtype=np.float32)
+                yield self._backend.render(delta_means[i], delta_opacity[i], vm, bg).copy()
+
     # ------------------------------------------------------------ real time
 
     def stream(self, chunks: Iterable[np.ndarray], sample_rate: int = 16000) -> Iterator[np.ndarray]:

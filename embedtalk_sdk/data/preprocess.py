@@ -1,0 +1,614 @@
+"""`embedtalk-sdk preprocess talk.mp4 -o DATA`: one talking-portrait video -> a dataset folder
+(docs/interfaces.md; the TalkingGaussian / ER-NeRF layout), offline, with MediaPipe only.
+
+Steps (each skipped when its record in DATA/preprocess/steps/ says it already ran on the same
+inputs and options; a step writes its files, then that record, atomically):
+
+1. decode      PyAV -> ori_imgs/{i}.jpg at 25 fps (nearest source frame for each output time, so
+               other or variable source rates are resampled), aud.wav (16 kHz mono, aligned with the
+               first video frame, padded / trimmed to the frames' length).
+2. landmarks   Face Landmarker -> preprocess/face_track.npz, ori_imgs/{i}.lms (iBUG-68),
+               au.csv (AUs from blendshapes, see `embedtalk_sdk.data.face`).
+3. cameras     head poses refined against a person-specific template and smoothed over time
+               (`embedtalk_sdk.data.headpose`) -> transforms_{train,val}.json (metres, OpenGL c2w;
+               the last 1/11 of frames is val), preprocess/head_poses.npz.
+4. segment     selfie segmentation -> preprocess/person/{i}.png (soft person mask), parsing/{i}.png
+               (ER-NeRF colours), bc.jpg (temporal median background, unseen pixels inpainted).
+5. compose     gt_imgs/{i}.jpg (background pixels replaced by bc.jpg, as ER-NeRF does) and
+               torso_imgs/{i}.png (RGBA: the torso with the neck continued under the head).
+6. points      points3d.npy: a dense head point cloud (`embedtalk_sdk.data.pointcloud`).
+7. hubert      aud_hu.npy [M, 2, 1024] (TalkingGaussian's layout) when a HuBERT path is given.
+
+DATA/preprocess_log.json records, per step, what it found (frame rates, faces, pose error, ...)
+and how long it took. Refusals raise `PreprocessError` with one line naming the file and what to do.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from embedtalk_sdk import __version__
+
+SHARED_MODELS = Path(__file__).resolve().parents[2].parent / "shared" / "models"
+FPS = 25
+SAMPLE_RATE = 16000
+MIN_FRAMES = 25  # 1 s: the 1/11 validation split needs a few frames
+MIN_FACE_SHARE = 0.5
+VAL_SHARE = 1.0 / 11.0
+BACKGROUND_SAMPLES = 60
+
+Progress = Callable[[str, int, int], None]  # (step, done, total)
+
+
+class PreprocessError(ValueError):
+    """A video that cannot become a dataset; the message names the file and what to do."""
+
+
+@dataclass
+class PreprocessOptions:
+    """What a run depends on (besides the video). Paths default to ../shared/models."""
+
+    face_model: str = str(SHARED_MODELS / "face_landmarker.task")
+    segmentation_model: str = str(SHARED_MODELS / "selfie_segmentation.tflite")
+    audio: str | None = None  # a separate speech track instead of the video's own
+    hubert_path: str | None = None
+    pose_smoothing: float = 1.0  # Gaussian sigma in frames over the head pose (0: off)
+    points: int = 30000  # initial point-cloud size
+    point_frames: int = 8
+    jpeg_quality: int = 95
+
+
+# ---------------------------------------------------------------------------------------------
+# Small file helpers.
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    _atomic_write(path, json.dumps(obj, indent=1).encode())
+
+
+def _atomic_npy(path: Path, arr: np.ndarray) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    _atomic_write(path, buf.getvalue())
+
+
+def _save_image(path: Path, arr: np.ndarray, quality: int = 95) -> None:
+    im = Image.fromarray(arr)
+    if path.suffix == ".jpg":
+        im.save(path, quality=quality, subsampling=0)
+    else:
+        im.save(path, compress_level=1)
+
+
+def _load_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _file_fingerprint(path: Path) -> dict:
+    st = path.stat()
+    return {"path": str(path.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 1: decode.
+
+
+@dataclass
+class VideoInfo:
+    frames: int
+    width: int
+    height: int
+    source_fps: float
+    source_frames: int
+    variable_rate: bool
+    resampled: bool
+    rotation: int
+    start_time: float
+    dropped_timestamps: int = 0
+
+
+def _open_video(path: Path):
+    import av
+
+    if not path.is_file():
+        raise PreprocessError(f"{path}: no such video file; check the path")
+    if path.stat().st_size == 0:
+        raise PreprocessError(f"{path}: the file is empty (0 bytes); copy the video again")
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise PreprocessError(f"{path}: not a readable video ({e}); re-export it (e.g. ffmpeg -i IN -c:v libx264 "
+                              "-c:a aac OUT.mp4) or copy it again") from None
+    if not container.streams.video:
+        container.close()
+        raise PreprocessError(f"{path}: has no video stream; give a video of the speaker")
+    return container
+
+
+def _source_frames(path: Path) -> Iterator[tuple[float, np.ndarray, int]]:
+    """(time in seconds from the stream start, RGB uint8 frame, rotation) of every decoded frame."""
+    import av
+
+    container = _open_video(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = stream.average_rate or stream.guessed_rate or Fraction(FPS)
+        k = 0
+        try:
+            for frame in container.decode(stream):
+                t = frame.time if frame.time is not None else k / float(rate)
+                img = frame.to_ndarray(format="rgb24")
+                rot = int(round((frame.rotation or 0) / 90.0)) % 4
+                if rot:
+                    img = np.ascontiguousarray(np.rot90(img, rot))
+                yield float(t), img, rot * 90
+                k += 1
+        except av.FFmpegError as e:
+            raise PreprocessError(f"{path}: the video is corrupt after {k} frames ({e}); re-export it or "
+                                  "copy it again") from None
+    finally:
+        container.close()
+
+
+def resample_times(times: np.ndarray, fps: float = FPS) -> np.ndarray:
+    """Which source frame each output frame shows: output frame k (at k / fps after the first source
+    frame) takes the source frame nearest in time (exact ties: the later one); there are
+    round((span + one median interval) * fps) outputs. times: source presentation times [m]
+    (seconds, increasing). Returns source indices [n]. `decode_video` streams exactly this."""
+    t = np.asarray(times, np.float64) - float(times[0])
+    step = float(np.median(np.diff(t))) if len(t) > 1 else 1.0 / fps
+    n = max(int(np.floor((t[-1] + step) * fps + 0.5)), 1)
+    mids = (t[1:] + t[:-1]) / 2.0
+    return np.searchsorted(mids, np.arange(n) / fps + 1e-9, side="right")
+
+
+def decode_video(path: Path, out: Path, quality: int, progress: Callable[[int, int], None] | None) -> VideoInfo:
+    """Write ori_imgs/{i}.jpg at 25 fps (`resample_times`). Streams: two source frames in memory."""
+    container = _open_video(path)
+    stream = container.streams.video[0]
+    est = int(stream.frames or 0)
+    if not est and stream.duration:
+        est = int(float(stream.duration * stream.time_base) * FPS)
+    container.close()
+    imgs = out / "ori_imgs"
+    imgs.mkdir(parents=True, exist_ok=True)
+    times: list[float] = []
+    dropped = 0
+    written = 0
+    prev: np.ndarray | None = None
+    shape, rotation, t0 = None, 0, 0.0
+    pending: list = []
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+
+        def emit(img: np.ndarray, count: int) -> None:
+            nonlocal written
+            while written < count:
+                pending.append(pool.submit(_save_image, imgs / f"{written}.jpg", img, quality))
+                written += 1
+                if progress and written % 10 == 0:
+                    progress(written, max(est, written))
+            while len(pending) > 8:
+                pending.pop(0).result()
+
+        for t, img, rot in _source_frames(path):
+            if shape is None:
+                shape, rotation, t0 = img.shape, rot, t
+            if img.shape != shape:
+                raise PreprocessError(f"{path}: frame size changes from {shape[1]}x{shape[0]} to "
+                                      f"{img.shape[1]}x{img.shape[0]}; re-encode the video at one size")
+            t -= t0
+            if times and t <= times[-1]:
+                dropped += 1  # a repeated or out-of-order time stamp
+                continue
+            if prev is not None:  # outputs before the midpoint show the previous source frame
+                mid = (times[-1] + t) / 2.0
+                emit(prev, max(int(np.ceil((mid - 1e-9) * FPS)), 0))
+            times.append(t)
+            prev = img
+        if prev is None:
+            raise PreprocessError(f"{path}: no video frames could be decoded; re-export the video")
+        step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / FPS
+        emit(prev, max(int(np.floor((times[-1] + step) * FPS + 0.5)), 1))
+        for f in pending:
+            f.result()
+    for k in range(written, written + 100000):  # frames of an earlier, longer run
+        stale = imgs / f"{k}.jpg"
+        if not stale.exists():
+            break
+        stale.unlink()
+    dt = np.diff(times) if len(times) > 1 else np.array([1.0 / FPS])
+    med = float(np.median(dt))
+    variable = bool(len(dt) > 1 and np.ptp(dt) > 0.02 * med)
+    source_fps = 1.0 / med if med > 0 else float(FPS)
+    if progress:
+        progress(written, written)
+    return VideoInfo(frames=written, width=int(shape[1]), height=int(shape[0]), source_fps=round(source_fps, 4),
+                     source_frames=len(times), variable_rate=variable,
+                     resampled=variable or abs(source_fps - FPS) > 0.01, rotation=rotation, start_time=float(t0),
+                     dropped_timestamps=dropped)  # fmt: skip
+
+
+def _audio_start(path: Path) -> float | None:
+    import av
+
+    with av.open(str(path)) as c:
+        if not c.streams.audio:
+            return None
+        s = c.streams.audio[0]
+        return float(s.start_time * s.time_base) if s.start_time is not None else 0.0
+
+
+def decode_audio_track(video: Path, audio: Path | None, video_start: float, n_frames: int) -> tuple[np.ndarray, dict]:
+    """16 kHz mono speech aligned with frame 0, exactly n_frames * 640 samples long."""
+    from embedtalk_sdk.audio.io import AudioError, load_audio
+
+    found: dict[str, Any] = {}
+    if audio is None:
+        start = _audio_start(video)
+        if start is None:
+            raise PreprocessError(f"{video}: has no audio track; preprocessing needs the speaker's voice: give a "
+                                  "video with sound, or pass the speech separately with --audio FILE")
+        src = video
+        offset = video_start - start  # seconds of audio before the first frame
+    else:
+        src, offset = audio, 0.0
+    try:
+        samples = load_audio(src, SAMPLE_RATE)
+    except AudioError as e:
+        raise PreprocessError(str(e)) from None
+    found["audio_source"] = str(src)
+    found["audio_seconds"] = round(len(samples) / SAMPLE_RATE, 3)
+    shift = int(round(offset * SAMPLE_RATE))
+    if shift > 0:
+        samples = samples[shift:]
+    elif shift < 0:
+        samples = np.concatenate([np.zeros(-shift, np.float32), samples])
+    found["audio_offset_s"] = round(offset, 4)
+    need = n_frames * SAMPLE_RATE // FPS
+    if len(samples) < need:
+        found["audio_padded_s"] = round((need - len(samples)) / SAMPLE_RATE, 3)
+        samples = np.concatenate([samples, np.zeros(need - len(samples), np.float32)])
+    found["audio_trimmed_s"] = round(max(len(samples) - need, 0) / SAMPLE_RATE, 3)
+    samples = samples[:need]
+    if float(np.max(np.abs(samples), initial=0.0)) < 1e-4:
+        raise PreprocessError(f"{src}: the audio track is silent; give the video with the speaker's voice "
+                              "(or --audio FILE)")
+    return samples, found
+
+
+# ---------------------------------------------------------------------------------------------
+# The runner.
+
+
+class _Run:
+    def __init__(self, video: Path, out: Path, opts: PreprocessOptions, progress: Progress | None,
+                 log: Callable[[str], None]) -> None:
+        self.video, self.out, self.opts = video, out, opts
+        self.progress = progress
+        self.log = log
+        self.state = out / "preprocess"
+        self.steps_dir = self.state / "steps"
+        self.log_path = out / "preprocess_log.json"
+        self.record: dict[str, Any] = {"video": str(video), "sdk_version": __version__,
+                                       "options": asdict(opts), "steps": {}, "warnings": []}
+        self.fingerprints: dict[str, str] = {}
+        self.n = 0
+        self.width = self.height = 0
+
+    def warn(self, message: str) -> None:
+        self.record["warnings"].append(message)
+        warnings.warn(message, stacklevel=3)
+        self.log(f"warning: {message}")
+
+    def bar(self, step: str) -> Callable[[int, int], None] | None:
+        if self.progress is None:
+            return None
+        return lambda done, total: self.progress(step, done, total)
+
+    def run_step(self, name: str, fn: Callable[[], dict], opts: dict, deps: list[str]) -> dict:
+        key = {"video": _file_fingerprint(self.video), "step": name, "options": opts,
+               "deps": [self.fingerprints.get(d) for d in deps], "version": 1}
+        fp = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        self.fingerprints[name] = fp
+        marker = self.steps_dir / f"{name}.json"
+        if marker.exists():
+            try:
+                done = json.loads(marker.read_text())
+            except json.JSONDecodeError:
+                done = {}
+            if done.get("fingerprint") == fp:
+                done["status"] = "skipped (already done)"
+                self.record["steps"][name] = done
+                self.log(f"{name}: already done, skipped")
+                _atomic_json(self.log_path, self.record)
+                return done["found"]
+        t0 = time.perf_counter()
+        found = fn()
+        entry = {"fingerprint": fp, "status": "done", "seconds": round(time.perf_counter() - t0, 2), "found": found}
+        _atomic_json(marker, entry)
+        self.record["steps"][name] = entry
+        _atomic_json(self.log_path, self.record)
+        return found
+
+    # -- per-frame helpers --------------------------------------------------------------------
+
+    def frames(self, ids: range | list[int] | None = None) -> Iterator[np.ndarray]:
+        """ori_imgs frames, decoded a few ahead on a thread."""
+        ids = list(range(self.n)) if ids is None else list(ids)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            futures = [pool.submit(_load_rgb, self.out / "ori_imgs" / f"{i}.jpg") for i in ids[:4]]
+            for k in range(len(ids)):
+                if k + 4 < len(ids):
+                    futures.append(pool.submit(_load_rgb, self.out / "ori_imgs" / f"{ids[k + 4]}.jpg"))
+                yield futures[k].result()
+                futures[k] = None
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def decode(self) -> dict:
+        info = decode_video(self.video, self.out, self.opts.jpeg_quality, self.bar("decode"))
+        if info.frames < MIN_FRAMES:
+            raise PreprocessError(f"{self.video}: only {info.frames} frames at {FPS} fps; give at least "
+                                  f"{MIN_FRAMES / FPS:g} s of video (1-5 minutes is best)")
+        samples, afound = decode_audio_track(self.video, Path(self.opts.audio) if self.opts.audio else None,
+                                             info.start_time, info.frames)
+        from embedtalk_sdk.data.synth import write_wav
+
+        tmp = self.out / ".aud.part.wav"
+        write_wav(tmp, samples, SAMPLE_RATE)
+        os.replace(tmp, self.out / "aud.wav")
+        found = {**asdict(info), **afound}
+        if info.variable_rate:
+            self.warn(f"{self.video}: variable frame rate (median {info.source_fps:g} fps): resampled to {FPS} fps "
+                      "by taking the nearest source frame for each output frame")
+        elif info.resampled:
+            self.log(f"{self.video}: {info.source_fps:g} fps source resampled to {FPS} fps")
+        return found
+
+    def landmarks(self) -> dict:
+        from embedtalk_sdk.data.face import AU_CSV_COLUMNS, aus_from_blendshapes, fill_missing, to_ibug68, track_faces
+
+        track = track_faces(self.frames(), self.n, self.opts.face_model, FPS, self.bar("landmarks"))
+        found_share = float(track.found.mean())
+        if not track.found.any():
+            raise PreprocessError(f"{self.video}: no face found in any of its {self.n} frames; give a video of one "
+                                  "person facing the camera")
+        if found_share < MIN_FACE_SHARE:
+            raise PreprocessError(f"{self.video}: a face is visible in only {found_share:.0%} of the frames; cut the "
+                                  "video to the part where the speaker faces the camera")
+        multi = int((track.faces > 1).sum())
+        if multi:
+            self.warn(f"{self.video}: {multi} of {self.n} frames show more than one face; using the largest face")
+        if not track.found.all():
+            self.warn(f"{self.video}: no face in {int((~track.found).sum())} frames; their landmarks are interpolated")
+        track = fill_missing(track)
+        track.save(self.state / "face_track.npz")
+        ibug = to_ibug68(track.landmarks)[..., :2]
+        for i in range(self.n):
+            text = "".join(f"{x:.2f} {y:.2f}\n" for x, y in ibug[i])
+            (self.out / "ori_imgs" / f"{i}.lms").write_text(text)
+        aus = aus_from_blendshapes(track.blendshapes, track.names)
+        lines = [", ".join(["frame", "face_id", "timestamp", "confidence", "success", *AU_CSV_COLUMNS])]
+        for i, row in enumerate(aus):
+            lines.append(", ".join([str(i + 1), "0", f"{i / FPS:.3f}", "0.98" if track.found[i] else "0.00",
+                                    "1" if track.found[i] else "0", *(f"{v:.2f}" for v in row)]))
+        _atomic_write(self.out / "au.csv", ("\n".join(lines) + "\n").encode())
+        from embedtalk_sdk.data.face import mouth_opening
+        from embedtalk_sdk.metrics import audio_envelope, av_sync
+
+        mouth = mouth_opening(track.landmarks)
+        env = audio_envelope(_read_wav(self.out / "aud.wav"), self.n, FPS)
+        sync = av_sync(mouth, env)
+        blink = aus[:, AU_CSV_COLUMNS.index("AU45_r")]
+        return {"frames_with_face": int(track.found.sum()), "frames_without_face": int((~track.found).sum()),
+                "frames_with_several_faces": multi,
+                "au_mean": {c: round(float(v), 3) for c, v in zip(AU_CSV_COLUMNS, aus.mean(axis=0))},
+                "au45_p99": round(float(np.percentile(blink, 99)), 3),
+                "mouth_audio_correlation": sync["correlation_at_zero"],
+                "mouth_audio_best_offset_frames": sync["offset_frames"],
+                "mouth_audio_best_correlation": sync["correlation"]}  # fmt: skip
+
+    def cameras(self) -> dict:
+        from embedtalk_sdk.data.face import FaceTrack, canonical_face_mesh, focal_from_fov
+        from embedtalk_sdk.data.headpose import camera_track, fit_head_poses, smooth_poses
+
+        track = FaceTrack.load(self.state / "face_track.npz")
+        canonical, _ = canonical_face_mesh(self.opts.face_model)
+        focal = focal_from_fov(self.height)
+        cx, cy = self.width / 2.0, self.height / 2.0
+        fit = fit_head_poses(track.landmarks, track.matrices, canonical, focal, cx, cy)
+        rot, trans = smooth_poses(fit["rot"], fit["trans"], self.opts.pose_smoothing)
+        c2w = camera_track(rot, trans)
+        np.savez(self.state / "head_poses.npz", rot=rot, trans=trans, rot_raw=fit["rot"], trans_raw=fit["trans"],
+                 template=fit["template"], rigid=fit["rigid"], focal=focal)
+        n_train = int(self.n * (1 - VAL_SHARE))
+        for split, ids in (("train", range(n_train)), ("val", range(n_train, self.n))):
+            meta = {"focal_len": focal, "cx": cx, "cy": cy, "w": self.width, "h": self.height, "fps": FPS,
+                    "frames": [{"img_id": i, "aud_id": i, "transform_matrix": np.round(c2w[i], 8).tolist()}
+                               for i in ids]}
+            _atomic_json(self.out / f"transforms_{split}.json", meta)
+        from scipy.spatial.transform import Rotation
+
+        euler = Rotation.from_matrix(rot).as_euler("YXZ", degrees=True)  # yaw, pitch, roll
+        dist = np.linalg.norm(c2w[:, :3, 3], axis=1)
+        return {"focal_len": round(focal, 3), "fov_deg": 63.0, "reprojection_px_mediapipe": round(fit["error_mediapipe_px"], 3),
+                "reprojection_px": round(fit["error_px"], 3), "rigid_landmarks": int(len(fit["rigid"])),
+                "yaw_range_deg": [round(float(euler[:, 0].min()), 2), round(float(euler[:, 0].max()), 2)],
+                "pitch_range_deg": [round(float(euler[:, 1].min()), 2), round(float(euler[:, 1].max()), 2)],
+                "roll_range_deg": [round(float(euler[:, 2].min()), 2), round(float(euler[:, 2].max()), 2)],
+                "camera_distance_m": [round(float(dist.min()), 4), round(float(dist.max()), 4)],
+                "train_frames": n_train, "val_frames": self.n - n_train}  # fmt: skip
+
+    def background(self) -> dict:
+        from embedtalk_sdk.data.segmentation import PersonSegmenter, background_from_frames
+
+        ids = np.unique(np.linspace(0, self.n - 1, min(BACKGROUND_SAMPLES, self.n)).round().astype(int)).tolist()
+        samples, masks = [], []
+        bar = self.bar("background")
+        with PersonSegmenter(self.opts.segmentation_model) as seg:
+            for k, frame in enumerate(self.frames(ids)):
+                samples.append(frame)
+                masks.append(seg.mask(frame))
+                if bar:
+                    bar(k + 1, len(ids))
+        bc, seen = background_from_frames(np.stack(samples), np.stack(masks))
+        tmp = self.out / ".bc.part.jpg"
+        _save_image(tmp, bc, self.opts.jpeg_quality)
+        os.replace(tmp, self.out / "bc.jpg")
+        person_share = float(np.mean([(m > 0.5).mean() for m in masks]))
+        return {"person_share_mean": round(person_share, 4), "background_seen_share": round(float(seen.mean()), 4),
+                "background_samples": len(ids)}
+
+    def compose(self) -> dict:
+        from embedtalk_sdk.data.face import FaceTrack
+        from embedtalk_sdk.data.segmentation import PersonSegmenter, extend_neck, split_person
+
+        track = FaceTrack.load(self.state / "face_track.npz")
+        bc = _load_rgb(self.out / "bc.jpg").astype(np.float32)
+        for sub in ("gt_imgs", "torso_imgs", "parsing"):
+            (self.out / sub).mkdir(parents=True, exist_ok=True)
+        bar = self.bar("compose")
+        head_share = []
+        with PersonSegmenter(self.opts.segmentation_model) as seg, ThreadPoolExecutor(max_workers=2) as pool:
+            pending: list = []
+            for i, frame in enumerate(self.frames()):
+                person = seg.mask(frame)
+                head_a, torso_a, labels = split_person(person, track.landmarks[i])
+                head_share.append(float((head_a > 0.5).mean()))
+                p3 = person[..., None]
+                gt8 = np.clip(frame * p3 + bc * (1.0 - p3) + 0.5, 0, 255).astype(np.uint8)
+                rgb, alpha = extend_neck(frame, torso_a, head_a, track.landmarks[i])
+                rgba = np.empty(rgb.shape[:2] + (4,), np.uint8)
+                rgba[..., :3] = rgb * (alpha[..., None] > 0)
+                rgba[..., 3] = np.clip(alpha * 255 + 0.5, 0, 255)
+                pending.append(pool.submit(_save_image, self.out / "gt_imgs" / f"{i}.jpg", gt8, self.opts.jpeg_quality))
+                pending.append(pool.submit(_save_image, self.out / "torso_imgs" / f"{i}.png", rgba))
+                pending.append(pool.submit(_save_image, self.out / "parsing" / f"{i}.png", labels))
+                while len(pending) > 12:
+                    pending.pop(0).result()
+                if bar and (i + 1) % 10 == 0:
+                    bar(i + 1, self.n)
+            for f in pending:
+                f.result()
+        if bar:
+            bar(self.n, self.n)
+        return {"head_share_mean": round(float(np.mean(head_share)), 4)}
+
+    def points(self) -> dict:
+        from embedtalk_sdk.data.face import FaceTrack, canonical_face_mesh, mouth_opening
+        from embedtalk_sdk.data.pointcloud import frame_points, merge_points, pick_frames
+
+        track = FaceTrack.load(self.state / "face_track.npz")
+        with np.load(self.state / "head_poses.npz") as z:
+            rot, trans, template, focal = z["rot"], z["trans"], z["template"], float(z["focal"])
+        canonical, _ = canonical_face_mesh(self.opts.face_model)
+        scale = float(np.linalg.norm(template - template.mean(0), axis=1).mean()
+                      / np.linalg.norm(canonical - canonical.mean(0), axis=1).mean())
+        from scipy.spatial.transform import Rotation
+
+        yaw = Rotation.from_matrix(rot).as_euler("YXZ")[:, 0]
+        picks = pick_frames(yaw, mouth_opening(track.landmarks), self.opts.point_frames)
+        pts, cols = [], []
+        bar = self.bar("points")
+        from scipy import ndimage
+
+        from embedtalk_sdk.data.segmentation import PersonSegmenter, head_region
+
+        seg = PersonSegmenter(self.opts.segmentation_model)
+        for k, (i, frame) in enumerate(zip(picks, self.frames(picks))):
+            person = seg.mask(frame)
+            head = head_region(track.landmarks[i], self.width, self.height) & (person > 0.5)
+            head = ndimage.binary_erosion(head, iterations=1)  # no background-coloured edge pixels
+            p, c = frame_points(frame, head, rot[i], trans[i], template, focal, self.width / 2.0,
+                                self.height / 2.0, scale)
+            pts.append(p)
+            cols.append(c)
+            if bar:
+                bar(k + 1, len(picks))
+        seg.close()
+        voxel = 0.0015
+        cloud = merge_points(pts, cols, voxel, self.opts.points)
+        _atomic_npy(self.out / "points3d.npy", cloud)
+        lo, hi = cloud[:, :3].min(0), cloud[:, :3].max(0)
+        return {"points": int(len(cloud)), "frames_used": picks, "voxel_m": voxel,
+                "bbox_min_m": np.round(lo, 4).tolist(), "bbox_max_m": np.round(hi, 4).tolist(),
+                "head_scale_vs_canonical": round(scale, 4)}
+
+    def hubert(self) -> dict:
+        from embedtalk_sdk.audio.features import hubert_features
+
+        feats = hubert_features(self.out / "aud.wav", self.opts.hubert_path)
+        m = len(feats) - len(feats) % 2
+        arr = feats[:m].reshape(-1, 2, feats.shape[1]).astype(np.float32)
+        _atomic_npy(self.out / "aud_hu.npy", arr)
+        return {"shape": list(arr.shape)}
+
+
+def _read_wav(path: Path) -> np.ndarray:
+    import soundfile as sf
+
+    data, _ = sf.read(str(path), dtype="float32", always_2d=True)
+    return data.mean(axis=1)
+
+
+def preprocess(video: str | Path, out: str | Path, options: PreprocessOptions | None = None,
+               progress: Progress | None = None, log: Callable[[str], None] = lambda m: None) -> dict:
+    """Turn one talking-portrait video into a dataset folder `out`; returns the log record.
+
+    Resumable: finished steps whose inputs and options are unchanged are skipped.
+    Raises PreprocessError (bad input; one line naming the file and what to do) and FaceModelError
+    (a model file that cannot be used).
+    """
+    video, out = Path(video), Path(out)
+    opts = options or PreprocessOptions()
+    from embedtalk_sdk.data.face import _check_model
+
+    _check_model(opts.face_model, "face landmarker", "--face-model")
+    _check_model(opts.segmentation_model, "selfie segmentation", "--segmentation-model")
+    if not video.is_file():
+        raise PreprocessError(f"{video}: no such video file; check the path")
+    out.mkdir(parents=True, exist_ok=True)
+    run = _Run(video, out, opts, progress, log)
+    run.steps_dir.mkdir(parents=True, exist_ok=True)
+    audio_fp = _file_fingerprint(Path(opts.audio)) if opts.audio else None
+    dec = run.run_step("decode", run.decode, {"audio": audio_fp, "q": opts.jpeg_quality}, [])
+    run.n, run.width, run.height = int(dec["frames"]), int(dec["width"]), int(dec["height"])
+    face_fp = _file_fingerprint(Path(opts.face_model))
+    run.run_step("landmarks", run.landmarks, {"model": face_fp}, ["decode"])
+    run.run_step("cameras", run.cameras, {"smoothing": opts.pose_smoothing}, ["landmarks"])
+    seg_fp = _file_fingerprint(Path(opts.segmentation_model))
+    run.run_step("background", run.background, {"model": seg_fp}, ["decode"])
+    run.run_step("compose", run.compose, {"model": seg_fp, "q": opts.jpeg_quality}, ["landmarks", "background"])
+    run.run_step("points", run.points, {"model": seg_fp, "points": opts.points, "frames": opts.point_frames},
+                 ["cameras"])
+    if opts.hubert_path:
+        run.run_step("hubert", run.hubert, {"hubert": str(opts.hubert_path)}, ["decode"])
+    return run.record

@@ -1,0 +1,330 @@
+"""`preprocess` on a real clip (a 2 s cut of ../shared/data/real/may_5s.mp4, made here), its refusals,
+and reading a dataset in the exact TalkingGaussian / ER-NeRF layout (`--audio-encoder features`)."""
+from __future__ import annotations
+
+import json
+import shutil
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import SHARED
+from embedtalk_sdk.data.dataset import TalkingDataset
+from embedtalk_sdk.data.synth import write_wav
+
+REAL = SHARED / "data" / "real"
+MODELS = SHARED / "models"
+MAY = REAL / "may_5s.mp4"
+
+
+def _need_real() -> None:
+    if not MAY.is_file():
+        pytest.skip(f"no real test clips: {REAL} is absent")
+    if not (MODELS / "face_landmarker.task").is_file() or not (MODELS / "selfie_segmentation.tflite").is_file():
+        pytest.skip(f"no MediaPipe models: {MODELS} is absent")
+    pytest.importorskip("mediapipe", reason="preprocessing needs mediapipe (the [preprocess] extra)")
+
+
+def _options(**kw):
+    from embedtalk_sdk.data.preprocess import PreprocessOptions
+
+    return PreprocessOptions(face_model=str(MODELS / "face_landmarker.task"),
+                             segmentation_model=str(MODELS / "selfie_segmentation.tflite"), points=6000, **kw)
+
+
+def _write_video(path: Path, frames: list[np.ndarray], times: list[float] | None = None,
+                 audio: np.ndarray | None = None, fps: int = 25) -> Path:
+    """H.264 (+ AAC) with the given presentation times (seconds); variable rates allowed."""
+    import av
+
+    with av.open(str(path), "w", format="mp4") as out:
+        v = out.add_stream("libx264", rate=fps)
+        v.width, v.height, v.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        v.codec_context.time_base = v.time_base = Fraction(1, 1000)  # millisecond time stamps, kept as given
+        v.options = {"crf": "18", "bf": "0"}
+        a = None
+        if audio is not None:
+            a = out.add_stream("aac", rate=16000, layout="mono")
+        for k, img in enumerate(frames):
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts = int(round((times[k] if times else k / fps) * 1000))
+            f.time_base = Fraction(1, 1000)
+            for p in v.encode(f):
+                out.mux(p)
+        for p in v.encode(None):
+            out.mux(p)
+        if a is not None:
+            af = av.AudioFrame.from_ndarray(audio[None].astype(np.float32), format="fltp", layout="mono")
+            af.sample_rate, af.pts = 16000, 0
+            for p in a.encode(af):
+                out.mux(p)
+            for p in a.encode(None):
+                out.mux(p)
+    return path
+
+
+def _may_frames(n: int) -> tuple[list[np.ndarray], np.ndarray]:
+    import soundfile as sf
+
+    from embedtalk_sdk.video import read_video
+
+    video, _ = read_video(MAY)
+    audio, _ = sf.read(str(REAL / "may_5s_16k.wav"), dtype="float32")
+    return list(video[:n]), audio[: n * 640]
+
+
+@pytest.fixture(scope="session")
+def may_cut(tmp_path_factory) -> Path:
+    """The first 2 s of may_5s.mp4, re-encoded with its audio (the real clips stay out of the repo)."""
+    _need_real()
+    frames, audio = _may_frames(50)
+    return _write_video(tmp_path_factory.mktemp("clips") / "may_2s.mp4", frames, audio=audio)
+
+
+@pytest.fixture(scope="session")
+def may_dataset(may_cut, tmp_path_factory) -> tuple[Path, dict]:
+    from embedtalk_sdk.data.preprocess import preprocess
+
+    out = tmp_path_factory.mktemp("pre") / "may"
+    return out, preprocess(may_cut, out, _options())
+
+
+# ---------------------------------------------------------------------------------------------
+# A real clip.
+
+
+def test_layout_is_a_talking_dataset(may_dataset):
+    root, record = may_dataset
+    assert [s["status"] for s in record["steps"].values()] == ["done"] * 6
+    for rel in ("aud.wav", "bc.jpg", "au.csv", "points3d.npy", "transforms_train.json", "transforms_val.json",
+                "gt_imgs/0.jpg", "torso_imgs/49.png", "ori_imgs/0.lms", "ori_imgs/0.jpg", "parsing/0.png",
+                "preprocess_log.json"):
+        assert (root / rel).is_file(), rel
+    train, val = TalkingDataset(root, "train"), TalkingDataset(root, "val")
+    assert (len(train), len(val)) == (45, 5) and (train.width, train.height, train.fps) == (512, 512, 25.0)
+    assert train.aus.shape == (45, 6) and 0 <= train.aus.min() and train.aus.max() <= 5
+    assert train.landmarks(0).shape == (68, 2) and train.torso_bg(3).shape == (512, 512, 3)
+    x0, y0, x1, y1 = train.mouth_box(0)
+    assert 100 < x0 < x1 < 420 and 200 < y0 < y1 < 500  # May's mouth, lower middle of the frame
+    import soundfile as sf
+
+    info = sf.info(str(root / "aud.wav"))
+    assert (info.samplerate, info.channels, info.frames) == (16000, 1, 50 * 640)
+    # metres: a head-sized cloud around the origin, the camera a few tens of cm in front (+z)
+    pts = train.points3d
+    assert pts.shape[1] == 6 and 3000 < len(pts) <= 6000 and np.abs(pts[:, :3]).max() < 0.3
+    cam = train.c2w_gl[:, :3, 3]
+    assert np.all((cam[:, 2] > 0.15) & (np.linalg.norm(cam, axis=1) < 0.8))
+    log = json.loads((root / "preprocess_log.json").read_text())
+    assert log["steps"]["cameras"]["found"]["reprojection_px"] < 3.0
+    assert log["steps"]["decode"]["found"]["variable_rate"] is False
+
+
+def test_cameras_project_the_face_onto_its_landmarks(may_dataset):
+    """The head frame, the camera convention and the intrinsics agree: the fitted face template, in
+    world metres, lands on the frame's 2D landmarks through the dataset's own cameras."""
+    from embedtalk_sdk.data.face import IBUG68_FROM_MEDIAPIPE
+    from embedtalk_sdk.data.headpose import canonical_to_world
+
+    root, _ = may_dataset
+    ds = TalkingDataset(root, "all")
+    with np.load(root / "preprocess" / "head_poses.npz") as z:
+        world = canonical_to_world(z["template"])
+    errors = []
+    for i in (0, 20, 49):
+        vm = ds.viewmats[i].astype(np.float64)
+        cam = world @ vm[:3, :3].T + vm[:3, 3]
+        uv = cam[:, :2] / cam[:, 2:] @ ds.K[:2, :2].T + ds.K[:2, 2]
+        ibug = [k for k, m in enumerate(IBUG68_FROM_MEDIAPIPE) if m < 468 and k < 48]  # rigid-ish rows
+        errors.append(np.linalg.norm(uv[IBUG68_FROM_MEDIAPIPE[ibug]] - ds.landmarks(i)[ibug], axis=1).mean())
+    assert max(errors) < 6.0, errors  # pixels at 512x512
+
+
+def test_blink_and_mouth_signals(may_dataset):
+    root, record = may_dataset
+    ds = TalkingDataset(root, "all")
+    blink = ds.aus[:, 5]
+    # May blinks around frame 7 of the clip: AU45 peaks there, and the eyelid gap closes
+    peak = int(np.argmax(blink))
+    assert 3 <= peak <= 12 and blink[peak] > 2.5 and np.median(blink) < 1.5
+    lms = ds.landmarks(peak), ds.landmarks(30)
+    gap = [np.linalg.norm(m[37] - m[41]) + np.linalg.norm(m[44] - m[46]) for m in lms]
+    assert gap[0] < 0.5 * gap[1]
+    found = record["steps"]["landmarks"]["found"]
+    assert found["frames_with_face"] == 50 and -15 <= found["mouth_audio_best_offset_frames"] <= 15
+
+
+def test_rerun_resumes_and_option_changes_rerun_what_depends_on_them(may_cut, may_dataset, tmp_path):
+    from embedtalk_sdk.data.preprocess import preprocess
+
+    root, _ = may_dataset
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    again = preprocess(may_cut, copy, _options())
+    assert {s["status"] for s in again["steps"].values()} == {"skipped (already done)"}
+    changed = preprocess(may_cut, copy, _options(pose_smoothing=2.0))
+    ran = {k for k, s in changed["steps"].items() if s["status"] == "done"}
+    assert ran == {"cameras", "points"}
+
+
+@pytest.mark.slow
+def test_train_reads_the_preprocessed_folder(may_dataset, tmp_path):
+    from embedtalk_sdk.train.strategy import DensifyConfig
+    from embedtalk_sdk.train.trainer import TrainConfig, Trainer
+
+    root, _ = may_dataset
+    cfg = TrainConfig(iterations=3, init_points=1500, lpips_every=0, densify=DensifyConfig(start=100, stop=200))
+    result = Trainer(root, cfg, log=lambda m: None).run(tmp_path / "run")
+    assert (tmp_path / "run" / "ckpt.pt").is_file() and result.metrics["val_frames"] == 5
+    assert np.isfinite(result.metrics["psnr_val"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs that cannot work, and one that needs resampling.
+
+
+def _preprocess_error(video: Path, out: Path) -> str:
+    from embedtalk_sdk.data.preprocess import PreprocessError, preprocess
+
+    with pytest.raises(PreprocessError) as err:
+        preprocess(video, out, _options())
+    message = str(err.value)
+    assert "\n" not in message and str(video) in message
+    return message
+
+
+def test_video_without_a_face(tmp_path):
+    _need_real()
+    from embedtalk_sdk.video import write_mp4
+
+    yy, xx = np.mgrid[0:96, 0:128]
+    frames = [np.stack([(xx + 3 * k) % 256, yy * 2, np.full_like(xx, 90)], -1).astype(np.uint8) for k in range(30)]
+    tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(30 * 640) / 16000)
+    video = tmp_path / "gradient.mp4"
+    write_mp4(video, frames, audio=tone)
+    assert "no face found" in _preprocess_error(video, tmp_path / "out")
+    assert (tmp_path / "out" / "preprocess" / "steps" / "decode.json").is_file()  # decoding is kept for a rerun
+
+
+def test_video_without_audio(tmp_path):
+    _need_real()
+    frames, _ = _may_frames(30)
+    video = _write_video(tmp_path / "silent.mp4", frames)
+    message = _preprocess_error(video, tmp_path / "out")
+    assert "no audio track" in message and "--audio" in message
+
+
+def test_corrupt_and_missing_files(tmp_path):
+    _need_real()
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 20000, dtype=np.uint8).tobytes())
+    assert "not a readable video" in _preprocess_error(junk, tmp_path / "a")
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(MAY.read_bytes()[:3000])  # the header only: no decodable frame
+    message = _preprocess_error(cut, tmp_path / "b")
+    assert "re-export" in message or "copy it again" in message
+    runner = CliRunner()
+    from embedtalk_sdk.cli import app
+
+    result = runner.invoke(app, ["preprocess", str(junk), "-o", str(tmp_path / "c"),
+                                 "--face-model", str(MODELS / "face_landmarker.task")])
+    assert result.exit_code == 2 and "not a readable video" in result.output
+
+
+def test_resample_times_nearest_frame():
+    from embedtalk_sdk.data.preprocess import resample_times
+
+    assert resample_times(np.arange(10) / 25).tolist() == list(range(10))  # 25 fps: identity
+    idx = resample_times(np.arange(60) / 50)  # 50 fps: every other frame
+    assert idx.tolist() == list(range(0, 60, 2))
+    idx = resample_times(np.arange(36) / 30)  # 30 fps -> 25 fps: 30 frames, nearest in time
+    t_src, t_out = np.arange(36) / 30, np.arange(30) / 25
+    assert len(idx) == 30 and np.all(np.abs(t_src[idx] - t_out) <= 0.5 / 30 + 1e-9)
+
+
+@pytest.mark.slow
+def test_variable_frame_rate_clip_is_resampled_and_logged(tmp_path):
+    _need_real()
+    from embedtalk_sdk.data.preprocess import preprocess, resample_times
+
+    frames, audio = _may_frames(40)
+    # a phone-like clip: frame intervals wander between 20 and 60 ms (1.56 s in all)
+    gaps = np.resize([0.02, 0.06, 0.04, 0.03, 0.05], 39)
+    times = np.concatenate([[0.0], np.cumsum(gaps)]).tolist()
+    for k, f in enumerate(frames):  # a frame-number marker in the corner, to check which frame was taken
+        f[:16, :16] = 6 * k
+    video = _write_video(tmp_path / "vfr.mp4", frames, times=times, audio=audio[: int((times[-1] + 0.04) * 16000)])
+    with pytest.warns(UserWarning, match="variable frame rate"):
+        record = preprocess(video, tmp_path / "out", _options())
+    found = record["steps"]["decode"]["found"]
+    assert found["variable_rate"] and found["resampled"]
+    expect = resample_times(np.array(times))
+    assert found["frames"] == len(expect) == 40
+    for k in (0, 7, 21, 39):
+        marker = np.asarray(Image.open(tmp_path / "out" / "ori_imgs" / f"{k}.jpg"))[4:12, 4:12].mean()
+        assert abs(marker - 6 * expect[k]) < 4, (k, marker, expect[k])
+    assert any("variable frame rate" in w for w in record["warnings"])
+
+
+# ---------------------------------------------------------------------------------------------
+# A folder exactly as TalkingGaussian / ER-NeRF preprocessing leaves it.
+
+_OPENFACE_AUS = ("AU01", "AU02", "AU04", "AU06", "AU09", "AU10", "AU12", "AU14", "AU15", "AU17", "AU20",
+                 "AU23", "AU25", "AU26", "AU45")  # no AU05 / AU07 columns in this one
+
+
+def _talkinggaussian_folder(src: Path, dst: Path, hubert_rows: int) -> np.ndarray:
+    """Rewrite a synthetic dataset the way ER-NeRF's process.py + OpenFace + hubert.py leave it:
+    transforms with focal_len/cx/cy only, ori_imgs/*.jpg + .lms, parsing/*.png, OpenFace au.csv
+    (all OpenFace columns, ", "-separated, here without AU05/AU07), aud_hu.npy [M, 2, 1024], no
+    points3d.npy. Returns the AU table written, [n, len(_OPENFACE_AUS)]."""
+    shutil.copytree(src, dst)
+    (dst / "points3d.npy").unlink()
+    (dst / "parsing").mkdir()
+    for split in ("train", "val"):
+        meta = json.loads((dst / f"transforms_{split}.json").read_text())
+        slim = {"focal_len": meta["focal_len"], "cx": meta["cx"], "cy": meta["cy"],
+                "frames": [{"img_id": f["img_id"], "aud_id": f["aud_id"], "transform_matrix": f["transform_matrix"]}
+                           for f in meta["frames"]]}
+        (dst / f"transforms_{split}.json").write_text(json.dumps(slim, indent=2, separators=(",", ": ")))
+    n = len(list((dst / "gt_imgs").glob("*.jpg")))
+    for i in range(n):
+        shutil.copy(dst / "gt_imgs" / f"{i}.jpg", dst / "ori_imgs" / f"{i}.jpg")
+        Image.new("RGB", (64, 64), (255, 255, 255)).save(dst / "parsing" / f"{i}.png")
+    rng = np.random.default_rng(5)
+    aus = np.round(rng.uniform(0, 3, (n, len(_OPENFACE_AUS))), 2)
+    header = ["frame", "face_id", "timestamp", "confidence", "success", *(f"{a}_r" for a in _OPENFACE_AUS),
+              *(f"{a}_c" for a in _OPENFACE_AUS)]
+    lines = [", ".join(header)]
+    for i in range(n):
+        lines.append(", ".join([str(i + 1), "0", f"{i * 0.04:.3f}", "0.98", "1", *(f"{v:.2f}" for v in aus[i]),
+                                *("1.00" if v > 1 else "0.00" for v in aus[i])]))
+    (dst / "au.csv").write_text("\n".join(lines) + "\n")
+    np.save(dst / "aud_hu.npy", rng.standard_normal((hubert_rows, 2, 1024)).astype(np.float32))
+    return aus
+
+
+def test_talkinggaussian_folder_trains_with_its_hubert_features(tiny_dataset, tmp_path):
+    from embedtalk_sdk.train.strategy import DensifyConfig
+    from embedtalk_sdk.train.trainer import TrainConfig, Trainer
+
+    root = tmp_path / "tg"
+    n = len(TalkingDataset(tiny_dataset, "all"))
+    aus = _talkinggaussian_folder(tiny_dataset, root, hubert_rows=n)
+    ds = TalkingDataset(root, "all")
+    assert (ds.width, ds.height, ds.fps, ds.points3d) == (64, 64, 25.0, None)  # size from cx, cy
+    col = {a: k for k, a in enumerate(_OPENFACE_AUS)}
+    np.testing.assert_allclose(ds.aus[:, 0], aus[:, col["AU01"]], atol=1e-6)
+    np.testing.assert_allclose(ds.aus[:, 5], aus[:, col["AU45"]], atol=1e-6)
+    assert np.all(ds.aus[:, [2, 4]] == 0)  # AU05 / AU07 absent: read as 0
+    cfg = TrainConfig(iterations=3, init_points=800, lpips_every=0, audio_encoder="features",
+                      densify=DensifyConfig(start=100, stop=200))
+    trainer = Trainer(root, cfg, log=lambda m: None)
+    assert trainer.features.shape == (2 * n, 1024)  # [M, 2, 1024] -> two 50 Hz rows per video frame
+    assert trainer.deform.cfg.feature_dim == 1024 and len(trainer.gaussians) == 800  # random init: no cloud
+    result = trainer.run(tmp_path / "run")
+    assert result.checkpoint.meta["audio"]["encoder"] == "features" and np.isfinite(result.losses).all()
