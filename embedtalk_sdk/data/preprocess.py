@@ -12,15 +12,23 @@ inputs and options; a step writes its files, then that record, atomically):
 3. cameras     head poses refined against a person-specific template and smoothed over time
                (`embedtalk_sdk.data.headpose`) -> transforms_{train,val}.json (metres, OpenGL c2w;
                the last 1/11 of frames is val), preprocess/head_poses.npz.
-4. segment     selfie segmentation -> preprocess/person/{i}.png (soft person mask), parsing/{i}.png
-               (ER-NeRF colours), bc.jpg (temporal median background, unseen pixels inpainted).
-5. compose     gt_imgs/{i}.jpg (background pixels replaced by bc.jpg, as ER-NeRF does) and
-               torso_imgs/{i}.png (RGBA: the torso with the neck continued under the head).
+4. background  selfie segmentation of 24-60 frames spread over the clip -> bc.jpg (per-pixel
+               temporal median of surely-background pixels; pixels never seen are inpainted).
+5. compose     selfie segmentation of every frame -> parsing/{i}.png (ER-NeRF colours),
+               gt_imgs/{i}.jpg (background pixels replaced by bc.jpg, as ER-NeRF does) and
+               torso_imgs/{i}.png (RGBA: the torso, the neck continued under the head).
 6. points      points3d.npy: a dense head point cloud (`embedtalk_sdk.data.pointcloud`).
 7. hubert      aud_hu.npy [M, 2, 1024] (TalkingGaussian's layout) when a HuBERT path is given.
 
 DATA/preprocess_log.json records, per step, what it found (frame rates, faces, pose error, ...)
-and how long it took. Refusals raise `PreprocessError` with one line naming the file and what to do.
+and how long it took. Refusals raise `PreprocessError` with one line naming the file and what to do:
+a missing, empty or unreadable (corrupt) file, no video stream, no audio track (unless --audio
+gives one), silent audio, less than 1 s of video, no face in any frame or in under half of them.
+Decisions: several faces -> the largest face in each frame is used, with a warning (a poster or a
+passer-by should not stop a run); a variable or other frame rate is resampled to 25 fps and
+logged (a warning for variable rates); frames without a face (under half) get interpolated
+landmarks, with a warning. Steps already done are kept when a later one fails, so a re-run after a
+fix resumes.
 """
 from __future__ import annotations
 
@@ -48,6 +56,7 @@ MIN_FRAMES = 25  # 1 s: the 1/11 validation split needs a few frames
 MIN_FACE_SHARE = 0.5
 VAL_SHARE = 1.0 / 11.0
 BACKGROUND_SAMPLES = 60
+BACKGROUND_MIN_SAMPLES = 24
 
 Progress = Callable[[str, int, int], None]  # (step, done, total)
 
@@ -97,8 +106,8 @@ def _atomic_npy(path: Path, arr: np.ndarray) -> None:
     _atomic_write(path, buf.getvalue())
 
 
-def _save_image(path: Path, arr: np.ndarray, quality: int = 95) -> None:
-    im = Image.fromarray(arr)
+def _save_image(path: Path, arr: np.ndarray | Image.Image, quality: int = 95) -> None:
+    im = arr if isinstance(arr, Image.Image) else Image.fromarray(arr)
     if path.suffix == ".jpg":
         im.save(path, quality=quality, subsampling=0)
     else:
@@ -350,9 +359,10 @@ class _Run:
                 self.log(f"{name}: already done, skipped")
                 _atomic_json(self.log_path, self.record)
                 return done["found"]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         found = fn()
-        entry = {"fingerprint": fp, "status": "done", "seconds": round(time.perf_counter() - t0, 2), "found": found}
+        entry = {"fingerprint": fp, "status": "done", "seconds": round(time.perf_counter() - t0, 2),
+                 "cpu_seconds": round(time.process_time() - c0, 2), "found": found}
         _atomic_json(marker, entry)
         self.record["steps"][name] = entry
         _atomic_json(self.log_path, self.record)
@@ -470,7 +480,8 @@ class _Run:
     def background(self) -> dict:
         from embedtalk_sdk.data.segmentation import PersonSegmenter, background_from_frames
 
-        ids = np.unique(np.linspace(0, self.n - 1, min(BACKGROUND_SAMPLES, self.n)).round().astype(int)).tolist()
+        k = min(BACKGROUND_SAMPLES, max(BACKGROUND_MIN_SAMPLES, self.n // 4), self.n)
+        ids = np.unique(np.linspace(0, self.n - 1, k).round().astype(int)).tolist()
         samples, masks = [], []
         bar = self.bar("background")
         with PersonSegmenter(self.opts.segmentation_model) as seg:
@@ -489,10 +500,11 @@ class _Run:
 
     def compose(self) -> dict:
         from embedtalk_sdk.data.face import FaceTrack
-        from embedtalk_sdk.data.segmentation import PersonSegmenter, extend_neck, split_person
+        from embedtalk_sdk.data.segmentation import PersonSegmenter, extend_neck, parsing_image, split_person
 
         track = FaceTrack.load(self.state / "face_track.npz")
-        bc = _load_rgb(self.out / "bc.jpg").astype(np.float32)
+        bc8 = _load_rgb(self.out / "bc.jpg")
+        bc = bc8.astype(np.float32)
         for sub in ("gt_imgs", "torso_imgs", "parsing"):
             (self.out / sub).mkdir(parents=True, exist_ok=True)
         bar = self.bar("compose")
@@ -503,15 +515,18 @@ class _Run:
                 person = seg.mask(frame)
                 head_a, torso_a, labels = split_person(person, track.landmarks[i])
                 head_share.append(float((head_a > 0.5).mean()))
-                p3 = person[..., None]
-                gt8 = np.clip(frame * p3 + bc * (1.0 - p3) + 0.5, 0, 255).astype(np.uint8)
+                # background pixels -> bc.jpg, blended along the soft edge of the person mask
+                gt8 = np.where((person > 0.5)[..., None], frame, bc8)
+                soft = (person > 0.004) & (person < 0.996)
+                p1 = person[soft][:, None]
+                gt8[soft] = np.clip(frame[soft] * p1 + bc[soft] * (1.0 - p1) + 0.5, 0, 255).astype(np.uint8)
                 rgb, alpha = extend_neck(frame, torso_a, head_a, track.landmarks[i])
                 rgba = np.empty(rgb.shape[:2] + (4,), np.uint8)
                 rgba[..., :3] = rgb * (alpha[..., None] > 0)
                 rgba[..., 3] = np.clip(alpha * 255 + 0.5, 0, 255)
                 pending.append(pool.submit(_save_image, self.out / "gt_imgs" / f"{i}.jpg", gt8, self.opts.jpeg_quality))
                 pending.append(pool.submit(_save_image, self.out / "torso_imgs" / f"{i}.png", rgba))
-                pending.append(pool.submit(_save_image, self.out / "parsing" / f"{i}.png", labels))
+                pending.append(pool.submit(_save_image, self.out / "parsing" / f"{i}.png", parsing_image(labels)))
                 while len(pending) > 12:
                     pending.pop(0).result()
                 if bar and (i + 1) % 10 == 0:

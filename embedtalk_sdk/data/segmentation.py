@@ -84,7 +84,8 @@ _LABEL_LUT = np.array([PARSING_COLOURS[k] for k in ("background", "head", "torso
 
 
 def split_person(person: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Soft person mask [H,W] + landmarks -> (head alpha, torso alpha, parsing labels uint8 [H,W,3])."""
+    """Soft person mask [H,W] + landmarks -> (head alpha, torso alpha, labels uint8 [H,W]: 0 background,
+    1 head, 2 torso, 3 neck; `parsing_image` turns them into the ER-NeRF colours)."""
     h, w = person.shape
     head = head_region(landmarks, w, h)
     head_a = person * head
@@ -96,7 +97,15 @@ def split_person(person: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray,
     y1 = min(max(int(landmarks[:, 1].max() + 0.6 * np.ptp(landmarks[:, 1])), 0), h)
     sub = lab[:y1, x0:x1]
     sub[sub == 2] = 3  # 3: neck, torso between the jaw angles down to 0.6 face heights below the chin
-    return head_a, torso_a, _LABEL_LUT[lab]
+    return head_a, torso_a, lab
+
+
+def parsing_image(labels: np.ndarray) -> Image.Image:
+    """Labels [H,W] (0..3) -> a palette PNG image whose RGB is the ER-NeRF parsing colours."""
+    lab = np.ascontiguousarray(labels, dtype=np.uint8)
+    im = Image.frombytes("P", (lab.shape[1], lab.shape[0]), lab.tobytes())
+    im.putpalette(_LABEL_LUT.reshape(-1).tolist())
+    return im
 
 
 def extend_neck(rgb: np.ndarray, torso_a: np.ndarray, head_a: np.ndarray, landmarks: np.ndarray,
