@@ -38,7 +38,9 @@ class TrainConfig:
     lambda_face: float = 0.01
     lambda_mouth: float = 0.002
     lambda_opacity: float = 1e-4
-    lambda_emb: float = 1.0
+    # Eq. 12 weighs L_emb_reg by 1, but with metre-scale heads (neighbours ~1-2 mm apart, w_ij ~ 1)
+    # that collapsed every z to one value (std 0.1 -> 0.002) and left the MLP dead: measured.
+    lambda_emb: float = 0.01
     knn_k: int = 20
     max_init_points: int = 100_000
     init_points: int = 8000  # CPU-friendly default; the paper's dense init is <= 100k
