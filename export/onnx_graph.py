@@ -86,7 +86,9 @@ def build_deform_onnx(baked: BakedDeform) -> onnx.ModelProto:
     h = g.op("Relu", [g.op("Add", [frame3, g.const(TABLE, _np(baked.table))], "first.sum")], "first.act")
     for i, layer in enumerate(net.trunk):
         h = g.op("Relu", [g.linear(h, layer, f"trunk{i}")], f"trunk{i}.act")
-    g.op("Identity", [g.linear(h, net.mu_head, "mu_head")], "delta_means")
+    bound = np.array(cfg.max_offset, np.float32)
+    mu = g.op("Div", [g.linear(h, net.mu_head, "mu_head"), g.const("mu.bound", bound)], "mu.scaled")
+    g.op("Mul", [g.op("Tanh", [mu], "mu.tanh"), "mu.bound"], "delta_means")
     alpha = g.linear(h, net.alpha_head, "alpha_head")
     g.op("Squeeze", [alpha, g.const("alpha.axis", np.array([-1], np.int64))], "delta_opacity")
 

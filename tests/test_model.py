@@ -56,7 +56,8 @@ def test_split_first_layer_equals_linear_on_concatenation():
     h = torch.relu(first(x))
     for layer in net.trunk:
         h = torch.relu(layer(h))
-    assert torch.allclose(dmu, net.mu_head(h), atol=1e-5)
+    bound = cfg.max_offset
+    assert torch.allclose(dmu, bound * torch.tanh(net.mu_head(h) / bound), atol=1e-5)
     assert torch.allclose(dalpha, net.alpha_head(h)[..., 0], atol=1e-5)
 
 

@@ -30,6 +30,9 @@ class DeformConfig:
     audio_channels: int = 32
     hidden: int = 64
     trunk_layers: int = 1  # hidden->hidden layers after the first
+    # |delta_mu| bound in world units (metres): facial motion relative to the canonical head is
+    # centimetres; unbounded offsets let a stray Gaussian fly at the camera and stall training.
+    max_offset: float = 0.03
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,7 +116,8 @@ class DeformNet(nn.Module):
         h = torch.relu(table[None] + frame[:, None])
         for layer in self.trunk:
             h = torch.relu(layer(h))
-        return self.mu_head(h), self.alpha_head(h)[..., 0]
+        bound = self.cfg.max_offset
+        return bound * torch.tanh(self.mu_head(h) / bound), self.alpha_head(h)[..., 0]
 
     def forward(
         self, z: torch.Tensor, audio_window: torch.Tensor, aus: torch.Tensor
