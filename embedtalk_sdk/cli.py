@@ -210,6 +210,7 @@ def preprocess(
     segmentation_model: Optional[Path] = typer.Option(
         None, help="MediaPipe selfie_segmentation.tflite [default: ../shared/models]"),
     audio: Optional[Path] = typer.Option(None, help="speech track to use instead of the video's own"),
+    audio_shift: float = typer.Option(0.0, help="seconds to move the speech (negative: earlier) for clips out of sync"),
     hubert_path: Optional[str] = typer.Option(None, help="local HuBERT checkpoint: also write aud_hu.npy"),
     points: int = typer.Option(30000, help="size of the initial point cloud points3d.npy"),
     pose_smoothing: float = typer.Option(1.0, help="temporal smoothing of the head pose (Gaussian sigma, frames)"),
@@ -219,8 +220,8 @@ def preprocess(
     from embedtalk_sdk.data.preprocess import PreprocessError, PreprocessOptions
     from embedtalk_sdk.data.preprocess import preprocess as run_preprocess
 
-    opts = PreprocessOptions(audio=str(audio) if audio else None, hubert_path=hubert_path, points=points,
-                             pose_smoothing=pose_smoothing)  # fmt: skip
+    opts = PreprocessOptions(audio=str(audio) if audio else None, audio_shift=audio_shift, hubert_path=hubert_path,
+                             points=points, pose_smoothing=pose_smoothing)  # fmt: skip
     if face_model:
         opts.face_model = str(face_model)
     if segmentation_model:

@@ -74,7 +74,8 @@ def _checkpoint_frames(ckpt_path: Path, data: Path | None) -> tuple[TalkingDatas
     return ds, gen(), {"kind": "checkpoint", "audio_encoder": encoder, "gaussians": len(g)}
 
 
-def _bundle_frames(bundle_path: Path, data: Path | None, backend: str) -> tuple[TalkingDataset, Iterator[np.ndarray], dict]:
+def _bundle_frames(bundle_path: Path, data: Path | None,
+                   backend: str) -> tuple[TalkingDataset, Iterator[np.ndarray], dict]:
     from embedtalk_sdk.audio.io import load_audio
     from embedtalk_sdk.audio.mel import frame_windows, log_mel
     from embedtalk_sdk.runtime.avatar import Avatar

@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 
 from conftest import SHARED
 from embedtalk_sdk.data.dataset import TalkingDataset
-from embedtalk_sdk.data.synth import write_wav
 
 REAL = SHARED / "data" / "real"
 MODELS = SHARED / "models"
@@ -233,6 +232,35 @@ def test_corrupt_and_missing_files(tmp_path):
     result = runner.invoke(app, ["preprocess", str(junk), "-o", str(tmp_path / "c"),
                                  "--face-model", str(MODELS / "face_landmarker.task")])
     assert result.exit_code == 2 and "not a readable video" in result.output
+
+
+@pytest.mark.slow
+def test_several_faces_use_the_largest_with_a_warning(tmp_path):
+    _need_real()
+    from embedtalk_sdk.data.preprocess import preprocess
+
+    frames, audio = _may_frames(30)
+    small = [np.asarray(Image.fromarray(f).resize((256, 256))) for f in frames]
+    # May at full size on the left, a half-size copy of her on the right
+    both = [np.concatenate([f, np.pad(s, ((128, 128), (0, 0), (0, 0)))], axis=1) for f, s in zip(frames, small)]
+    video = _write_video(tmp_path / "two.mp4", both, audio=audio)
+    with pytest.warns(UserWarning, match="more than one face"):
+        record = preprocess(video, tmp_path / "out", _options())
+    assert record["steps"]["landmarks"]["found"]["frames_with_several_faces"] >= 25
+    lms = TalkingDataset(tmp_path / "out", "all").landmarks(0)
+    assert lms[:, 0].max() < 512  # the landmarks are on the large face, on the left
+
+
+def test_audio_is_cut_to_the_frames_and_can_be_shifted(may_cut):
+    from embedtalk_sdk.data.preprocess import decode_audio_track
+
+    base, found = decode_audio_track(may_cut, None, 0.0, 50)
+    assert len(base) == 50 * 640 and found["audio_offset_s"] == 0.0
+    earlier, _ = decode_audio_track(may_cut, None, 0.0, 50, shift=-0.1)  # the sound 0.1 s earlier
+    np.testing.assert_array_equal(earlier[:-1600], base[1600:])
+    later, _ = decode_audio_track(may_cut, None, 0.0, 50, shift=0.05)
+    np.testing.assert_array_equal(later[800:], base[:-800])
+    assert not later[:800].any()
 
 
 def test_resample_times_nearest_frame():

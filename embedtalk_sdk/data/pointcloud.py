@@ -52,16 +52,18 @@ def _rays(width: int, height: int, focal: float, cx: float, cy: float, rows: np.
 
 
 def frame_points(image: np.ndarray, head_mask: np.ndarray, rot: np.ndarray, trans: np.ndarray,
-                 template: np.ndarray, focal: float, cx: float, cy: float, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+                 template: np.ndarray, focal: float, cx: float, cy: float,
+                 scale: float = 1.0, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Back-project one frame's head pixels.
 
     image: uint8 [H,W,3]; head_mask: bool [H,W]; rot [3,3], trans [3]: head (canonical cm) -> OpenGL
-    camera (cm); template [468,3] cm; scale: head size relative to the canonical model (scales the ellipsoid's
+    camera (cm); template [468,3] cm; stride: use every stride-th pixel row and column; scale: head size relative to the canonical model (scales the ellipsoid's
     radii; its centre stays the world origin).
     Returns (world points [M,3] in metres, colours [M,3] in [0,1]).
     """
     h, w = head_mask.shape
-    rows, cols = np.nonzero(head_mask)
+    rows, cols = np.nonzero(head_mask[::stride, ::stride])
+    rows, cols = rows * stride, cols * stride
     dirs = _rays(w, h, focal, cx, cy, rows, cols)  # z = -1: a point is dirs * depth
     depth = mesh_depth(template @ rot.T + trans, rows, cols, focal, cx, cy)
     miss = ~np.isfinite(depth)

@@ -12,7 +12,7 @@ inputs and options; a step writes its files, then that record, atomically):
 3. cameras     head poses refined against a person-specific template and smoothed over time
                (`embedtalk_sdk.data.headpose`) -> transforms_{train,val}.json (metres, OpenGL c2w;
                the last 1/11 of frames is val), preprocess/head_poses.npz.
-4. background  selfie segmentation of 24-60 frames spread over the clip -> bc.jpg (per-pixel
+4. background  selfie segmentation of 20-60 frames spread over the clip -> bc.jpg (per-pixel
                temporal median of surely-background pixels; pixels never seen are inpainted).
 5. compose     selfie segmentation of every frame -> parsing/{i}.png (ER-NeRF colours),
                gt_imgs/{i}.jpg (background pixels replaced by bc.jpg, as ER-NeRF does) and
@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -56,7 +57,10 @@ MIN_FRAMES = 25  # 1 s: the 1/11 validation split needs a few frames
 MIN_FACE_SHARE = 0.5
 VAL_SHARE = 1.0 / 11.0
 BACKGROUND_SAMPLES = 60
-BACKGROUND_MIN_SAMPLES = 24
+BACKGROUND_MIN_SAMPLES = 20
+COMPOSE_THREADS = 2
+SYNC_WARN_FRAMES = 6  # |best mouth-sound offset| that earns a warning (0.24 s) ...
+SYNC_WARN_MIN_FRAMES = 250  # ... on clips of 10 s or more (shorter ones give a noisy estimate)
 
 Progress = Callable[[str, int, int], None]  # (step, done, total)
 
@@ -72,6 +76,7 @@ class PreprocessOptions:
     face_model: str = str(SHARED_MODELS / "face_landmarker.task")
     segmentation_model: str = str(SHARED_MODELS / "selfie_segmentation.tflite")
     audio: str | None = None  # a separate speech track instead of the video's own
+    audio_shift: float = 0.0  # seconds; negative moves the speech earlier (sound late in the clip)
     hubert_path: str | None = None
     pose_smoothing: float = 1.0  # Gaussian sigma in frames over the head pose (0: off)
     points: int = 30000  # initial point-cloud size
@@ -275,8 +280,12 @@ def _audio_start(path: Path) -> float | None:
         return float(s.start_time * s.time_base) if s.start_time is not None else 0.0
 
 
-def decode_audio_track(video: Path, audio: Path | None, video_start: float, n_frames: int) -> tuple[np.ndarray, dict]:
-    """16 kHz mono speech aligned with frame 0, exactly n_frames * 640 samples long."""
+def decode_audio_track(video: Path, audio: Path | None, video_start: float, n_frames: int,
+                       shift: float = 0.0) -> tuple[np.ndarray, dict]:
+    """16 kHz mono speech aligned with frame 0, exactly n_frames * 640 samples long.
+
+    shift: seconds to move the speech relative to the frames (negative: earlier, for a clip whose
+    sound comes late)."""
     from embedtalk_sdk.audio.io import AudioError, load_audio
 
     found: dict[str, Any] = {}
@@ -295,12 +304,16 @@ def decode_audio_track(video: Path, audio: Path | None, video_start: float, n_fr
         raise PreprocessError(str(e)) from None
     found["audio_source"] = str(src)
     found["audio_seconds"] = round(len(samples) / SAMPLE_RATE, 3)
-    shift = int(round(offset * SAMPLE_RATE))
-    if shift > 0:
-        samples = samples[shift:]
-    elif shift < 0:
-        samples = np.concatenate([np.zeros(-shift, np.float32), samples])
+    skip = int(round(offset * SAMPLE_RATE))
+    if skip > 0:
+        samples = samples[skip:]
+    elif skip < 0:
+        samples = np.concatenate([np.zeros(-skip, np.float32), samples])
     found["audio_offset_s"] = round(offset, 4)
+    if shift:
+        found["audio_shift_s"] = shift
+        k = int(round(shift * SAMPLE_RATE))
+        samples = np.concatenate([np.zeros(k, np.float32), samples]) if k > 0 else samples[-k:]
     need = n_frames * SAMPLE_RATE // FPS
     if len(samples) < need:
         found["audio_padded_s"] = round((need - len(samples)) / SAMPLE_RATE, 3)
@@ -389,7 +402,7 @@ class _Run:
             raise PreprocessError(f"{self.video}: only {info.frames} frames at {FPS} fps; give at least "
                                   f"{MIN_FRAMES / FPS:g} s of video (1-5 minutes is best)")
         samples, afound = decode_audio_track(self.video, Path(self.opts.audio) if self.opts.audio else None,
-                                             info.start_time, info.frames)
+                                             info.start_time, info.frames, self.opts.audio_shift)
         from embedtalk_sdk.data.synth import write_wav
 
         tmp = self.out / ".aud.part.wav"
@@ -438,6 +451,11 @@ class _Run:
         env = audio_envelope(_read_wav(self.out / "aud.wav"), self.n, FPS)
         sync = av_sync(mouth, env)
         blink = aus[:, AU_CSV_COLUMNS.index("AU45_r")]
+        lag = sync["offset_frames"]
+        if self.n >= SYNC_WARN_MIN_FRAMES and abs(lag) >= SYNC_WARN_FRAMES and sync["correlation"] >= 0.15:
+            self.warn(f"{self.video}: mouth and sound match best with the sound moved {lag / FPS:+.2f} s "
+                      f"(natural speech: the mouth leads by 0.1-0.2 s); if the clip is out of sync, re-run "
+                      f"with --audio-shift {lag / FPS + 0.12:+.2f}")
         return {"frames_with_face": int(track.found.sum()), "frames_without_face": int((~track.found).sum()),
                 "frames_with_several_faces": multi,
                 "au_mean": {c: round(float(v), 3) for c, v in zip(AU_CSV_COLUMNS, aus.mean(axis=0))},
@@ -447,7 +465,7 @@ class _Run:
                 "mouth_audio_best_correlation": sync["correlation"]}  # fmt: skip
 
     def cameras(self) -> dict:
-        from embedtalk_sdk.data.face import FaceTrack, canonical_face_mesh, focal_from_fov
+        from embedtalk_sdk.data.face import MEDIAPIPE_FOV_DEG, FaceTrack, canonical_face_mesh, focal_from_fov
         from embedtalk_sdk.data.headpose import camera_track, fit_head_poses, smooth_poses
 
         track = FaceTrack.load(self.state / "face_track.npz")
@@ -469,7 +487,8 @@ class _Run:
 
         euler = Rotation.from_matrix(rot).as_euler("YXZ", degrees=True)  # yaw, pitch, roll
         dist = np.linalg.norm(c2w[:, :3, 3], axis=1)
-        return {"focal_len": round(focal, 3), "fov_deg": 63.0, "reprojection_px_mediapipe": round(fit["error_mediapipe_px"], 3),
+        return {"focal_len": round(focal, 3), "fov_deg": MEDIAPIPE_FOV_DEG,
+                "reprojection_px_mediapipe": round(fit["error_mediapipe_px"], 3),
                 "reprojection_px": round(fit["error_px"], 3), "rigid_landmarks": int(len(fit["rigid"])),
                 "yaw_range_deg": [round(float(euler[:, 0].min()), 2), round(float(euler[:, 0].max()), 2)],
                 "pitch_range_deg": [round(float(euler[:, 1].min()), 2), round(float(euler[:, 1].max()), 2)],
@@ -508,30 +527,39 @@ class _Run:
         for sub in ("gt_imgs", "torso_imgs", "parsing"):
             (self.out / sub).mkdir(parents=True, exist_ok=True)
         bar = self.bar("compose")
-        head_share = []
-        with PersonSegmenter(self.opts.segmentation_model) as seg, ThreadPoolExecutor(max_workers=2) as pool:
-            pending: list = []
-            for i, frame in enumerate(self.frames()):
-                person = seg.mask(frame)
-                head_a, torso_a, labels = split_person(person, track.landmarks[i])
-                head_share.append(float((head_a > 0.5).mean()))
-                # background pixels -> bc.jpg, blended along the soft edge of the person mask
-                gt8 = np.where((person > 0.5)[..., None], frame, bc8)
-                soft = (person > 0.004) & (person < 0.996)
-                p1 = person[soft][:, None]
-                gt8[soft] = np.clip(frame[soft] * p1 + bc[soft] * (1.0 - p1) + 0.5, 0, 255).astype(np.uint8)
-                rgb, alpha = extend_neck(frame, torso_a, head_a, track.landmarks[i])
-                rgba = np.empty(rgb.shape[:2] + (4,), np.uint8)
-                rgba[..., :3] = rgb * (alpha[..., None] > 0)
-                rgba[..., 3] = np.clip(alpha * 255 + 0.5, 0, 255)
-                pending.append(pool.submit(_save_image, self.out / "gt_imgs" / f"{i}.jpg", gt8, self.opts.jpeg_quality))
-                pending.append(pool.submit(_save_image, self.out / "torso_imgs" / f"{i}.png", rgba))
-                pending.append(pool.submit(_save_image, self.out / "parsing" / f"{i}.png", parsing_image(labels)))
-                while len(pending) > 12:
-                    pending.pop(0).result()
-                if bar and (i + 1) % 10 == 0:
-                    bar(i + 1, self.n)
-            for f in pending:
+        head_share = np.zeros(self.n)
+        done = [0]
+        lock = threading.Lock()
+
+        def compose_frame(seg, i: int) -> None:
+            frame = _load_rgb(self.out / "ori_imgs" / f"{i}.jpg")
+            person = seg.mask(frame)
+            head_a, torso_a, labels = split_person(person, track.landmarks[i])
+            head_share[i] = float((head_a > 0.5).mean())
+            # background pixels -> bc.jpg, blended along the soft edge of the person mask
+            gt8 = np.where((person > 0.5)[..., None], frame, bc8)
+            soft = (person > 0.004) & (person < 0.996)
+            p1 = person[soft][:, None]
+            gt8[soft] = np.clip(frame[soft] * p1 + bc[soft] * (1.0 - p1) + 0.5, 0, 255).astype(np.uint8)
+            rgb, alpha = extend_neck(frame, torso_a, head_a, track.landmarks[i])
+            rgba = np.empty(rgb.shape[:2] + (4,), np.uint8)
+            rgba[..., :3] = rgb * (alpha[..., None] > 0)
+            rgba[..., 3] = np.clip(alpha * 255 + 0.5, 0, 255)
+            _save_image(self.out / "gt_imgs" / f"{i}.jpg", gt8, self.opts.jpeg_quality)
+            _save_image(self.out / "torso_imgs" / f"{i}.png", rgba)
+            _save_image(self.out / "parsing" / f"{i}.png", parsing_image(labels))
+            with lock:
+                done[0] += 1
+                if bar and done[0] % 10 == 0:
+                    bar(done[0], self.n)
+
+        def worker(k: int) -> None:  # frames k, k + W, ...: segmentation, numpy and codecs release the GIL
+            with PersonSegmenter(self.opts.segmentation_model) as seg:
+                for i in range(k, self.n, COMPOSE_THREADS):
+                    compose_frame(seg, i)
+
+        with ThreadPoolExecutor(max_workers=COMPOSE_THREADS) as pool:
+            for f in [pool.submit(worker, k) for k in range(COMPOSE_THREADS)]:
                 f.result()
         if bar:
             bar(self.n, self.n)
@@ -558,18 +586,20 @@ class _Run:
         from embedtalk_sdk.data.segmentation import PersonSegmenter, head_region
 
         seg = PersonSegmenter(self.opts.segmentation_model)
+        voxel = 0.0015
+        # a pixel spans ~depth / focal metres: skip pixels where several fall into one voxel
+        stride = max(1, int(voxel / (0.3 / focal)))
         for k, (i, frame) in enumerate(zip(picks, self.frames(picks))):
             person = seg.mask(frame)
             head = head_region(track.landmarks[i], self.width, self.height) & (person > 0.5)
             head = ndimage.binary_erosion(head, iterations=1)  # no background-coloured edge pixels
             p, c = frame_points(frame, head, rot[i], trans[i], template, focal, self.width / 2.0,
-                                self.height / 2.0, scale)
+                                self.height / 2.0, scale, stride)
             pts.append(p)
             cols.append(c)
             if bar:
                 bar(k + 1, len(picks))
         seg.close()
-        voxel = 0.0015
         cloud = merge_points(pts, cols, voxel, self.opts.points)
         _atomic_npy(self.out / "points3d.npy", cloud)
         lo, hi = cloud[:, :3].min(0), cloud[:, :3].max(0)
@@ -614,7 +644,8 @@ def preprocess(video: str | Path, out: str | Path, options: PreprocessOptions | 
     run = _Run(video, out, opts, progress, log)
     run.steps_dir.mkdir(parents=True, exist_ok=True)
     audio_fp = _file_fingerprint(Path(opts.audio)) if opts.audio else None
-    dec = run.run_step("decode", run.decode, {"audio": audio_fp, "q": opts.jpeg_quality}, [])
+    dec = run.run_step("decode", run.decode, {"audio": audio_fp, "shift": opts.audio_shift,
+                                              "q": opts.jpeg_quality}, [])
     run.n, run.width, run.height = int(dec["frames"]), int(dec["width"]), int(dec["height"])
     face_fp = _file_fingerprint(Path(opts.face_model))
     run.run_step("landmarks", run.landmarks, {"model": face_fp}, ["decode"])
