@@ -1,4 +1,5 @@
-"""Rasteriser speed on a head-like scene: torch reference forward+backward, numba forward.
+"""Rasteriser speed on a head-like scene: numba forward (playback); forward+backward (training) of
+the torch reference and of the numba blend with its backward, with their ratio.
 
     python benchmarks/bench_rasterize.py [--n 5000] [--size 256] [--repeat 10]
 
@@ -53,10 +54,14 @@ def bench_numba(scene: dict, repeat: int) -> float:
     return (time.perf_counter() - t) / repeat
 
 
-def bench_torch(scene: dict, repeat: int) -> tuple[float, float]:
+def bench_autograd(scene: dict, repeat: int, fast: bool) -> tuple[float, float]:
+    """(forward, backward) seconds of the torch reference, or with fast=True of the numba blend."""
     import torch
 
-    from embedtalk_sdk.functional.rasterize import rasterize
+    if fast:
+        from embedtalk_sdk.functional.rasterize_cpu import rasterize_cpu_autograd as rasterize
+    else:
+        from embedtalk_sdk.functional.rasterize import rasterize
 
     args = [torch.tensor(scene[k], dtype=torch.float32) for k in ARGS]
     for k in (0, 1, 2, 3, 4):
@@ -84,10 +89,13 @@ def main() -> None:
         scene = head_scene(n, a.size)
         t = bench_numba(scene, a.repeat)
         print(f"numba  N={n:6d} {a.size}x{a.size}: {1e3 * t:7.1f} ms/frame  {1 / t:6.1f} fps")
+        fwd, bwd = bench_autograd(scene, a.repeat, fast=True)
+        print(f"numba+grad N={n:6d}: fwd {1e3 * fwd:6.1f} ms  bwd {1e3 * bwd:6.1f} ms  "
+              f"fwd+bwd {1e3 * (fwd + bwd):6.1f} ms")
         if not a.skip_torch:
-            fwd, bwd = bench_torch(scene, a.repeat)
-            print(f"torch  N={n:6d} {a.size}x{a.size}: fwd {1e3 * fwd:6.1f} ms  bwd {1e3 * bwd:6.1f} ms  "
-                  f"fwd+bwd {1e3 * (fwd + bwd):6.1f} ms")
+            fwd_t, bwd_t = bench_autograd(scene, a.repeat, fast=False)
+            print(f"torch      N={n:6d}: fwd {1e3 * fwd_t:6.1f} ms  bwd {1e3 * bwd_t:6.1f} ms  "
+                  f"fwd+bwd {1e3 * (fwd_t + bwd_t):6.1f} ms  (numba+grad is {(fwd_t + bwd_t) / (fwd + bwd):.1f}x faster)")
 
 
 if __name__ == "__main__":

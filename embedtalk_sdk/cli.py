@@ -57,14 +57,14 @@ def synth(
 
 
 def _train_config(iterations: int, audio_encoder: str, hubert_path: Optional[str], lpips_weights: Optional[str],
-                  init_points: int, device: str, seed: int):
+                  init_points: int, device: str, seed: int, rasterizer: str = "auto"):
     from embedtalk_sdk.train.strategy import DensifyConfig
     from embedtalk_sdk.train.trainer import TrainConfig
 
     densify = DensifyConfig(start=min(200, iterations // 5), stop=int(iterations * 0.7), every=max(50, iterations // 30))
     return TrainConfig(
         iterations=iterations, audio_encoder=audio_encoder, hubert_path=hubert_path, lpips_weights=lpips_weights,
-        init_points=init_points, device=device, seed=seed, densify=densify,
+        init_points=init_points, device=device, seed=seed, densify=densify, rasterizer=rasterizer,
     )  # fmt: skip
 
 
@@ -74,7 +74,7 @@ def run_training(data: Path, out: Path, cfg) -> dict:
 
     trainer = Trainer(data, cfg, log=lambda m: console.print(m))
     console.print(
-        f"training on {trainer.device} ({'gsplat' if trainer.use_gsplat else 'torch reference rasteriser'}), "
+        f"training on {trainer.device} ({trainer.rasterizer} rasteriser), "
         f"{len(trainer.gaussians)} Gaussians, {len(trainer.train)} train / {len(trainer.val)} val frames"
     )
     with progress_bar("train", cfg.iterations) as update:
@@ -92,12 +92,13 @@ def train(
     lpips_weights: Optional[str] = typer.Option(None, help="AlexNet features state dict for LPIPS"),
     init_points: int = typer.Option(8000, help="Gaussians taken from the dense point cloud"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    rasterizer: str = typer.Option("auto", help="auto | gsplat (CUDA) | numba (CPU) | torch (reference, slow)"),
     seed: int = typer.Option(0),
 ) -> None:
     """Train an avatar on a dataset folder."""
     if not data.is_dir():
         _fail(f"{data}: no such dataset folder")
-    cfg = _train_config(iterations, audio_encoder, hubert_path, lpips_weights, init_points, device, seed)
+    cfg = _train_config(iterations, audio_encoder, hubert_path, lpips_weights, init_points, device, seed, rasterizer)
     metrics = run_training(data, out, cfg)
     console.print_json(json.dumps(metrics))
 

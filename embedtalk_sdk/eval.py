@@ -68,7 +68,7 @@ def _checkpoint_frames(ckpt_path: Path, data: Path | None) -> tuple[TalkingDatas
             for i in range(len(ds)):
                 dmu, dalpha = net(g.embeddings, frames.windows[i:i + 1], frames.aus[i:i + 1])
                 image, _ = render(g.means + dmu[0], g.params["quats"], g.scales(), g.opacities(dalpha[0]),
-                                  g.colors(), frames.viewmats[i], frames.K, frames.torso_bg(i))  # fmt: skip
+                                  g.colors(), frames.viewmats[i], frames.K, frames.torso_bg(i), "numba")  # fmt: skip
                 yield np.clip(np.round(image.clamp(0, 1).numpy() * 255), 0, 255).astype(np.uint8)
 
     return ds, gen(), {"kind": "checkpoint", "audio_encoder": encoder, "gaussians": len(g)}

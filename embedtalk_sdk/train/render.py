@@ -1,9 +1,17 @@
-"""Rendering a deformed head over a frame's torso+background, on whichever rasteriser fits the device."""
+"""Rendering a deformed head over a frame's torso+background, on whichever rasteriser fits the device.
+
+Rasterisers (all the maths of plugins/design.md, differentiable):
+- "gsplat": CUDA tensors, gsplat installed;
+- "numba": CPU; torch projection + numba blending with its own backward (functional/rasterize_cpu.py);
+- "torch": the torch reference (functional/rasterize.py), any device; the oracle, slow.
+"""
 from __future__ import annotations
 
 import torch
 
 from embedtalk_sdk.functional.rasterize import rasterize as rasterize_reference
+
+RASTERIZERS = ("auto", "gsplat", "numba", "torch")
 
 
 def gsplat_available(device: torch.device) -> bool:
@@ -16,6 +24,21 @@ def gsplat_available(device: torch.device) -> bool:
     return True
 
 
+def pick_rasterizer(name: str, device: torch.device) -> str:
+    """Resolve "auto" (gsplat on CUDA when installed, numba on the CPU, else torch) and check the choice."""
+    if name not in RASTERIZERS:
+        raise ValueError(f"rasterizer {name!r}: choose one of {', '.join(RASTERIZERS)}")
+    if name == "auto":
+        if gsplat_available(device):
+            return "gsplat"
+        return "numba" if device.type == "cpu" else "torch"
+    if name == "gsplat" and not gsplat_available(device):
+        raise ValueError("rasterizer 'gsplat' needs a CUDA device and `pip install gsplat`")
+    if name == "numba" and device.type != "cpu":
+        raise ValueError(f"rasterizer 'numba' runs on the CPU, not on {device}")
+    return name
+
+
 def render(
     means: torch.Tensor,
     quats: torch.Tensor,
@@ -25,15 +48,20 @@ def render(
     viewmat: torch.Tensor,
     K: torch.Tensor,
     background: torch.Tensor,
-    use_gsplat: bool = False,
+    rasterizer: str = "torch",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Head over `background` [H,W,3] -> (image [H,W,3], alpha [H,W]). Arguments as docs/interfaces.md.
+    """Head over `background` [H,W,3] -> (image [H,W,3], alpha [H,W]). Arguments as docs/interfaces.md;
+    `rasterizer` one of "gsplat", "numba", "torch" (see pick_rasterizer).
 
     gsplat blends over black and returns the accumulated alpha, so the background goes in as
     colour + (1 - alpha) * background: the same blend as the reference (C + T * background).
     """
-    if not use_gsplat:
+    if rasterizer == "torch":
         return rasterize_reference(means, quats, scales, opacities, colors, viewmat, K, background)
+    if rasterizer == "numba":
+        from embedtalk_sdk.functional.rasterize_cpu import rasterize_cpu_autograd
+
+        return rasterize_cpu_autograd(means, quats, scales, opacities, colors, viewmat, K, background)
     from gsplat import rasterization
 
     h, w = background.shape[:2]

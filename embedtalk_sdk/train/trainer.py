@@ -21,7 +21,7 @@ from embedtalk_sdk.model.deform import AU_SCALE, DeformConfig, DeformNet
 from embedtalk_sdk.model.gaussians import GaussianModel
 from embedtalk_sdk.train.losses import embedding_smoothness, knn_indices
 from embedtalk_sdk.train.lpips import LPIPS, load_lpips
-from embedtalk_sdk.train.render import gsplat_available, render
+from embedtalk_sdk.train.render import pick_rasterizer, render
 from embedtalk_sdk.train.strategy import DensifyConfig, GradStats, densify_and_prune
 
 ProgressFn = Callable[[int, int, dict], None]
@@ -55,6 +55,7 @@ class TrainConfig:
     lpips_every: int = 1
     seed: int = 0
     device: str = "auto"
+    rasterizer: str = "auto"  # auto | gsplat | numba | torch (train/render.py)
     deform: DeformConfig = field(default_factory=DeformConfig)
     densify: DensifyConfig = field(default_factory=DensifyConfig)
 
@@ -118,7 +119,7 @@ class Trainer:
         self.log = log
         torch.manual_seed(cfg.seed)
         self.device = pick_device(cfg.device)
-        self.use_gsplat = gsplat_available(self.device)
+        self.rasterizer = pick_rasterizer(cfg.rasterizer, self.device)
         self.data_dir = Path(data_dir)
         train_set, val_set = TalkingDataset(data_dir, "train"), TalkingDataset(data_dir, "val")
         features = dataset_features(
@@ -187,7 +188,7 @@ class Trainer:
             means, opacities = g.means, g.opacities()
         image, alpha = render(
             means, g.params["quats"], g.scales(), opacities, g.colors(),
-            frames.viewmats[i], frames.K, frames.torso_bg(i), self.use_gsplat,
+            frames.viewmats[i], frames.K, frames.torso_bg(i), self.rasterizer,
         )  # fmt: skip
         return image, alpha, means
 

@@ -154,8 +154,11 @@ def _row_span(dy, mx, kB, P, Q, j0, j1):
 
 
 @njit(fastmath=False, cache=True)
-def _blend_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x, image, alpha):
-    """Step 7 for the pixels of tile t; writes them into image [H,W,3] and alpha [H,W].
+def _blend_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x, image, alpha,
+                trans, stop):
+    """Step 7 for the pixels of tile t; writes them into image [H,W,3] and alpha [H,W], and for the
+    backward pass (rasterize_grad.py) the final transmittance trans [H,W] and stop [H,W]: the list
+    position of the Gaussian that ended the pixel (offsets[t + 1] if none did).
 
     Gaussian by Gaussian in depth order, each over just the pixels of its support (row spans):
     every pixel still sees its Gaussians in order; the break is kept per pixel (`live`)."""
@@ -166,6 +169,7 @@ def _blend_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, back
     rgb = np.zeros((TILE * TILE, 3), np.float32)
     live = np.ones(TILE * TILE, np.bool_)
     n_live = (i1 - i0) * (j1 - j0)
+    stops = np.full(TILE * TILE, offsets[t + 1], np.int64)
     for k in range(offsets[t], offsets[t + 1]):
         g = ids[k]
         mx, my, A, B, C, o = mean2d[g, 0], mean2d[g, 1], conic[g, 0], conic[g, 1], conic[g, 2], opacities[g]
@@ -189,6 +193,7 @@ def _blend_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, back
                 T_next = T[c] * (ONE - a)
                 if T_next < T_MIN:  # the break, for this pixel
                     live[c] = False
+                    stops[c] = k
                     n_live -= 1
                     continue
                 w = a * T[c]
@@ -204,18 +209,24 @@ def _blend_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, back
             for ch in range(3):
                 image[i, j, ch] = rgb[c, ch] + T[c] * background[i, j, ch]
             alpha[i, j] = ONE - T[c]
+            trans[i, j] = T[c]
+            stop[i, j] = stops[c]
 
 
 @njit(parallel=True, fastmath=False, cache=True)
 def _blend(offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x):
-    """Step 7 for every tile, in parallel. -> image f32[H,W,3], alpha f32[H,W]."""
+    """Step 7 for every tile, in parallel.
+    -> image f32[H,W,3], alpha f32[H,W], trans f32[H,W], stop i64[H,W] (see _blend_tile)."""
     H, W = background.shape[0], background.shape[1]
     image = np.empty((H, W, 3), np.float32)
     alpha = np.empty((H, W), np.float32)
+    trans = np.empty((H, W), np.float32)
+    stop = np.empty((H, W), np.int64)
     n_tiles = offsets.shape[0] - 1
     for t in prange(n_tiles):
-        _blend_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x, image, alpha)
-    return image, alpha
+        _blend_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x, image, alpha,
+                    trans, stop)
+    return image, alpha, trans, stop
 
 
 def _f32(x: np.ndarray, shape: tuple, name: str) -> np.ndarray:
@@ -255,6 +266,7 @@ def rasterize_cpu(
     old = get_parallel_chunksize()
     set_parallel_chunksize(1)  # tiles differ a lot in work: hand them out one at a time
     try:
-        return _blend(offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x)
+        image, alpha, _, _ = _blend(offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x)
+        return image, alpha
     finally:
         set_parallel_chunksize(old)
