@@ -79,8 +79,9 @@ def lpips_distance(model, a: np.ndarray, b: np.ndarray) -> float:
     """LPIPS between two images [H, W, 3] in [0, 1] with a loaded `embedtalk_sdk.train.lpips.LPIPS`."""
     import torch
 
-    ta = torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32).permute(2, 0, 1)[None]
-    tb = torch.as_tensor(np.ascontiguousarray(b), dtype=torch.float32).permute(2, 0, 1)[None]
+    device = next(model.parameters()).device
+    ta = torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32, device=device).permute(2, 0, 1)[None]
+    tb = torch.as_tensor(np.ascontiguousarray(b), dtype=torch.float32, device=device).permute(2, 0, 1)[None]
     with torch.no_grad():
         return float(model(ta, tb)[0])
 

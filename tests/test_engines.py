@@ -17,7 +17,8 @@ import torch
 
 from embedtalk_sdk.export import engines
 from embedtalk_sdk.export.onnx_graph import build_deform_onnx, io_spec
-from embedtalk_sdk.model.deform import BakedDeform, DeformConfig, DeformNet
+from embedtalk_sdk.model.deform import BakedDeform, DeformConfig
+from test_model import random_net
 
 N_GAUSSIANS = 700
 CFG = DeformConfig(feature_dim=32, hidden=32)
@@ -29,12 +30,8 @@ needs_rtx = pytest.mark.skipif(
 
 
 def random_baked(n: int = N_GAUSSIANS, seed: int = 0) -> BakedDeform:
-    torch.manual_seed(seed)
-    net = DeformNet(CFG)
+    net = random_net(CFG, seed)
     with torch.no_grad():
-        for p in net.parameters():
-            p.normal_(0, 0.2)
-        net.audio_net.set_feature_stats(torch.randn(200, CFG.feature_dim) * 2 + 1)
         table = net.embedding_table(torch.randn(n, CFG.embed_dim))
     return BakedDeform(net.eval(), table).eval()
 

@@ -16,6 +16,7 @@ import torch
 from embedtalk_sdk.audio.features import dataset_features
 from embedtalk_sdk.audio.mel import MelSpec, frame_windows
 from embedtalk_sdk.data.dataset import TalkingDataset
+from embedtalk_sdk.metrics import lpips_distance, psnr
 from embedtalk_sdk.model.checkpoint import Checkpoint
 from embedtalk_sdk.model.deform import AU_SCALE, DeformConfig, DeformNet
 from embedtalk_sdk.model.gaussians import GaussianModel
@@ -106,9 +107,9 @@ def _mouth_crop(img: torch.Tensor, box: tuple[int, int, int, int], size: int = 6
     return torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float((a - b).pow(2).mean())
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
+def to_8bit(image: torch.Tensor) -> np.ndarray:
+    """[H,W,3] float -> float64 numpy of its 8-bit frame (what a user sees and `eval` measures)."""
+    return np.round(image.detach().clamp(0, 1).cpu().double().numpy() * 255) / 255
 
 
 class Trainer:
@@ -258,14 +259,14 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """PSNR and LPIPS on the validation split (the last 1/11 of frames)."""
+        """PSNR and LPIPS on the validation split (the last 1/11 of frames), on 8-bit frames as `eval`."""
         psnrs, lp = [], []
         for i in range(len(self.val)):
             image, _, _ = self.render_frame(self.val, i)
-            gt = self.val.image(i)
-            psnrs.append(psnr(image.clamp(0, 1), gt))
+            pred, gt = to_8bit(image), to_8bit(self.val.image(i))
+            psnrs.append(psnr(pred, gt))
             if self.lpips is not None:
-                lp.append(float(self.lpips(image.clamp(0, 1).permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None])))
+                lp.append(lpips_distance(self.lpips, pred.astype(np.float32), gt.astype(np.float32)))
         return {
             "psnr_val": round(float(np.mean(psnrs)), 3),
             "lpips_val": round(float(np.mean(lp)), 4) if lp else None,
