@@ -39,9 +39,14 @@ class TrainConfig:
     lambda_face: float = 0.01
     lambda_mouth: float = 0.002
     lambda_opacity: float = 1e-4
-    # Eq. 12 weighs L_emb_reg by 1, but with metre-scale heads (neighbours ~1-2 mm apart, w_ij ~ 1)
-    # that collapsed every z to one value (std 0.1 -> 0.002) and left the MLP dead: measured.
-    lambda_emb: float = 0.01
+    # Not in eq. 12: L1 on the mouth box alone. The mouth is ~0.5% of the pixels; in a 1500-iteration
+    # CPU run this term doubled the learned mouth motion (darkness std 0.0009 -> 0.0019). 0: eq. 12.
+    lambda_mouth_l1: float = 0.5
+    # Eq. 12 weighs L_emb_reg by 1. Under Adam the term's gradient on z is ~140x the image's (measured
+    # at metre scale, neighbours 1-2 mm apart so w_ij ~ 1) and points the same way every step, so z
+    # collapsed (std 0.1 -> 0.005) and the network never learned the mouth in a CPU-sized run
+    # (held-out sync: 1 and 0.01 -> collapse, 1e-3 -> 0.05 std of z, 1e-4 -> 0.63, 0 -> 0.89).
+    lambda_emb: float = 1e-4
     knn_k: int = 20
     max_init_points: int = 100_000
     init_points: int = 8000  # CPU-friendly default; the paper's dense init is <= 100k
@@ -193,19 +198,23 @@ class Trainer:
         )  # fmt: skip
         return image, alpha, means
 
-    def loss(self, i: int, neighbours: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, i: int, neighbours: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 12 on training frame i -> (loss, deformed means with retained grad)."""
         c = self.cfg
         image, _, means = self.render_frame(self.train, i)
         means.retain_grad()
         gt = self.train.image(i)
         loss = (image - gt).abs().mean()
+        if c.lambda_mouth_l1:
+            x0, y0, x1, y1 = self.train.dataset.mouth_box(i)
+            loss = loss + c.lambda_mouth_l1 * (image[y0:y1, x0:x1] - gt[y0:y1, x0:x1]).abs().mean()
         if self.lpips is not None and c.lpips_every and self._step % c.lpips_every == 0:
             loss = loss + c.lambda_face * self.lpips(image.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None]).mean()
             box = self.train.dataset.mouth_box(i)
             loss = loss + c.lambda_mouth * self.lpips(_mouth_crop(image, box), _mouth_crop(gt, box)).mean()
         g = self.gaussians
-        loss = loss + c.lambda_emb * embedding_smoothness(g.embeddings, g.means, neighbours)
+        if neighbours is not None:
+            loss = loss + c.lambda_emb * embedding_smoothness(g.embeddings, g.means, neighbours)
         loss = loss + c.lambda_opacity * g.opacities().mean()
         return loss, means
 
@@ -214,7 +223,12 @@ class Trainer:
         out_dir.mkdir(parents=True, exist_ok=True)
         c, d = self.cfg, self.cfg.densify
         rng = np.random.default_rng(c.seed)
-        neighbours = knn_indices(self.gaussians.means, c.knn_k)
+        # The paper computes the k nearest neighbours "only post densification": L_emb_reg starts at
+        # the first densification. From step 0 it collapsed every z (std 0.1 -> 0.005) before the
+        # network had learned anything: Adam moves z a full step along the regulariser's gradient
+        # while the image gradient on z is still ~0 (zero-initialised heads), and the dead network then
+        # never learned the mouth (measured: held-out sync 0.05 vs 0.89 without the term).
+        neighbours = None
         stats = GradStats(len(self.gaussians))
         losses: list[float] = []
         start = time.perf_counter()
