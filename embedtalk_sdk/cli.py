@@ -57,11 +57,12 @@ def synth(
 
 
 def _train_config(iterations: int, audio_encoder: str, hubert_path: Optional[str], lpips_weights: Optional[str],
-                  init_points: int, device: str, seed: int, rasterizer: str = "auto"):
+                  init_points: int, device: str, seed: int, rasterizer: str = "auto", max_gaussians: int = 60_000):
     from embedtalk_sdk.train.strategy import DensifyConfig
     from embedtalk_sdk.train.trainer import TrainConfig
 
-    densify = DensifyConfig(start=min(200, iterations // 5), stop=int(iterations * 0.7), every=max(50, iterations // 30))
+    densify = DensifyConfig(start=min(200, iterations // 5), stop=int(iterations * 0.7), every=max(50, iterations // 30),
+                            max_gaussians=max_gaussians)
     return TrainConfig(
         iterations=iterations, audio_encoder=audio_encoder, hubert_path=hubert_path, lpips_weights=lpips_weights,
         init_points=init_points, device=device, seed=seed, densify=densify, rasterizer=rasterizer,
@@ -93,12 +94,14 @@ def train(
     init_points: int = typer.Option(8000, help="Gaussians taken from the dense point cloud"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     rasterizer: str = typer.Option("auto", help="auto | gsplat (CUDA) | numba (CPU) | torch (reference, slow)"),
+    max_gaussians: int = typer.Option(60_000, help="densification stops growing here (CPU: ~12k keeps a step < 0.3 s)"),
     seed: int = typer.Option(0),
 ) -> None:
     """Train an avatar on a dataset folder."""
     if not data.is_dir():
         _fail(f"{data}: no such dataset folder")
-    cfg = _train_config(iterations, audio_encoder, hubert_path, lpips_weights, init_points, device, seed, rasterizer)
+    cfg = _train_config(iterations, audio_encoder, hubert_path, lpips_weights, init_points, device, seed, rasterizer,
+                        max_gaussians)
     metrics = run_training(data, out, cfg)
     console.print_json(json.dumps(metrics))
 
@@ -171,12 +174,13 @@ def demo(
     size: int = typer.Option(256, help="frame size"),
     iterations: int = typer.Option(1500, help="training iterations"),
     init_points: int = typer.Option(6000),
+    max_gaussians: int = typer.Option(12_000, help="densification cap: the CPU training budget"),
     lpips_weights: Optional[str] = typer.Option(None, help="AlexNet features state dict for LPIPS"),
 ) -> None:
     """The whole chain on the built-in synthetic speaker: synth -> train -> export -> speak."""
     from embedtalk_sdk.demo import run_demo
 
-    cfg = _train_config(iterations, "mel", None, lpips_weights, init_points, "auto", 0)
+    cfg = _train_config(iterations, "mel", None, lpips_weights, init_points, "auto", 0, max_gaussians=max_gaussians)
     metrics = run_demo(out, seconds=seconds, size=size, train_config=cfg, progress_bar=progress_bar,
                        train_fn=run_training, log=lambda m: console.print(m))  # fmt: skip
     console.print_json(json.dumps(metrics))

@@ -1,7 +1,14 @@
 """`embedtalk-sdk demo`: synth -> train -> export -> speak a fresh sentence, with metrics and a look.
 
-Writes DIR/demo.mp4, DIR/avatar.etk, DIR/metrics.json, DIR/mouth_strip.png (rendered frames where
-the new sentence's mouth is most open vs closed) and the run folder (loss curve, checkpoint).
+Writes DIR/demo.mp4, DIR/avatar.etk, DIR/metrics.json, DIR/mouth_strip.png and the run folder (loss
+curve, checkpoint).
+
+The new sentence has a ground truth: the synthetic speaker saying it, ray-cast from the cameras the
+avatar plays back. The mouth is judged on that: mouth_sync_corr is the correlation over frames of
+the mouth box's darkness in the avatar's frames and in the ground truth; mouth_psnr the PSNR over
+the mouth boxes, next to mouth_psnr_silent, the same avatar driven by silence (a mouth that ignores
+the sentence). mouth_strip.png shows ground truth over render where the sentence opens the mouth
+most and least.
 """
 from __future__ import annotations
 
@@ -53,10 +60,15 @@ def run_demo(
     cpu_fps = len(frames) / (time.perf_counter() - start)
     avatar.speak(wav, out=out / "demo.mp4")
 
+    silent = out / "silence.wav"
+    _write_wav(silent, np.zeros_like(sentence.samples))
+    frames_silent = avatar.speak(silent)
     opening = mouth_opening_per_frame(sentence, len(frames), avatar.fps)
     dataset = TalkingDataset(data, "train")
-    darkness = mouth_darkness(frames, dataset, len(np.asarray(avatar.bundle.array("viewmats"))))
-    save_mouth_strip(frames, opening, out / "mouth_strip.png")
+    track = pingpong(np.arange(len(frames)), len(np.asarray(avatar.bundle.array("viewmats"))))
+    boxes, truth = sentence_ground_truth(dataset, track, opening)
+    mouth = mouth_scores(frames, frames_silent, truth, boxes)
+    save_mouth_strip(frames, truth, boxes, opening, out / "mouth_strip.png")
     metrics = {
         "psnr_val": train_metrics["psnr_val"],
         "lpips_val": train_metrics["lpips_val"],
@@ -64,7 +76,7 @@ def run_demo(
         "cpu_fps": round(cpu_fps, 2),
         "train_seconds": train_metrics["train_seconds"],
         "gaussians": train_metrics["gaussians"],
-        "mouth_sync_corr": round(float(np.corrcoef(opening, darkness)[0, 1]), 3),
+        **mouth,
         "frames": len(frames),
         "audio_seconds": round(len(load_audio(wav)) / 16000, 3),
         "total_seconds": round(time.perf_counter() - t0, 1),
@@ -84,30 +96,67 @@ def mouth_opening_per_frame(track, n_frames: int, fps: float) -> np.ndarray:
     return np.array([track.mouth_open(n / fps) for n in range(n_frames)], dtype=np.float32)
 
 
-def mouth_darkness(frames: np.ndarray, dataset: TalkingDataset, track_len: int) -> np.ndarray:
-    """1 - mean brightness in each rendered frame's mouth box (the box of the track frame it used)."""
-    out = np.empty(len(frames), dtype=np.float32)
-    for n, frame in enumerate(frames):
-        x0, y0, x1, y1 = dataset.mouth_box(int(pingpong(n, track_len)))
-        out[n] = 1.0 - frame[y0:y1, x0:x1].mean() / 255.0
-    return out
+def sentence_ground_truth(dataset: TalkingDataset, track: np.ndarray, opening: np.ndarray
+                          ) -> tuple[list[tuple[int, int, int, int]], list[np.ndarray]]:
+    """The synthetic speaker saying the sentence, seen from the avatar's camera track.
+
+    track [T]: the training frame whose camera (and torso) each output frame uses; opening [T]: the
+    sentence's mouth opening. -> (mouth box (x0, y0, x1, y1) per frame, wide enough for the fully open
+    mouth; ground-truth uint8 crop of that box per frame).
+    """
+    from embedtalk_sdk.data.synth import FaceState, View, landmarks_3d, project, render_head
+
+    focal, size = float(dataset.K[0, 0]), dataset.width
+    boxes, crops = [], []
+    for k, m in zip(track, opening):
+        view = View(dataset.c2w_gl[int(k)].astype(np.float64), focal, size)
+        lips = project(view, landmarks_3d(FaceState(mouth_open=1.0)))[48:68]
+        (x0, y0), (x1, y1) = np.floor(lips.min(0)).astype(int) - 2, np.ceil(lips.max(0)).astype(int) + 3
+        box = (max(int(x0), 0), max(int(y0), 0), min(int(x1), size), min(int(y1), size))
+        rgb, alpha = render_head(view, FaceState(mouth_open=float(m)))
+        image = rgb + dataset.torso_bg(int(k)) * (1.0 - alpha[..., None])
+        crop = image[box[1]:box[3], box[0]:box[2]]
+        boxes.append(box)
+        crops.append(np.clip(np.round(crop * 255), 0, 255).astype(np.uint8))
+    return boxes, crops
 
 
-def save_mouth_strip(frames: np.ndarray, opening: np.ndarray, path: Path, per_row: int = 4) -> None:
-    """PNG: top row the frames where the sentence's mouth is most open, bottom row most closed."""
+def mouth_scores(frames: np.ndarray, frames_silent: np.ndarray, truth: list[np.ndarray],
+                 boxes: list[tuple[int, int, int, int]]) -> dict:
+    """mouth_sync_corr, mouth_psnr and mouth_psnr_silent (see the module docstring)."""
+    from embedtalk_sdk.metrics import psnr
+
+    def crops(video: np.ndarray) -> list[np.ndarray]:
+        return [f[y0:y1, x0:x1].astype(np.float64) / 255 for f, (x0, y0, x1, y1) in zip(video, boxes)]
+
+    gt = [t.astype(np.float64) / 255 for t in truth]
+    spoken, silent = crops(frames), crops(frames_silent)
+    dark_gt = [1 - g.mean() for g in gt]
+    dark = [1 - c.mean() for c in spoken]
+    return {
+        "mouth_sync_corr": round(float(np.corrcoef(dark_gt, dark)[0, 1]), 3),
+        "mouth_psnr": round(float(np.mean([psnr(c, g) for c, g in zip(spoken, gt)])), 2),
+        "mouth_psnr_silent": round(float(np.mean([psnr(c, g) for c, g in zip(silent, gt)])), 2),
+    }
+
+
+def save_mouth_strip(frames: np.ndarray, truth: list[np.ndarray], boxes: list[tuple[int, int, int, int]],
+                     opening: np.ndarray, path: Path, per_side: int = 4) -> None:
+    """PNG: the sentence's most open and most closed frames; ground-truth mouth above the avatar's."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    order = np.argsort(opening)
-    rows = [("open", order[::-1][:per_row]), ("closed", order[:per_row])]
-    fig, axes = plt.subplots(2, per_row, figsize=(2.2 * per_row, 4.8), dpi=110)
-    for r, (label, idx) in enumerate(rows):
-        for c, n in enumerate(sorted(idx)):
+    order = np.argsort(opening, kind="stable")
+    picks = sorted(order[::-1][:per_side]) + sorted(order[:per_side])
+    fig, axes = plt.subplots(2, len(picks), figsize=(1.6 * len(picks), 3.6), dpi=110)
+    for c, n in enumerate(picks):
+        x0, y0, x1, y1 = boxes[n]
+        for r, (label, img) in enumerate((("truth", truth[n]), ("avatar", frames[n][y0:y1, x0:x1]))):
             ax = axes[r, c]
-            ax.imshow(frames[n])
-            ax.set_title(f"{label}: frame {n}\nopening {opening[n]:.2f}", fontsize=8)
+            ax.imshow(img, interpolation="nearest")
+            ax.set_title(f"{label} {n}\nopen {opening[n]:.2f}" if r == 0 else label, fontsize=7)
             ax.axis("off")
     fig.tight_layout()
     fig.savefig(path)

@@ -123,6 +123,13 @@ def test_embedding_smoothness_matches_eq_11():
             w = math.exp(-2000 * float((means[i] - means[j]).pow(2).sum()))
             total += w * float((z[i] - z[j]).norm())
     assert embedding_smoothness(z, means, nbrs) == pytest.approx(total / (30 * 5), rel=1e-5)
+    rows = torch.tensor([3, 7, 7, 21])
+    subset = 0.0
+    for i in rows.tolist():
+        for j in nbrs[i].tolist():
+            w = math.exp(-2000 * float((means[i] - means[j]).pow(2).sum()))
+            subset += w * float((z[i] - z[j]).norm())
+    assert embedding_smoothness(z, means, nbrs, rows=rows) == pytest.approx(subset / (4 * 5), rel=1e-5)
 
 
 def test_densify_and_prune_keep_every_tensor_and_optimizer_state_in_step():

@@ -48,6 +48,7 @@ class TrainConfig:
     # (held-out sync: 1 and 0.01 -> collapse, 1e-3 -> 0.05 std of z, 1e-4 -> 0.63, 0 -> 0.89).
     lambda_emb: float = 1e-4
     knn_k: int = 20
+    emb_reg_rows: int = 2048  # Gaussians i sampled per step for L_emb_reg (0: all)
     max_init_points: int = 100_000
     init_points: int = 8000  # CPU-friendly default; the paper's dense init is <= 100k
     lr_means: float = 1.6e-4
@@ -213,8 +214,11 @@ class Trainer:
             box = self.train.dataset.mouth_box(i)
             loss = loss + c.lambda_mouth * self.lpips(_mouth_crop(image, box), _mouth_crop(gt, box)).mean()
         g = self.gaussians
-        if neighbours is not None:
-            loss = loss + c.lambda_emb * embedding_smoothness(g.embeddings, g.means, neighbours)
+        if neighbours is not None and c.lambda_emb:
+            rows = None
+            if c.emb_reg_rows and len(g) > c.emb_reg_rows:
+                rows = torch.randint(len(g), (c.emb_reg_rows,), device=g.means.device)
+            loss = loss + c.lambda_emb * embedding_smoothness(g.embeddings, g.means, neighbours, rows=rows)
         loss = loss + c.lambda_opacity * g.opacities().mean()
         return loss, means
 
