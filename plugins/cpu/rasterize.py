@@ -154,6 +154,21 @@ def _row_span(dy, mx, kB, P, Q, j0, j1):
 
 
 @njit(fastmath=False, cache=True)
+def _row_range(my64, reach, i0, i1):
+    """Rows i in [i0, i1) whose pixel centre lies within `reach` of the centre row my64 -> (ia, ib)
+    inclusive, empty if ia > ib."""
+    ia = max(i0, int(math.ceil(max(my64 - reach - 0.5, i0 - 1.0))))
+    ib = min(i1 - 1, int(math.floor(min(my64 + reach - 0.5, i1 + 1.0))))
+    return ia, ib
+
+
+@njit(fastmath=False, cache=True)
+def _sigma(dx, dy, A, B, C):
+    """Step 4's exponent in float32; the backward recomputes it with this same function."""
+    return HALF * (A * dx * dx + C * dy * dy) + B * dx * dy
+
+
+@njit(fastmath=False, cache=True)
 def _blend_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x, image, alpha,
                 trans, stop):
     """Step 7 for the pixels of tile t; writes them into image [H,W,3] and alpha [H,W], and for the
@@ -173,9 +188,8 @@ def _blend_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, back
     for k in range(offsets[t], offsets[t + 1]):
         g = ids[k]
         mx, my, A, B, C, o = mean2d[g, 0], mean2d[g, 1], conic[g, 0], conic[g, 1], conic[g, 2], opacities[g]
-        my64, reach = np.float64(my), support[g, 3]
-        ia = max(i0, int(math.ceil(max(my64 - reach - 0.5, i0 - 1.0))))
-        ib = min(i1 - 1, int(math.floor(min(my64 + reach - 0.5, i1 + 1.0))))
+        my64 = np.float64(my)
+        ia, ib = _row_range(my64, support[g, 3], i0, i1)
         for i in range(ia, ib + 1):
             py = np.float32(i) + HALF
             dy = py - my
@@ -186,8 +200,7 @@ def _blend_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, back
                 if not live[c]:
                     continue
                 dx = np.float32(j) + HALF - mx
-                sigma = HALF * (A * dx * dx + C * dy * dy) + B * dx * dy
-                a = min(ALPHA_MAX, o * math.exp(-sigma))
+                a = min(ALPHA_MAX, o * math.exp(-_sigma(dx, dy, A, B, C)))
                 if a < ALPHA_MIN:
                     continue
                 T_next = T[c] * (ONE - a)

@@ -17,7 +17,7 @@ import numpy as np
 from numba import get_parallel_chunksize, njit, prange, set_parallel_chunksize
 
 from embedtalk_sdk.plugins.cpu.rasterize import (
-    ALPHA_MAX, ALPHA_MIN, HALF, ONE, SIGMA_MARGIN, TILE, _blend, _row_span,
+    ALPHA_MAX, ALPHA_MIN, HALF, SIGMA_MARGIN, TILE, _blend, _row_range, _row_span, _sigma,
 )
 
 # Columns of a gradient row: d/d(mean2d.x, mean2d.y, A, B, C, opacity, r, g, b).
@@ -68,9 +68,8 @@ def _backward_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, b
     for k in range(last - 1, offsets[t] - 1, -1):
         g = ids[k]
         mx, my, A, B, C, o = mean2d[g, 0], mean2d[g, 1], conic[g, 0], conic[g, 1], conic[g, 2], opacities[g]
-        my64, reach = np.float64(my), support[g, 3]
-        ia = max(i0, int(math.ceil(max(my64 - reach - 0.5, i0 - 1.0))))
-        ib = min(i1 - 1, int(math.floor(min(my64 + reach - 0.5, i1 + 1.0))))
+        my64 = np.float64(my)
+        ia, ib = _row_range(my64, support[g, 3], i0, i1)
         d_mx = d_my = d_A = d_B = d_C = d_o = d_r = d_g = d_b = 0.0
         for i in range(ia, ib + 1):
             py = np.float32(i) + HALF
@@ -82,8 +81,7 @@ def _backward_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, b
                 if k >= stops[c]:
                     continue
                 dx = np.float32(j) + HALF - mx
-                sigma = HALF * (A * dx * dx + C * dy * dy) + B * dx * dy  # as the forward, in float32
-                e = math.exp(-sigma)
+                e = math.exp(-_sigma(dx, dy, A, B, C))
                 a_raw = o * e
                 a = min(ALPHA_MAX, a_raw)
                 if a < ALPHA_MIN:
