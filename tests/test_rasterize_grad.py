@@ -96,3 +96,16 @@ def test_grad_plugin_does_not_import_torch():
     code = ("import sys, embedtalk_sdk.plugins.cpu.rasterize_grad as m; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_rasterizer_choice():
+    from embedtalk_sdk.train.render import pick_rasterizer
+
+    cpu = torch.device("cpu")
+    assert pick_rasterizer("auto", cpu) == "numba" and pick_rasterizer("torch", cpu) == "torch"
+    with pytest.raises(ValueError, match="choose one of"):
+        pick_rasterizer("cuda-magic", cpu)
+    with pytest.raises(ValueError, match="gsplat"):
+        pick_rasterizer("gsplat", cpu)
+    with pytest.raises(ValueError, match="CPU"):
+        pick_rasterizer("numba", torch.device("meta"))
