@@ -6,7 +6,6 @@ and the stream is tagged BT.601 (smpte170m) so players decode with the same matr
 from __future__ import annotations
 
 import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -15,6 +14,7 @@ import av
 import numpy as np
 
 from embedtalk_sdk.audio.io import decode_audio
+from embedtalk_sdk.fileio import atomic_path
 
 __all__ = ["write_mp4", "read_video", "read_audio_track"]
 
@@ -59,14 +59,8 @@ def write_mp4(
     first = next(it, None)
     if first is None:
         raise ValueError(f"write_mp4: no frames to write to {path}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        n = _encode(tmp, first, it, fps, samples, sample_rate, crf)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        n = _encode(str(tmp), first, it, fps, samples, sample_rate, crf)
     return n
 
 

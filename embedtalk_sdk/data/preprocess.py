@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import threading
 import time
 import warnings
@@ -49,6 +47,7 @@ import numpy as np
 from PIL import Image
 
 from embedtalk_sdk import __version__
+from embedtalk_sdk.fileio import atomic_path, atomic_write
 
 SHARED_MODELS = Path(__file__).resolve().parents[2].parent / "shared" / "models"
 FPS = 25
@@ -88,19 +87,8 @@ class PreprocessOptions:
 # Small file helpers.
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _atomic_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, json.dumps(obj, indent=1).encode())
+    atomic_write(path, json.dumps(obj, indent=1).encode())
 
 
 def _atomic_npy(path: Path, arr: np.ndarray) -> None:
@@ -108,7 +96,7 @@ def _atomic_npy(path: Path, arr: np.ndarray) -> None:
 
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def _save_image(path: Path, arr: np.ndarray | Image.Image, quality: int = 95) -> None:
@@ -405,9 +393,8 @@ class _Run:
                                              info.start_time, info.frames, self.opts.audio_shift)
         from embedtalk_sdk.data.synth import write_wav
 
-        tmp = self.out / ".aud.part.wav"
-        write_wav(tmp, samples, SAMPLE_RATE)
-        os.replace(tmp, self.out / "aud.wav")
+        with atomic_path(self.out / "aud.wav", suffix=".part.wav") as tmp:
+            write_wav(tmp, samples, SAMPLE_RATE)
         found = {**asdict(info), **afound}
         if info.variable_rate:
             self.warn(f"{self.video}: variable frame rate (median {info.source_fps:g} fps): resampled to {FPS} fps "
@@ -443,7 +430,7 @@ class _Run:
         for i, row in enumerate(aus):
             lines.append(", ".join([str(i + 1), "0", f"{i / FPS:.3f}", "0.98" if track.found[i] else "0.00",
                                     "1" if track.found[i] else "0", *(f"{v:.2f}" for v in row)]))
-        _atomic_write(self.out / "au.csv", ("\n".join(lines) + "\n").encode())
+        atomic_write(self.out / "au.csv", ("\n".join(lines) + "\n").encode())
         from embedtalk_sdk.data.face import mouth_opening
         from embedtalk_sdk.metrics import audio_envelope, av_sync
 
@@ -510,9 +497,8 @@ class _Run:
                 if bar:
                     bar(k + 1, len(ids))
         bc, seen = background_from_frames(np.stack(samples), np.stack(masks))
-        tmp = self.out / ".bc.part.jpg"
-        _save_image(tmp, bc, self.opts.jpeg_quality)
-        os.replace(tmp, self.out / "bc.jpg")
+        with atomic_path(self.out / "bc.jpg", suffix=".part.jpg") as tmp:
+            _save_image(tmp, bc, self.opts.jpeg_quality)
         person_share = float(np.mean([(m > 0.5).mean() for m in masks]))
         return {"person_share_mean": round(person_share, 4), "background_seen_share": round(float(seen.mean()), 4),
                 "background_samples": len(ids)}

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from embedtalk_sdk.fileio import atomic_path
 from embedtalk_sdk.model.deform import DeformConfig, DeformNet
 from embedtalk_sdk.model.gaussians import GaussianModel
 
@@ -33,7 +32,7 @@ class Checkpoint:
     meta: dict = field(default_factory=dict)
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically: a temp file beside `path`, then os.replace."""
+        """Write atomically (embedtalk_sdk.fileio.atomic_path)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
@@ -44,14 +43,8 @@ class Checkpoint:
             "gaussians": {k: v.detach().cpu() for k, v in self.gaussians.params.items()},
             "deform": {k: v.detach().cpu() for k, v in self.deform.state_dict().items()},
         }
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             torch.save(payload, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return path
 
     @classmethod

@@ -19,9 +19,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from embedtalk_sdk.fileio import atomic_path, atomic_write
 
 HERE = Path(__file__).resolve().parent
 KERNELS = HERE / "rasterize_kernels.cuh"
@@ -65,18 +66,6 @@ def cache_dir() -> Path:
     else:
         root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "embedtalk_sdk"
     return root / "cuda"
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # ---------------------------------------------------------------- nvcc (ahead of time)
@@ -135,13 +124,9 @@ def build_fatbin(out_dir: Path | None = None, archs: tuple[str, ...] = ARCHS) ->
     if nvcc is None:
         raise BuildError("nvcc not found (install a CUDA toolkit, or let NVRTC compile at first use)")
     out = Path(out_dir or cache_dir()) / prebuilt_names()[0]
-    tmp = out.with_suffix(f".{os.getpid()}.tmp")
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with atomic_path(out, suffix=".tmp") as tmp:
         _run(nvcc_fatbin_command(tmp, archs, nvcc))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 
@@ -151,13 +136,9 @@ def build_shared_library(out_dir: Path | None = None, archs: tuple[str, ...] = A
     if nvcc is None:
         raise BuildError("nvcc not found (install a CUDA toolkit)")
     out = Path(out_dir or cache_dir()) / prebuilt_names()[1]
-    tmp = out.with_suffix(f".{os.getpid()}.tmp")
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with atomic_path(out, suffix=".tmp") as tmp:
         _run(nvcc_library_command(tmp, archs, nvcc))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 

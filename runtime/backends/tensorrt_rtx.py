@@ -129,7 +129,8 @@ class TensorRTRTXBackend:
 
     def _engine_from_onnx(self, bundle: Bundle) -> tuple[Any, str]:
         from embedtalk_sdk.export.engines import EngineBuildError, build_rtx_engine
-        from embedtalk_sdk.plugins.cuda.build import atomic_write, cache_dir
+        from embedtalk_sdk.fileio import atomic_write
+        from embedtalk_sdk.plugins.cuda.build import cache_dir
 
         onnx_bytes = bundle.bytes_of(self.io.file)
         cc, version = self.device.compute_capability, self.trt.__version__
