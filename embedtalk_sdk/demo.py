@@ -25,6 +25,7 @@ from embedtalk_sdk.data.dataset import TalkingDataset
 from embedtalk_sdk.data.speech import synthesize_speech
 from embedtalk_sdk.data.synth import synthesize_dataset
 from embedtalk_sdk.export.exporter import bundle_megabytes, export_bundle
+from embedtalk_sdk.runtime.backends.base import to_uint8
 
 SENTENCE_SEED = 20261124  # a sentence the speaker never said in training (training uses seed 0)
 SENTENCE_SECONDS = 8.0
@@ -117,7 +118,7 @@ def sentence_ground_truth(dataset: TalkingDataset, track: np.ndarray, opening: n
         image = rgb + dataset.torso_bg(int(k)) * (1.0 - alpha[..., None])
         crop = image[box[1]:box[3], box[0]:box[2]]
         boxes.append(box)
-        crops.append(np.clip(np.round(crop * 255), 0, 255).astype(np.uint8))
+        crops.append(to_uint8(crop))
     return boxes, crops
 
 

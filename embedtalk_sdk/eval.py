@@ -21,6 +21,7 @@ import numpy as np
 
 from embedtalk_sdk.data.dataset import TalkingDataset
 from embedtalk_sdk.metrics import audio_envelope, av_sync, lmd, lpips_distance, psnr, ssim
+from embedtalk_sdk.runtime.backends.base import to_uint8
 
 SYNC_NOTE = ("offline audio-visual sync: correlation of audio log-RMS and landmark mouth opening over offsets "
              "of +-15 frames; NOT SyncNet Sync-C (no SyncNet weights offline)")
@@ -44,8 +45,7 @@ def _checkpoint_frames(ckpt_path: Path, data: Path | None) -> tuple[TalkingDatas
 
     from embedtalk_sdk.audio.features import dataset_features
     from embedtalk_sdk.model.checkpoint import Checkpoint
-    from embedtalk_sdk.train.render import render
-    from embedtalk_sdk.train.trainer import FrameData
+    from embedtalk_sdk.train.trainer import FrameData, render_frame
 
     ckpt = Checkpoint.load(ckpt_path)
     meta = ckpt.meta
@@ -66,10 +66,8 @@ def _checkpoint_frames(ckpt_path: Path, data: Path | None) -> tuple[TalkingDatas
     def gen() -> Iterator[np.ndarray]:
         with torch.no_grad():
             for i in range(len(ds)):
-                dmu, dalpha = net(g.embeddings, frames.windows[i:i + 1], frames.aus[i:i + 1])
-                image, _ = render(g.means + dmu[0], g.params["quats"], g.scales(), g.opacities(dalpha[0]),
-                                  g.colors(), frames.viewmats[i], frames.K, frames.torso_bg(i), "numba")  # fmt: skip
-                yield np.clip(np.round(image.clamp(0, 1).numpy() * 255), 0, 255).astype(np.uint8)
+                image, _, _ = render_frame(g, net, frames, i, "numba")
+                yield to_uint8(image.numpy())
 
     return ds, gen(), {"kind": "checkpoint", "audio_encoder": encoder, "gaussians": len(g)}
 
@@ -182,7 +180,7 @@ def evaluate(
             from PIL import Image
 
             for i, render in zip(range(n), frames):
-                gt8 = np.clip(np.round(ds.image(i) * 255), 0, 255).astype(np.uint8)
+                gt8 = to_uint8(ds.image(i))
                 gt, pred = gt8.astype(np.float32) / 255, render.astype(np.float32) / 255
                 per["psnr"].append(round(psnr(pred, gt), 4))
                 per["ssim"].append(round(ssim(pred, gt), 5))

@@ -18,6 +18,7 @@ from embedtalk_sdk.export.bundle import write_bundle
 from embedtalk_sdk.export.onnx_graph import build_deform_onnx, io_spec
 from embedtalk_sdk.model.checkpoint import Checkpoint
 from embedtalk_sdk.model.deform import AU_NAMES, BakedDeform
+from embedtalk_sdk.runtime.backends.base import to_uint8
 
 DEFAULT_TRACK_FRAMES = 250  # 10 s at 25 fps: enough variety for idle motion, small enough to ship
 
@@ -52,20 +53,16 @@ def tracks(dataset: TalkingDataset, max_frames: int = DEFAULT_TRACK_FRAMES) -> t
     """
     k = min(max_frames, len(dataset))
     viewmats = np.asarray(dataset.viewmats[:k], dtype=np.float32)
-    first = _to_uint8(dataset.torso_bg(0))
+    first = to_uint8(dataset.torso_bg(0))
     frames = [first]
     static = True
     for i in range(1, k):
-        frame = _to_uint8(dataset.torso_bg(i))
+        frame = to_uint8(dataset.torso_bg(i))
         frames.append(frame)
         if static and np.abs(frame.astype(np.int16) - first).max() > 1:
             static = False
     torso = first[None] if static else np.stack(frames)
     return viewmats, torso
-
-
-def _to_uint8(img: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
 
 
 def export_bundle(

@@ -38,4 +38,3 @@ def embedding_smoothness(
     w = torch.exp(-lambda_w * (means_i.detach()[:, None] - mu[neighbours]).pow(2).sum(-1))  # [n, k]
     dist = (embeddings_i[:, None] - embeddings[neighbours]).pow(2).sum(-1).add(1e-12).sqrt()
     return (w * dist).mean()
-

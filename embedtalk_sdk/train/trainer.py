@@ -20,6 +20,7 @@ from embedtalk_sdk.metrics import lpips_distance, psnr
 from embedtalk_sdk.model.checkpoint import Checkpoint
 from embedtalk_sdk.model.deform import AU_SCALE, DeformConfig, DeformNet
 from embedtalk_sdk.model.gaussians import GaussianModel
+from embedtalk_sdk.runtime.backends.base import to_uint8
 from embedtalk_sdk.train.losses import embedding_smoothness, knn_indices
 from embedtalk_sdk.train.lpips import LPIPS, load_lpips
 from embedtalk_sdk.train.render import pick_rasterizer, render
@@ -115,7 +116,22 @@ def _mouth_crop(img: torch.Tensor, box: tuple[int, int, int, int], size: int = 6
 
 def to_8bit(image: torch.Tensor) -> np.ndarray:
     """[H,W,3] float -> float64 numpy of its 8-bit frame (what a user sees and `eval` measures)."""
-    return np.round(image.detach().clamp(0, 1).cpu().double().numpy() * 255) / 255
+    return to_uint8(image.detach().cpu().numpy().astype(np.float32)) / 255.0
+
+
+def render_frame(
+    gaussians: GaussianModel, deform: DeformNet, frames: FrameData, i: int, rasterizer: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frame i of `frames`: the deformed head over its torso+background (train/render.py's `rasterizer`)
+    -> (image [H,W,3], alpha [H,W], deformed means [N,3])."""
+    g = gaussians
+    dmu, dalpha = deform(g.embeddings, frames.windows[i : i + 1], frames.aus[i : i + 1])
+    means = g.means + dmu[0]
+    image, alpha = render(
+        means, g.params["quats"], g.scales(), g.opacities(dalpha[0]), g.colors(),
+        frames.viewmats[i], frames.K, frames.torso_bg(i), rasterizer,
+    )  # fmt: skip
+    return image, alpha, means
 
 
 class Trainer:
@@ -185,19 +201,9 @@ class Trainer:
             if group["name"] == "means":
                 group["lr"] = lr
 
-    def render_frame(self, frames: FrameData, i: int, deformed: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def render_frame(self, frames: FrameData, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (image [H,W,3], alpha [H,W], deformed means [N,3])."""
-        g = self.gaussians
-        if deformed:
-            dmu, dalpha = self.deform(g.embeddings, frames.windows[i : i + 1], frames.aus[i : i + 1])
-            means, opacities = g.means + dmu[0], g.opacities(dalpha[0])
-        else:
-            means, opacities = g.means, g.opacities()
-        image, alpha = render(
-            means, g.params["quats"], g.scales(), opacities, g.colors(),
-            frames.viewmats[i], frames.K, frames.torso_bg(i), self.rasterizer,
-        )  # fmt: skip
-        return image, alpha, means
+        return render_frame(self.gaussians, self.deform, frames, i, self.rasterizer)
 
     def loss(self, i: int, neighbours: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 12 on training frame i -> (loss, deformed means with retained grad)."""
@@ -205,13 +211,13 @@ class Trainer:
         image, _, means = self.render_frame(self.train, i)
         means.retain_grad()
         gt = self.train.image(i)
+        box = self.train.dataset.mouth_box(i)
         loss = (image - gt).abs().mean()
         if c.lambda_mouth_l1:
-            x0, y0, x1, y1 = self.train.dataset.mouth_box(i)
+            x0, y0, x1, y1 = box
             loss = loss + c.lambda_mouth_l1 * (image[y0:y1, x0:x1] - gt[y0:y1, x0:x1]).abs().mean()
         if self.lpips is not None and c.lpips_every and self._step % c.lpips_every == 0:
             loss = loss + c.lambda_face * self.lpips(image.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None]).mean()
-            box = self.train.dataset.mouth_box(i)
             loss = loss + c.lambda_mouth * self.lpips(_mouth_crop(image, box), _mouth_crop(gt, box)).mean()
         g = self.gaussians
         if neighbours is not None and c.lambda_emb:
