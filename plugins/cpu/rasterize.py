@@ -184,7 +184,7 @@ def _blend_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, back
     rgb = np.zeros((TILE * TILE, 3), np.float32)
     live = np.ones(TILE * TILE, np.bool_)
     n_live = (i1 - i0) * (j1 - j0)
-    stops = np.full(TILE * TILE, offsets[t + 1], np.int64)
+    stop[i0:i1, j0:j1] = offsets[t + 1]
     for k in range(offsets[t], offsets[t + 1]):
         g = ids[k]
         mx, my, A, B, C, o = mean2d[g, 0], mean2d[g, 1], conic[g, 0], conic[g, 1], conic[g, 2], opacities[g]
@@ -206,7 +206,7 @@ def _blend_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, back
                 T_next = T[c] * (ONE - a)
                 if T_next < T_MIN:  # the break, for this pixel
                     live[c] = False
-                    stops[c] = k
+                    stop[i, j] = k
                     n_live -= 1
                     continue
                 w = a * T[c]
@@ -223,7 +223,6 @@ def _blend_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, back
                 image[i, j, ch] = rgb[c, ch] + T[c] * background[i, j, ch]
             alpha[i, j] = ONE - T[c]
             trans[i, j] = T[c]
-            stop[i, j] = stops[c]
 
 
 @njit(parallel=True, fastmath=False, cache=True)
@@ -240,6 +239,17 @@ def _blend(offsets, ids, mean2d, conic, opacities, colors, support, background, 
         _blend_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x, image, alpha,
                     trans, stop)
     return image, alpha, trans, stop
+
+
+class tiles_one_at_a_time:
+    """Context: numba's parallel loops hand out one iteration at a time (tiles differ a lot in work)."""
+
+    def __enter__(self) -> None:
+        self.old = get_parallel_chunksize()
+        set_parallel_chunksize(1)
+
+    def __exit__(self, *exc) -> None:
+        set_parallel_chunksize(self.old)
 
 
 def _f32(x: np.ndarray, shape: tuple, name: str) -> np.ndarray:
@@ -276,10 +286,6 @@ def rasterize_cpu(
 
     mean2d, conic, depth, rect, support = _project(means, quats, scales, opacities, viewmat, K, W, H)
     offsets, ids = _bin(depth, rect, tiles_x, tiles_y)
-    old = get_parallel_chunksize()
-    set_parallel_chunksize(1)  # tiles differ a lot in work: hand them out one at a time
-    try:
+    with tiles_one_at_a_time():
         image, alpha, _, _ = _blend(offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x)
-        return image, alpha
-    finally:
-        set_parallel_chunksize(old)
+    return image, alpha

@@ -14,10 +14,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import get_parallel_chunksize, njit, prange, set_parallel_chunksize
+from numba import njit, prange
 
 from embedtalk_sdk.plugins.cpu.rasterize import (
-    ALPHA_MAX, ALPHA_MIN, HALF, SIGMA_MARGIN, TILE, _blend, _row_range, _row_span, _sigma,
+    ALPHA_MAX, ALPHA_MIN, HALF, SIGMA_MARGIN, TILE, _blend, _row_range, _row_span, _sigma, tiles_one_at_a_time,
 )
 
 # Columns of a gradient row: d/d(mean2d.x, mean2d.y, A, B, C, opacity, r, g, b).
@@ -46,25 +46,21 @@ def support_from_conic(conic, opacities):
 
 @njit(fastmath=False, cache=True)
 def _backward_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, background, trans, stop,
-                   grad_image, grad_alpha, tiles_x, grad_pairs, T, T_final, behind, g_rgb, g_a, stops):
+                   grad_image, grad_alpha, tiles_x, grad_pairs, T, behind):
     """Gradients of the pairs of tile t -> grad_pairs[offsets[t]:offsets[t + 1]].
-    T, T_final, g_a [256], behind, g_rgb [256,3], stops [256]: the thread's scratch space."""
+    Scratch of this tile: T [256], the transmittance in front of the Gaussian being undone;
+    behind [256,3], the colour of everything behind it, background included."""
     H, W = background.shape[0], background.shape[1]
     i0, j0 = (t // tiles_x) * TILE, (t % tiles_x) * TILE
     i1, j1 = min(i0 + TILE, H), min(j0 + TILE, W)
-    # T: transmittance in front of the Gaussian being undone; behind: the colour of everything
-    # behind it, background included.
     last = offsets[t]  # one past the deepest list position any pixel of the tile reached
     for i in range(i0, i1):
         for j in range(j0, j1):
             c = (i - i0) * TILE + (j - j0)
-            T[c] = T_final[c] = trans[i, j]
-            stops[c] = stop[i, j]
-            last = max(last, stops[c])
-            g_a[c] = grad_alpha[i, j]
+            T[c] = trans[i, j]
+            last = max(last, stop[i, j])
             for ch in range(3):
-                g_rgb[c, ch] = grad_image[i, j, ch]
-                behind[c, ch] = T_final[c] * background[i, j, ch]
+                behind[c, ch] = T[c] * background[i, j, ch]
     for k in range(last - 1, offsets[t] - 1, -1):
         g = ids[k]
         mx, my, A, B, C, o = mean2d[g, 0], mean2d[g, 1], conic[g, 0], conic[g, 1], conic[g, 2], opacities[g]
@@ -78,7 +74,7 @@ def _backward_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, b
                                support[g, 2], j0, j1)
             for j in range(ja, jb + 1):
                 c = (i - i0) * TILE + (j - j0)
-                if k >= stops[c]:
+                if k >= stop[i, j]:
                     continue
                 dx = np.float32(j) + HALF - mx
                 e = math.exp(-_sigma(dx, dy, A, B, C))
@@ -90,14 +86,14 @@ def _backward_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, b
                 keep = 1.0 - a64
                 T_k = T[c] / keep
                 w = a64 * T_k
-                dL_da = g_a[c] * T_final[c] / keep
+                dL_da = np.float64(grad_alpha[i, j]) * np.float64(trans[i, j]) / keep
                 for ch in range(3):
                     col = np.float64(colors[g, ch])
-                    dL_da += g_rgb[c, ch] * (col * T_k - behind[c, ch] / keep)
+                    dL_da += grad_image[i, j, ch] * (col * T_k - behind[c, ch] / keep)
                     behind[c, ch] += col * w
-                d_r += g_rgb[c, 0] * w
-                d_g += g_rgb[c, 1] * w
-                d_b += g_rgb[c, 2] * w
+                d_r += grad_image[i, j, 0] * w
+                d_g += grad_image[i, j, 1] * w
+                d_b += grad_image[i, j, 2] * w
                 T[c] = T_k
                 if a_raw <= ALPHA_MAX:  # the clamp passes no gradient where it bites
                     d_o += dL_da * np.float64(e)
@@ -115,13 +111,12 @@ def _backward_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, b
 
 @njit(parallel=True, fastmath=False, cache=True)
 def _backward(offsets, ids, mean2d, conic, opacities, colors, support, background, trans, stop,
-              grad_image, grad_alpha, tiles_x, grad_pairs, T, T_final, behind, g_rgb, g_a, stops):
-    """Every tile in parallel; the arrays after grad_pairs are per-tile scratch (_backward_tile)
-    allocated by the caller: allocating here would turn into parallel loops of their own."""
+              grad_image, grad_alpha, tiles_x, grad_pairs, T, behind):
+    """Every tile in parallel; T [n_tiles,256] and behind [n_tiles,256,3] are per-tile scratch
+    (_backward_tile) allocated by the caller: allocating here would turn into parallel loops of their own."""
     for t in prange(offsets.shape[0] - 1):
         _backward_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, background, trans, stop,
-                       grad_image, grad_alpha, tiles_x, grad_pairs, T[t], T_final[t], behind[t], g_rgb[t], g_a[t],
-                       stops[t])
+                       grad_image, grad_alpha, tiles_x, grad_pairs, T[t], behind[t])
 
 
 @njit(fastmath=False, cache=True)
@@ -133,17 +128,6 @@ def _sum_pairs(ids, grad_pairs, n):
         for col in range(GRAD_COLUMNS):
             grads[g, col] += grad_pairs[k, col]
     return grads
-
-
-class _ChunkOne:
-    """Hand tiles to threads one at a time: tiles differ a lot in work."""
-
-    def __enter__(self) -> None:
-        self.old = get_parallel_chunksize()
-        set_parallel_chunksize(1)
-
-    def __exit__(self, *exc) -> None:
-        set_parallel_chunksize(self.old)
 
 
 def blend_forward(
@@ -164,7 +148,7 @@ def blend_forward(
     """
     tiles_x = -(-background.shape[1] // TILE)
     support = support_from_conic(conic, opacities)
-    with _ChunkOne():
+    with tiles_one_at_a_time():
         image, alpha, trans, stop = _blend(offsets, ids, mean2d, conic, opacities, colors, support, background,
                                            tiles_x)
     return image, alpha, trans, stop, support
@@ -189,10 +173,8 @@ def blend_backward(
     tiles_x = -(-background.shape[1] // TILE)
     n_tiles, n_pix = offsets.shape[0] - 1, TILE * TILE
     grad_pairs = np.zeros((ids.shape[0], GRAD_COLUMNS), np.float64)
-    T, T_final, g_a = np.empty((3, n_tiles, n_pix), np.float64)
-    behind, g_rgb = np.empty((2, n_tiles, n_pix, 3), np.float64)
-    stops = np.empty((n_tiles, n_pix), np.int64)
-    with _ChunkOne():
+    T, behind = np.empty((n_tiles, n_pix), np.float64), np.empty((n_tiles, n_pix, 3), np.float64)
+    with tiles_one_at_a_time():
         _backward(offsets, ids, mean2d, conic, opacities, colors, support, background, trans, stop, grad_image,
-                  grad_alpha, tiles_x, grad_pairs, T, T_final, behind, g_rgb, g_a, stops)
+                  grad_alpha, tiles_x, grad_pairs, T, behind)
     return _sum_pairs(ids, grad_pairs, mean2d.shape[0])
