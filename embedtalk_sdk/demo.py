@@ -23,9 +23,10 @@ from embedtalk_sdk.audio.io import load_audio
 from embedtalk_sdk.camera import pingpong
 from embedtalk_sdk.data.dataset import TalkingDataset
 from embedtalk_sdk.data.speech import synthesize_speech
-from embedtalk_sdk.data.synth import synthesize_dataset
+from embedtalk_sdk.data.synth import synthesize_dataset, write_wav
 from embedtalk_sdk.export.exporter import bundle_megabytes, export_bundle
 from embedtalk_sdk.runtime.backends.base import to_uint8
+from embedtalk_sdk.video import write_mp4
 
 SENTENCE_SEED = 20261124  # a sentence the speaker never said in training (training uses seed 0)
 SENTENCE_SECONDS = 8.0
@@ -53,17 +54,15 @@ def run_demo(
     bundle = export_bundle(out / "run" / "ckpt.pt", out / "avatar.etk", data, log=log)
 
     sentence = synthesize_speech(SENTENCE_SECONDS, seed=SENTENCE_SEED)
-    wav = out / "sentence.wav"
-    _write_wav(wav, sentence.samples)
+    wav = write_wav(out / "sentence.wav", sentence.samples)
+    samples = load_audio(wav)
     avatar = Avatar.load(bundle, backend="onnxruntime")
     start = time.perf_counter()
     frames = avatar.speak(wav)
     cpu_fps = len(frames) / (time.perf_counter() - start)
-    avatar.speak(wav, out=out / "demo.mp4")
+    write_mp4(out / "demo.mp4", frames, fps=avatar.fps, audio=samples)
 
-    silent = out / "silence.wav"
-    _write_wav(silent, np.zeros_like(sentence.samples))
-    frames_silent = avatar.speak(silent)
+    frames_silent = avatar.speak(write_wav(out / "silence.wav", np.zeros_like(sentence.samples)))
     opening = mouth_opening_per_frame(sentence, len(frames), avatar.fps)
     dataset = TalkingDataset(data, "train")
     track = pingpong(np.arange(len(frames)), len(np.asarray(avatar.bundle.array("viewmats"))))
@@ -79,17 +78,11 @@ def run_demo(
         "gaussians": train_metrics["gaussians"],
         **mouth,
         "frames": len(frames),
-        "audio_seconds": round(len(load_audio(wav)) / 16000, 3),
+        "audio_seconds": round(len(samples) / 16000, 3),
         "total_seconds": round(time.perf_counter() - t0, 1),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
-
-
-def _write_wav(path: Path, samples: np.ndarray) -> None:
-    import soundfile as sf
-
-    sf.write(path, samples, 16000, subtype="PCM_16")
 
 
 def mouth_opening_per_frame(track, n_frames: int, fps: float) -> np.ndarray:
