@@ -10,7 +10,7 @@ renderer used for CPU training.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -266,6 +266,7 @@ def rasterize(
     viewmat: Tensor,
     K: Tensor,
     background: Tensor,
+    blend: Callable[[Projected, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Draw Gaussians over a background (plugins/design.md, steps 1-7).
 
@@ -274,8 +275,9 @@ def rasterize(
     -> (image [H,W,3], alpha [H,W]), in the inputs' dtype. Gradients reach means, quats, scales,
     opacities, colors and background (tested), and viewmat and K (untested). For screen-space
     gradients (densification), call `project` and `rasterize_projected` and retain_grad() on
-    `proj.mean2d`.
+    `proj.mean2d`. blend: steps 6-7 (default `rasterize_projected`; the CPU training rasteriser
+    passes its numba blend, functional/rasterize_cpu.py).
     """
     H, W = background.shape[:2]
     proj = project(means, quats, scales, opacities, viewmat, K, W, H)
-    return rasterize_projected(proj, opacities, colors, background)
+    return (blend or rasterize_projected)(proj, opacities, colors, background)

@@ -7,11 +7,13 @@ the time and memory: the reference pads every tile of a block to its longest lis
 """
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 from torch import Tensor
 
-from embedtalk_sdk.functional.rasterize import Projected, TileBins, bin_tiles, project
+from embedtalk_sdk.functional.rasterize import Projected, TileBins, bin_tiles, rasterize
 from embedtalk_sdk.plugins.cpu.rasterize import TILE
 from embedtalk_sdk.plugins.cpu.rasterize_grad import blend_backward, blend_forward
 
@@ -50,17 +52,5 @@ def rasterize_projected_cpu(proj: Projected, opacities: Tensor, colors: Tensor, 
     return _NumbaBlend.apply(proj.mean2d, proj.conic, opacities * proj.valid, colors, background, bins)
 
 
-def rasterize_cpu_autograd(
-    means: Tensor,
-    quats: Tensor,
-    scales: Tensor,
-    opacities: Tensor,
-    colors: Tensor,
-    viewmat: Tensor,
-    K: Tensor,
-    background: Tensor,
-) -> tuple[Tensor, Tensor]:
-    """Drop-in for `rasterize.rasterize` on CPU tensors (arguments and outputs as there)."""
-    H, W = background.shape[:2]
-    proj = project(means, quats, scales, opacities, viewmat, K, W, H)
-    return rasterize_projected_cpu(proj, opacities, colors, background)
+# Drop-in for `rasterize.rasterize` on CPU tensors (arguments and outputs as there).
+rasterize_cpu_autograd = partial(rasterize, blend=rasterize_projected_cpu)
