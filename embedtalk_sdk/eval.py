@@ -74,8 +74,6 @@ def _checkpoint_frames(ckpt_path: Path, data: Path | None) -> tuple[TalkingDatas
 
 def _bundle_frames(bundle_path: Path, data: Path | None,
                    backend: str) -> tuple[TalkingDataset, Iterator[np.ndarray], dict]:
-    from embedtalk_sdk.audio.io import load_audio
-    from embedtalk_sdk.audio.mel import frame_windows, log_mel
     from embedtalk_sdk.runtime.avatar import Avatar
 
     if data is None:
@@ -86,8 +84,8 @@ def _bundle_frames(bundle_path: Path, data: Path | None,
         raise EvalError(f"{data}: frames are {ds.width}x{ds.height}, the bundle renders "
                         f"{avatar.width}x{avatar.height}; pass the dataset it was trained on")
     audio = avatar.bundle.manifest["audio"]
-    if avatar._mel is not None:  # noqa: SLF001 - the bundle's own MelSpec
-        feats = log_mel(load_audio(ds.audio_path, 16000), avatar._mel)  # noqa: SLF001
+    if audio["encoder"] == "mel":
+        feats = avatar.audio_features(ds.audio_path)
     else:
         from embedtalk_sdk.audio.features import precomputed_features
 
@@ -95,8 +93,7 @@ def _bundle_frames(bundle_path: Path, data: Path | None,
         if not path.is_file():
             raise EvalError(f"{bundle_path}: uses {audio['encoder']} features; the dataset has no aud_hu.npy")
         feats = precomputed_features(path)
-    rate = float(audio.get("rate", 50.0))
-    windows = frame_windows(feats, int(ds.aud_ids.max()) + 1, ds.fps, rate, int(audio["window"]))[ds.aud_ids]
+    windows = avatar.feature_windows(feats, ds.aud_ids)
     backgrounds = _LazyBackgrounds(ds)
     frames = avatar.render_frames(windows, ds.aus, ds.viewmats, backgrounds)
     return ds, frames, {"kind": "bundle", "backend": avatar.backend_name, "audio_encoder": audio["encoder"]}

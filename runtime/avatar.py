@@ -189,6 +189,19 @@ class Avatar:
         """The open bundle."""
         return self._bundle
 
+    def feature_windows(self, features: np.ndarray, frame_ids: np.ndarray) -> np.ndarray:
+        """The network's audio input for video frames `frame_ids`: windows [T, window, F] of the
+        feature rows [M, F] (at the bundle's feature rate), as `speak` builds them."""
+        feats = self._check_features(features)
+        frame_ids = np.asarray(frame_ids, dtype=np.int64)
+        windows = frame_windows(feats, int(frame_ids.max()) + 1, self._fps, self._rate, self._window)
+        return windows[frame_ids]
+
+    def audio_features(self, audio: Any, sample_rate: int | None = None) -> np.ndarray:
+        """Feature rows [M, F] of `audio` (a path, or samples with sample_rate), as `speak` computes
+        them; ValueError for bundles whose features this runtime does not compute (HuBERT)."""
+        return self._prepare(audio, sample_rate, None)[1]
+
     def n_frames(self, n_samples: int, sample_rate: int = 16000) -> int:
         """Frames `speak` makes for a clip of n_samples: round(duration * fps)."""
         return n_video_frames(n_samples, sample_rate=sample_rate, fps=self._fps)
