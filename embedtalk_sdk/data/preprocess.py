@@ -431,11 +431,12 @@ class _Run:
             lines.append(", ".join([str(i + 1), "0", f"{i / FPS:.3f}", "0.98" if track.found[i] else "0.00",
                                     "1" if track.found[i] else "0", *(f"{v:.2f}" for v in row)]))
         atomic_write(self.out / "au.csv", ("\n".join(lines) + "\n").encode())
+        from embedtalk_sdk.audio.io import load_audio
         from embedtalk_sdk.data.face import mouth_opening
         from embedtalk_sdk.metrics import audio_envelope, av_sync
 
         mouth = mouth_opening(track.landmarks)
-        env = audio_envelope(_read_wav(self.out / "aud.wav"), self.n, FPS)
+        env = audio_envelope(load_audio(self.out / "aud.wav", SAMPLE_RATE), self.n, FPS)
         sync = av_sync(mouth, env)
         blink = aus[:, AU_CSV_COLUMNS.index("AU45_r")]
         lag = sync["offset_frames"]
@@ -601,13 +602,6 @@ class _Run:
         arr = feats[:m].reshape(-1, 2, feats.shape[1]).astype(np.float32)
         _atomic_npy(self.out / "aud_hu.npy", arr)
         return {"shape": list(arr.shape)}
-
-
-def _read_wav(path: Path) -> np.ndarray:
-    import soundfile as sf
-
-    data, _ = sf.read(str(path), dtype="float32", always_2d=True)
-    return data.mean(axis=1)
 
 
 def preprocess(video: str | Path, out: str | Path, options: PreprocessOptions | None = None,
