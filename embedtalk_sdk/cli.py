@@ -28,10 +28,17 @@ def progress_bar(description: str, total: int) -> Iterator:
         console=console, transient=False,
     ) as bar:  # fmt: skip
         task = bar.add_task(description, total=total, info="")
+        reported = [0]  # tenths of the work already written as a plain line
 
         def update(done: int, total_: int, info: Optional[dict] = None) -> None:
             text = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (info or {}).items())
             bar.update(task, completed=done, total=total_, info=text)
+            # A log file gets no live bar: a line every tenth of the work instead.
+            tenth = int(10 * done / max(total_, 1))
+            if not console.is_terminal and tenth > reported[0]:
+                reported[0] = tenth
+                elapsed = bar.tasks[0].elapsed or 0.0
+                console.print(f"{description}: {done}/{total_} ({elapsed:.0f} s) {text}", highlight=False)
 
         yield update
 
@@ -57,15 +64,18 @@ def synth(
 
 
 def _train_config(iterations: int, audio_encoder: str, hubert_path: Optional[str], lpips_weights: Optional[str],
-                  init_points: int, device: str, seed: int, rasterizer: str = "auto", max_gaussians: int = 60_000):
-    from embedtalk_sdk.train.strategy import DensifyConfig
-    from embedtalk_sdk.train.trainer import TrainConfig
+                  init_points: int, device: str, seed: int, rasterizer: str = "auto",
+                  max_gaussians: Optional[int] = None, val_every: int = 500):
+    from embedtalk_sdk.train.strategy import DensifyConfig, default_max_gaussians
+    from embedtalk_sdk.train.trainer import TrainConfig, pick_device
 
+    if max_gaussians is None:
+        max_gaussians = default_max_gaussians(pick_device(device))
     densify = DensifyConfig(start=min(200, iterations // 5), stop=int(iterations * 0.7), every=max(50, iterations // 30),
                             max_gaussians=max_gaussians)
     return TrainConfig(
         iterations=iterations, audio_encoder=audio_encoder, hubert_path=hubert_path, lpips_weights=lpips_weights,
-        init_points=init_points, device=device, seed=seed, densify=densify, rasterizer=rasterizer,
+        init_points=init_points, device=device, seed=seed, densify=densify, rasterizer=rasterizer, val_every=val_every,
     )  # fmt: skip
 
 
@@ -94,14 +104,16 @@ def train(
     init_points: int = typer.Option(8000, help="Gaussians taken from the dense point cloud"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     rasterizer: str = typer.Option("auto", help="auto | gsplat (CUDA) | numba (CPU) | torch (reference, slow)"),
-    max_gaussians: int = typer.Option(60_000, help="densification stops growing here (CPU: ~12k keeps a step < 0.3 s)"),
-    seed: int = typer.Option(0),
+    max_gaussians: Optional[int] = typer.Option(
+        None, help="densification stops growing here (default: 15k on a CPU, where a step stays < 0.3 s; 60k on CUDA)"),
+    val_every: int = typer.Option(500, help="validate (PSNR, LPIPS, audio health) every N steps; 0: at the end"),
+    seed: int = typer.Option(0, help="seeds the initial cloud, the network and the frame order"),
 ) -> None:
     """Train an avatar on a dataset folder."""
     if not data.is_dir():
         _fail(f"{data}: no such dataset folder")
     cfg = _train_config(iterations, audio_encoder, hubert_path, lpips_weights, init_points, device, seed, rasterizer,
-                        max_gaussians)
+                        max_gaussians, val_every)
     metrics = run_training(data, out, cfg)
     console.print_json(json.dumps(metrics))
 
@@ -176,11 +188,12 @@ def demo(
     init_points: int = typer.Option(6000),
     max_gaussians: int = typer.Option(12_000, help="densification cap: the CPU training budget"),
     lpips_weights: Optional[str] = typer.Option(None, help="AlexNet features state dict for LPIPS"),
+    seed: int = typer.Option(0, help="training seed (the synthetic speaker and the new sentence stay the same)"),
 ) -> None:
     """The whole chain on the built-in synthetic speaker: synth -> train -> export -> speak."""
     from embedtalk_sdk.demo import run_demo
 
-    cfg = _train_config(iterations, "mel", None, lpips_weights, init_points, "auto", 0, max_gaussians=max_gaussians)
+    cfg = _train_config(iterations, "mel", None, lpips_weights, init_points, "auto", seed, max_gaussians=max_gaussians)
     metrics = run_demo(out, seconds=seconds, size=size, train_config=cfg, progress_bar=progress_bar,
                        train_fn=run_training, log=lambda m: console.print(m))  # fmt: skip
     console.print_json(json.dumps(metrics))

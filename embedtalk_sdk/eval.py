@@ -8,7 +8,8 @@ PSNR, SSIM, LPIPS, LMD on mouth landmarks and an offline audio-visual sync measu
 measure on the ground-truth frames is reported beside it as the reference.
 
 Writes OUT/eval.json (summary + per-frame values), OUT/side_by_side.mp4 (ground truth | render,
-with the clip's audio) and OUT/frames/*.png (a few side-by-side stills).
+with the clip's audio), OUT/lip_motion.png (mouth opening of both over time) and OUT/frames/*.png (a few
+side-by-side stills).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from embedtalk_sdk.data.dataset import TalkingDataset
-from embedtalk_sdk.metrics import audio_envelope, av_sync, lmd, lpips_distance, psnr, ssim
+from embedtalk_sdk.metrics import audio_envelope, av_sync, lip_motion, lmd, lpips_distance, psnr, ssim
 from embedtalk_sdk.runtime.backends.base import to_uint8
 
 SYNC_NOTE = ("offline audio-visual sync: correlation of audio log-RMS and landmark mouth opening over offsets "
@@ -205,6 +206,7 @@ def evaluate(
     open_pred = _fill([None if x is None else float(mouth_opening(x)) for x in lm_pred])
     open_gt = _fill([None if x is None else float(mouth_opening(x)) for x in lm_gt])
     sync, sync_gt = av_sync(open_pred, env), av_sync(open_gt, env)
+    lips = lip_motion(open_gt, open_pred)
 
     def mean(key: str) -> float | None:
         vals = [v for v in per[key] if v is not None]
@@ -214,7 +216,7 @@ def evaluate(
         "psnr": mean("psnr"), "ssim": mean("ssim"), "lpips": mean("lpips"),
         "lmd": None if mouth["lmd"] is None else round(mouth["lmd"], 4),
         "lmd_norm": None if mouth["lmd_norm"] is None else round(mouth["lmd_norm"], 4),
-        "lmd_frames": len(both),
+        "lmd_frames": len(both), **lips,
         "sync_offset_frames": sync["offset_frames"], "sync_correlation": sync["correlation"],
         "sync_confidence": sync["confidence"], "sync_correlation_at_zero": sync["correlation_at_zero"],
         "gt_sync_offset_frames": sync_gt["offset_frames"], "gt_sync_correlation": sync_gt["correlation"],
@@ -228,13 +230,39 @@ def evaluate(
             "sync": SYNC_NOTE,
             "lmd": "mean L2 (pixels) over the 20 iBUG mouth landmarks 48-67 from MediaPipe, GT vs render; "
                    "lmd_norm = per-frame distance / GT outer-eye-corner distance x 100",
+            "lips": "lip_corr / lip_amplitude_ratio: inner-lip gap (landmarks 13/14) over the eye span, render vs "
+                    "ground truth on the same frames: Pearson r and std(render) / std(truth); 1 / 1 is perfect",
             "ssim": "Gaussian 11x11, sigma 1.5, K1=0.01, K2=0.03, valid window positions, mean over RGB",
             "lpips": "LPIPS v0.1 AlexNet" if lp is not None else "LPIPS off: no AlexNet backbone (--lpips-weights)",
         },
         "sync_curve": sync["curve"], "gt_sync_curve": sync_gt["curve"],
-        "per_frame": per, "seconds": round(render_seconds, 1),
+        "per_frame": per, "mouth_opening": {"truth": open_gt.round(5).tolist(), "render": open_pred.round(5).tolist()}, "seconds": round(render_seconds, 1),
         "files": {"json": str(out / "eval.json"), "video": str(out / "side_by_side.mp4"),
                   "frames": str(out / "frames")},
     }  # fmt: skip
+    save_lip_plot(open_gt, open_pred, ds.fps, lips, out / "lip_motion.png")
+    report["files"]["lip_plot"] = str(out / "lip_motion.png")
     (out / "eval.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def save_lip_plot(truth: np.ndarray, render: np.ndarray, fps: float, lips: dict, path: Path) -> None:
+    """PNG: the mouth opening of ground truth and render over the held-out frames."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.arange(len(truth)) / fps
+    fig, ax = plt.subplots(figsize=(8, 2.8), dpi=100)
+    ax.plot(t, truth, lw=1.2, label="ground truth")
+    ax.plot(t, render, lw=1.2, label="render")
+    ax.set_xlabel("seconds (validation split)")
+    ax.set_ylabel("inner-lip gap / eye span")
+    ratio = lips["lip_amplitude_ratio"]
+    ax.set_title(f"mouth opening: r = {lips['lip_corr']:.2f}, amplitude ratio = "
+                 f"{'n/a' if ratio is None else f'{ratio:.2f}'}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -10,6 +10,10 @@
   from MediaPipe's mesh) of the L2 distance in pixels between ground-truth and rendered frames;
   `lmd_norm` divides each frame's distance by the ground truth's outer-eye-corner distance
   (x 100: percent of the eye span), which makes it comparable across resolutions.
+- `lip_motion`: how the render's mouth opening follows the truth's on the same frames: the inner-lip
+  gap (MediaPipe landmarks 13/14) over the outer-eye-corner distance, per frame, for both; their
+  Pearson correlation and the amplitude ratio std(render) / std(truth). Truth vs itself: 1 and 1; a
+  mouth that does not move: 0 and 0.
 - `av_sync`: an offline audio-visual sync measure. NOT SyncNet's Sync-C / offset (no SyncNet
   weights are available offline): the Pearson correlation between the audio envelope (log RMS per
   video frame) and the mouth-opening signal (inner-lip gap over the eye span, from landmarks), both
@@ -119,10 +123,21 @@ def _highpass(x: np.ndarray) -> np.ndarray:
     return x - gaussian_filter1d(x, SYNC_HIGHPASS_FRAMES, mode="nearest")
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two series; 0 when either is constant."""
     a, b = a - a.mean(), b - b.mean()
     den = np.sqrt((a * a).sum() * (b * b).sum())
     return float((a * b).sum() / den) if den > 0 else 0.0
+
+
+def lip_motion(truth: np.ndarray, render: np.ndarray) -> dict:
+    """{"lip_corr", "lip_amplitude_ratio"} of two mouth-opening series [T] (see the module docstring)."""
+    t, r = np.asarray(truth, np.float64), np.asarray(render, np.float64)
+    if t.shape != r.shape or t.ndim != 1:
+        raise ValueError(f"lip_motion: expected two series of one length, got {t.shape} and {r.shape}")
+    spread = t.std()
+    return {"lip_corr": round(pearson(t, r), 4),
+            "lip_amplitude_ratio": round(float(r.std() / spread), 4) if spread > 0 else None}
 
 
 def av_sync(mouth: np.ndarray, envelope: np.ndarray, max_offset: int = SYNC_MAX_OFFSET) -> dict:
@@ -141,7 +156,7 @@ def av_sync(mouth: np.ndarray, envelope: np.ndarray, max_offset: int = SYNC_MAX_
         # offset d: mouth[i] against envelope[i - d] (d > 0: the mouth lags the audio)
         a = m[d:] if d >= 0 else m[:t + d]
         b = e[:t - d] if d >= 0 else e[-d:]
-        curve[d] = _pearson(a, b)
+        curve[d] = pearson(a, b)
     if not curve:
         return {"offset_frames": 0, "correlation": 0.0, "correlation_at_zero": 0.0, "confidence": 0.0, "curve": {}}
     best = max(curve, key=curve.get)

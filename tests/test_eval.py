@@ -179,6 +179,11 @@ def test_eval_checkpoint_writes_json_video_and_stills(ckpt_eval, trained_avatar)
     assert (m["lpips"] is None) == (not BACKBONE.is_file())
     assert "NOT SyncNet" in saved["notes"]["sync"] and -15 <= m["sync_offset_frames"] <= 15
     assert len(saved["per_frame"]["psnr"]) == 10 and len(list((out / "frames").glob("*.png"))) == 2
+    opening = saved["mouth_opening"]
+    assert len(opening["truth"]) == len(opening["render"]) == 10
+    lips = metrics.lip_motion(np.array(opening["truth"]), np.array(opening["render"]))
+    assert m["lip_corr"] == pytest.approx(lips["lip_corr"], abs=1e-3) and -1 <= m["lip_corr"] <= 1
+    assert (out / "lip_motion.png").stat().st_size > 1000
     from embedtalk_sdk.video import read_audio_track, read_video
 
     video, fps = read_video(out / "side_by_side.mp4")

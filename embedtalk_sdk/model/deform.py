@@ -63,6 +63,15 @@ class AudioNet(nn.Module):
         self.fc1 = nn.Linear(cfg.audio_channels, cfg.audio_code)
         self.fc2 = nn.Linear(cfg.audio_code, cfg.audio_code)
         self.act = nn.LeakyReLU(0.02)
+        # He initialisation, so the code varies over frames at unit scale. PyTorch's default
+        # (kaiming_uniform with a=sqrt(5): a third of the variance per layer) left the code's spread
+        # over frames at ~0.002 after six layers, ~200x below the per-Gaussian table's, and whether
+        # the network ever found the audio was a matter of the seed (issue 9).
+        for layer in [*self.convs, self.fc1]:
+            nn.init.kaiming_normal_(layer.weight, a=0.02, nonlinearity="leaky_relu")
+            nn.init.zeros_(layer.bias)
+        nn.init.xavier_normal_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
         # Feature statistics of the training audio, so mel and HuBERT features enter at unit scale.
         self.register_buffer("feature_mean", torch.zeros(cfg.feature_dim))
         self.register_buffer("feature_std", torch.ones(cfg.feature_dim))

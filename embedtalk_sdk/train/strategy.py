@@ -25,6 +25,15 @@ class DensifyConfig:
     reset_opacity_every: int = 0  # 0: never (short CPU runs do better without resets)
 
 
+CPU_MAX_GAUSSIANS = 15_000  # ~0.25 s a step at 256^2 on 2 cores (numba rasteriser)
+GPU_MAX_GAUSSIANS = 60_000
+
+
+def default_max_gaussians(device: torch.device) -> int:
+    """The densification cap a run on `device` affords by default."""
+    return GPU_MAX_GAUSSIANS if device.type == "cuda" else CPU_MAX_GAUSSIANS
+
+
 class GradStats:
     """Accumulates the view-space positional gradient per Gaussian between densification steps."""
 

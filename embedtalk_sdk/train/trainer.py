@@ -14,14 +14,17 @@ import numpy as np
 import torch
 
 from embedtalk_sdk.audio.features import dataset_features
+from embedtalk_sdk.audio.io import load_audio
 from embedtalk_sdk.audio.mel import MelSpec, frame_windows
 from embedtalk_sdk.data.dataset import TalkingDataset
+from embedtalk_sdk.fileio import atomic_write
 from embedtalk_sdk.metrics import lpips_distance, psnr
 from embedtalk_sdk.model.checkpoint import Checkpoint
 from embedtalk_sdk.model.deform import AU_SCALE, DeformConfig, DeformNet
 from embedtalk_sdk.model.gaussians import GaussianModel
 from embedtalk_sdk.runtime.backends.base import to_uint8
 from embedtalk_sdk.train.losses import embedding_smoothness, knn_indices
+from embedtalk_sdk.train.health import HealthInputs, audio_health, audio_ignored, quietest_frame
 from embedtalk_sdk.train.lpips import LPIPS, load_lpips
 from embedtalk_sdk.train.render import pick_rasterizer, render
 from embedtalk_sdk.train.strategy import DensifyConfig, GradStats, densify_and_prune
@@ -61,6 +64,10 @@ class TrainConfig:
     lr_embeddings: float = 2.5e-3
     lr_network: float = 1e-3
     lpips_every: int = 1
+    # Validation (PSNR, LPIPS and the audio health check of train/health.py) every this many steps
+    # and at the end; each one rewrites train_metrics.json. 0: at the end only.
+    val_every: int = 500
+    health_frames: int = 32  # validation frames the health check renders (twice: audio, silence)
     seed: int = 0
     device: str = "auto"
     rasterizer: str = "auto"  # auto | gsplat | numba | torch (train/render.py)
@@ -156,6 +163,7 @@ class Trainer:
         self.deform = DeformNet(dcfg).to(self.device)
         self.deform.audio_net.set_feature_stats(torch.as_tensor(features, device=self.device))
         self.lpips = self._load_lpips()
+        self.health_inputs = self._health_inputs(train_set)
         self.optimizer = self._make_optimizer()
         self.network_opt = torch.optim.Adam(self.deform.parameters(), lr=cfg.lr_network)
 
@@ -169,6 +177,41 @@ class Trainer:
         if len(points) > n:
             points = points[rng.choice(len(points), n, replace=False)]
         return GaussianModel.from_points(points, embed_dim=embed_dim, seed=self.cfg.seed)
+
+    def _health_inputs(self, train_set: TalkingDataset) -> HealthInputs:
+        """Up to cfg.health_frames validation frames, evenly spaced, and the silent window."""
+        val = self.val
+        ids = np.unique(np.linspace(0, len(val) - 1, min(self.cfg.health_frames, len(val))).round().astype(int))
+        audio = load_audio(train_set.audio_path, 16000)
+        quiet = quietest_frame(audio, train_set.aud_ids, train_set.fps)
+        boxes = [val.dataset.mouth_box(int(i)) for i in ids]
+        truth = [to_uint8(val.dataset.image(int(i)).astype(np.float32))[y0:y1, x0:x1]
+                 for i, (x0, y0, x1, y1) in zip(ids, boxes)]
+        return HealthInputs(
+            windows=val.windows[ids], aus=val.aus[ids], viewmats=val.viewmats[ids], K=val.K,
+            backgrounds=[val.torso_bg(int(i)) for i in ids], boxes=boxes, truth=truth,
+            silent=self.train.windows[quiet : quiet + 1],
+        )  # fmt: skip
+
+    def check_health(self) -> dict:
+        """The audio health figures (train/health.py) of the current model; warns when the mouth
+        has stopped depending on the audio."""
+        g = self.gaussians
+
+        def render_fn(means, opacities, viewmat, K, background):
+            return render(means, g.params["quats"], g.scales(), opacities, g.colors(), viewmat, K, background,
+                          self.rasterizer)[0]  # fmt: skip
+
+        health = audio_health(g, self.deform, self.health_inputs, render_fn)
+        if audio_ignored(health):
+            message = (
+                f"TRAINING HEALTH: the mouth ignores the audio (it moves {health['mouth_audio_response']:.2f} "
+                f"8-bit levels between speech and silence; audio code std {health['audio_code_std']}, "
+                f"{health['dead_first_layer_units']} dead units): the avatar will not talk"
+            )
+            warnings.warn(message, stacklevel=2)
+            self.log(message)
+        return health
 
     def _load_lpips(self) -> LPIPS | None:
         metric = load_lpips(self.cfg.lpips_weights)
@@ -239,6 +282,7 @@ class Trainer:
         # while the image gradient on z is still ~0 (zero-initialised heads), and the dead network then
         # never learned the mouth (measured: held-out sync 0.05 vs 0.89 without the term).
         neighbours = None
+        history: list[dict] = []
         stats = GradStats(len(self.gaussians))
         losses: list[float] = []
         start = time.perf_counter()
@@ -261,12 +305,17 @@ class Trainer:
                     self.log(f"step {step}: {counts}")
             if progress is not None:
                 progress(step + 1, c.iterations, {"loss": losses[-1], "gaussians": len(self.gaussians)})
+            if c.val_every and (step + 1) % c.val_every == 0 and step + 1 < c.iterations:
+                history.append(self.validate(step + 1))
+                self._write_metrics(out_dir, {"validations": history, "finished": False})
         train_seconds = time.perf_counter() - start
-        metrics = self.evaluate()
-        metrics.update(train_seconds=round(train_seconds, 1), iterations=c.iterations, gaussians=len(self.gaussians))
+        final = self.validate(c.iterations)
+        metrics = {k: v for k, v in final.items() if k not in ("step", "audio_health")}
+        metrics.update(train_seconds=round(train_seconds, 1), iterations=c.iterations, gaussians=len(self.gaussians),
+                       audio_health=final["audio_health"], validations=history + [final], finished=True)
         ckpt = Checkpoint(self.gaussians.cpu(), self.deform.cpu(), self._meta(metrics))
         ckpt.save(out_dir / "ckpt.pt")
-        (out_dir / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
+        self._write_metrics(out_dir, metrics)
         save_loss_plot(losses, out_dir / "loss.png")
         return TrainResult(ckpt, metrics, losses)
 
@@ -280,6 +329,18 @@ class Trainer:
         grad_px = means.grad.norm(dim=-1) * z / fx  # |dL/dmean2d| in 1/pixels
         ndc = grad_px * 0.5 * self.train.dataset.width
         stats.add(ndc.cpu(), (means.grad.abs().sum(-1) > 0).cpu())
+
+    def validate(self, step: int) -> dict:
+        """evaluate() and check_health() at `step`, logged in one line."""
+        record = {"step": step, **self.evaluate(), "audio_health": self.check_health()}
+        h = record["audio_health"]
+        self.log(f"val @ {step}: PSNR {record['psnr_val']:.2f} dB, mouth moves {h['mouth_audio_response']:.2f} levels "
+                 f"with the audio, mouth PSNR {h['mouth_psnr']:.2f} vs {h['mouth_psnr_silent']:.2f} dB silent")
+        return record
+
+    @staticmethod
+    def _write_metrics(out_dir: Path, metrics: dict) -> None:
+        atomic_write(out_dir / "train_metrics.json", json.dumps(metrics, indent=2).encode())
 
     @torch.no_grad()
     def evaluate(self) -> dict:
