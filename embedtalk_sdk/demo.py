@@ -77,6 +77,7 @@ def run_demo(
         "train_seconds": train_metrics["train_seconds"],
         "gaussians": train_metrics["gaussians"],
         **mouth,
+        "mouth_audio_response": train_metrics["audio_health"]["mouth_audio_response"],
         "frames": len(frames),
         "audio_seconds": round(len(samples) / 16000, 3),
         "total_seconds": round(time.perf_counter() - t0, 1),

@@ -21,7 +21,7 @@ def test_demo_writes_video_bundle_metrics_and_strip(tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("psnr_val", "lpips_val", "bundle_mb", "cpu_fps", "train_seconds", "mouth_sync_corr",
-                "mouth_psnr", "mouth_psnr_silent"):
+                "mouth_psnr", "mouth_psnr_silent", "mouth_audio_response"):
         assert key in metrics
     assert metrics["psnr_val"] > 20 and metrics["cpu_fps"] > 0 and metrics["bundle_mb"] > 0
     frames, fps = read_video(out / "demo.mp4")
