@@ -236,7 +236,8 @@ def evaluate(
             "lpips": "LPIPS v0.1 AlexNet" if lp is not None else "LPIPS off: no AlexNet backbone (--lpips-weights)",
         },
         "sync_curve": sync["curve"], "gt_sync_curve": sync_gt["curve"],
-        "per_frame": per, "mouth_opening": {"truth": open_gt.round(5).tolist(), "render": open_pred.round(5).tolist()}, "seconds": round(render_seconds, 1),
+        "per_frame": per, "seconds": round(render_seconds, 1),
+        "mouth_opening": {"truth": open_gt.round(5).tolist(), "render": open_pred.round(5).tolist()},
         "files": {"json": str(out / "eval.json"), "video": str(out / "side_by_side.mp4"),
                   "frames": str(out / "frames")},
     }  # fmt: skip

@@ -7,8 +7,7 @@ for every frame), everything else equal. The mouth box of the two renders must d
 (`mouth_audio_response`, in 8-bit levels) and the one with audio must be closer to the truth
 (`mouth_psnr` vs `mouth_psnr_silent`). Beside them, the quantities that explain a failure:
 the audio code's spread over frames, how far the audio moves the mouth Gaussians (|dmu(audio) -
-dmu(silence)|), and the first layer's dead ReLU units. `mouth_darkness_corr` (render vs truth) is
-confounded by the camera moving the box over the face: it stays high for a mouth that ignores audio.
+dmu(silence)|), and the first layer's dead ReLU units.
 """
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from embedtalk_sdk.metrics import audio_envelope, pearson, psnr
+from embedtalk_sdk.metrics import audio_envelope, psnr
 from embedtalk_sdk.model.deform import DeformNet
 from embedtalk_sdk.model.gaussians import GaussianModel
 from embedtalk_sdk.runtime.backends.base import to_uint8
@@ -50,11 +49,6 @@ def quietest_frame(audio: np.ndarray, aud_ids: np.ndarray, fps: float) -> int:
     return int(np.argmin(env[np.asarray(aud_ids)]))
 
 
-def mouth_darkness(crops: list[np.ndarray]) -> np.ndarray:
-    """1 - mean intensity of each mouth crop: rises as the mouth opens on its dark interior."""
-    return np.array([1.0 - c.astype(np.float64).mean() / 255.0 for c in crops])
-
-
 @torch.no_grad()
 def audio_health(
     gaussians: GaussianModel, deform: DeformNet, inputs: HealthInputs, render_fn
@@ -72,24 +66,21 @@ def audio_health(
     active = torch.zeros(table.shape[1], dtype=torch.bool)
     for b in range(len(inputs.boxes)):
         x0, y0, x1, y1 = inputs.boxes[b]
+        mouth_dmu = []
         for vec, out in ((frame_vecs[b : b + 1], spoken), (silent_vecs[b : b + 1], silent)):
             dmu, dalpha = deform.decode(table, vec)
             image = render_fn(g.means + dmu[0], g.opacities(dalpha[0]), inputs.viewmats[b], inputs.K,
                               inputs.backgrounds[b])  # fmt: skip
             out.append(to_uint8(image[y0:y1, x0:x1].cpu().numpy().astype(np.float32)))
-        with_audio, _ = deform.decode(table[mouth_ids], frame_vecs[b : b + 1])
-        without, _ = deform.decode(table[mouth_ids], silent_vecs[b : b + 1])
-        offsets.append((with_audio - without)[0].norm(dim=-1))
+            mouth_dmu.append(dmu[0, mouth_ids])
+        offsets.append((mouth_dmu[0] - mouth_dmu[1]).norm(dim=-1))
         active |= (torch.relu(table + frame_vecs[b]) > 0).any(0).cpu()
     response = float(np.mean([np.abs(a.astype(np.float64) - s).mean() for a, s in zip(spoken, silent)]))
-    dark, dark_gt = mouth_darkness(spoken), mouth_darkness(inputs.truth)
     code = deform.audio_net(inputs.windows)
     return {
         "mouth_audio_response": round(response, 3),
         "mouth_psnr": round(_mean_psnr(spoken, inputs.truth), 2),
         "mouth_psnr_silent": round(_mean_psnr(silent, inputs.truth), 2),
-        "mouth_darkness_corr": round(pearson(dark, dark_gt), 3),
-        "mouth_darkness_amplitude": round(float(dark.std() / max(dark_gt.std(), 1e-9)), 3),
         "audio_code_std": round(float(code.std(0).mean()), 4),
         "mouth_offset_audio_mm": round(float(torch.cat(offsets).mean()) * 1000, 4) if len(mouth_ids) else 0.0,
         "mouth_gaussians": int(len(mouth_ids)),
@@ -118,5 +109,4 @@ def _mouth_gaussians(means: torch.Tensor, viewmat: torch.Tensor, K: torch.Tensor
     return torch.nonzero(inside)[:, 0]
 
 
-__all__ = ["HealthInputs", "MIN_AUDIO_RESPONSE", "audio_health", "audio_ignored", "mouth_darkness",
-           "quietest_frame"]
+__all__ = ["HealthInputs", "MIN_AUDIO_RESPONSE", "audio_health", "audio_ignored", "quietest_frame"]

@@ -188,7 +188,7 @@ class Trainer:
         audio = load_audio(train_set.audio_path, 16000)
         quiet = quietest_frame(audio, train_set.aud_ids, train_set.fps)
         boxes = [val.dataset.mouth_box(int(i)) for i in ids]
-        truth = [to_uint8(val.dataset.image(int(i)).astype(np.float32))[y0:y1, x0:x1]
+        truth = [to_uint8(val.dataset.image(int(i)))[y0:y1, x0:x1]
                  for i, (x0, y0, x1, y1) in zip(ids, boxes)]
         return HealthInputs(
             windows=val.windows[ids], aus=val.aus[ids], viewmats=val.viewmats[ids], K=val.K,
@@ -316,9 +316,9 @@ class Trainer:
                 self._write_metrics(out_dir, {"validations": history, "finished": False})
         train_seconds = time.perf_counter() - start
         final = self.validate(c.iterations)
-        metrics = {k: v for k, v in final.items() if k not in ("step", "audio_health")}
+        metrics = {k: v for k, v in final.items() if k != "step"}
         metrics.update(train_seconds=round(train_seconds, 1), iterations=c.iterations, gaussians=len(self.gaussians),
-                       audio_health=final["audio_health"], validations=history + [final], finished=True)
+                       validations=history + [final], finished=True)
         ckpt = Checkpoint(self.gaussians.cpu(), self.deform.cpu(), self._meta(metrics))
         ckpt.save(out_dir / "ckpt.pt")
         self._write_metrics(out_dir, metrics)
