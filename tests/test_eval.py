@@ -133,6 +133,22 @@ def test_audio_envelope_and_sync_recover_a_known_shift():
     assert noise["correlation"] < 0.4
 
 
+
+def test_audio_predicts_mouth_finds_the_lag_the_mouth_was_made_with():
+    rng = np.random.default_rng(5)
+    n, f = 300, 6
+    feats = rng.standard_normal((2 * n, f))
+    weights = rng.standard_normal(4 * f)
+    for lag in (-4, 0, 3):  # the mouth `lag` frames after the sound that drives it
+        centres = np.clip(2 * (np.arange(n) - lag), 2, 2 * n - 2)
+        mouth = np.array([feats[c - 2:c + 2].ravel() @ weights for c in centres])
+        mouth += 0.3 * mouth.std() * rng.standard_normal(n)
+        out = metrics.audio_predicts_mouth(feats, mouth)
+        assert out["offset_frames"] == lag and out["correlation"] > 0.8, out
+        assert out["curve"][lag + 8] < 0.3  # far from the lag nothing predicts the mouth
+    noise = metrics.audio_predicts_mouth(feats, rng.standard_normal(n))
+    assert noise["correlation"] < 0.3
+
 # ---------------------------------------------------------------------------------------------
 # Rendering with explicit inputs; eval end to end.
 

@@ -58,8 +58,10 @@ VAL_SHARE = 1.0 / 11.0
 BACKGROUND_SAMPLES = 60
 BACKGROUND_MIN_SAMPLES = 20
 COMPOSE_THREADS = 2
-SYNC_WARN_FRAMES = 6  # |best mouth-sound offset| that earns a warning (0.24 s) ...
-SYNC_WARN_MIN_FRAMES = 250  # ... on clips of 10 s or more (shorter ones give a noisy estimate)
+SYNC_NATURAL = (-8, 2)  # mouth-sound offsets (frames) of speech in sync: the mouth leads by up to ~0.3 s
+SYNC_WARN_MIN_FRAMES = 250  # the sync estimate warns on clips of 10 s or more (shorter ones are noisy) ...
+SYNC_WARN_MIN_CORR = 0.3  # ... when the sound predicts the mouth clearly at its best offset ...
+SYNC_WARN_GAIN = 0.1  # ... and clearly better there than anywhere in natural sync
 
 Progress = Callable[[str, int, int], None]  # (step, done, total)
 
@@ -431,19 +433,19 @@ class _Run:
             lines.append(", ".join([str(i + 1), "0", f"{i / FPS:.3f}", "0.98" if track.found[i] else "0.00",
                                     "1" if track.found[i] else "0", *(f"{v:.2f}" for v in row)]))
         atomic_write(self.out / "au.csv", ("\n".join(lines) + "\n").encode())
-        from embedtalk_sdk.audio.io import load_audio
+        from embedtalk_sdk.audio.features import mel_features
         from embedtalk_sdk.data.face import mouth_opening
-        from embedtalk_sdk.metrics import audio_envelope, av_sync
+        from embedtalk_sdk.metrics import audio_predicts_mouth
 
-        mouth = mouth_opening(track.landmarks)
-        env = audio_envelope(load_audio(self.out / "aud.wav", SAMPLE_RATE), self.n, FPS)
-        sync = av_sync(mouth, env)
+        sync = audio_predicts_mouth(mel_features(self.out / "aud.wav"), mouth_opening(track.landmarks))
         blink = aus[:, AU_CSV_COLUMNS.index("AU45_r")]
         lag = sync["offset_frames"]
-        if self.n >= SYNC_WARN_MIN_FRAMES and abs(lag) >= SYNC_WARN_FRAMES and sync["correlation"] >= 0.15:
-            self.warn(f"{self.video}: mouth and sound match best with the sound moved {lag / FPS:+.2f} s "
-                      f"(natural speech: the mouth leads by 0.1-0.2 s); if the clip is out of sync, re-run "
-                      f"with --audio-shift {lag / FPS + 0.12:+.2f}")
+        natural = max((c for d, c in sync["curve"].items() if SYNC_NATURAL[0] <= d <= SYNC_NATURAL[1]), default=0.0)
+        if (self.n >= SYNC_WARN_MIN_FRAMES and not SYNC_NATURAL[0] <= lag <= SYNC_NATURAL[1]
+                and sync["correlation"] >= SYNC_WARN_MIN_CORR and sync["correlation"] - natural >= SYNC_WARN_GAIN):
+            self.warn(f"{self.video}: the sound predicts the mouth best with the sound moved {lag / FPS:+.2f} s "
+                      f"(r {sync['correlation']:.2f} against {natural:.2f} in natural sync, where the mouth leads by "
+                      f"0-0.3 s); if the clip is out of sync, re-run with --audio-shift {lag / FPS + 0.12:+.2f}")
         return {"frames_with_face": int(track.found.sum()), "frames_without_face": int((~track.found).sum()),
                 "frames_with_several_faces": multi,
                 "au_mean": {c: round(float(v), 3) for c, v in zip(AU_CSV_COLUMNS, aus.mean(axis=0))},
