@@ -41,11 +41,15 @@ def _is_bundle(path: Path) -> bool:
 # Rendering the validation split.
 
 
-def _checkpoint_frames(ckpt_path: Path, data: Path | None) -> tuple[TalkingDataset, Iterator[np.ndarray], dict]:
+def _checkpoint_frames(ckpt_path: Path, data: Path | None,
+                       neutral_aus: bool = False) -> tuple[TalkingDataset, Iterator[np.ndarray], dict]:
+    """The validation frames of a checkpoint, driven by their own AUs or (neutral_aus) by the
+    model's neutral AUs, as `speak` drives it."""
     import torch
 
     from embedtalk_sdk.audio.features import dataset_features
     from embedtalk_sdk.model.checkpoint import Checkpoint
+    from embedtalk_sdk.model.deform import AU_SCALE
     from embedtalk_sdk.train.trainer import FrameData, render_frame
 
     ckpt = Checkpoint.load(ckpt_path)
@@ -62,6 +66,8 @@ def _checkpoint_frames(ckpt_path: Path, data: Path | None) -> tuple[TalkingDatas
     feats = dataset_features(ds.audio_path, encoder, hubert, root / "aud_hu.npy")
     device = torch.device("cpu")
     frames = FrameData(ds, feats, ckpt.deform.cfg.window, device)
+    if neutral_aus:
+        frames.aus[:] = torch.as_tensor(meta["aus"]["neutral"]) / AU_SCALE
     g, net = ckpt.gaussians.eval(), ckpt.deform.eval()
 
     def gen() -> Iterator[np.ndarray]:
@@ -73,8 +79,9 @@ def _checkpoint_frames(ckpt_path: Path, data: Path | None) -> tuple[TalkingDatas
     return ds, gen(), {"kind": "checkpoint", "audio_encoder": encoder, "gaussians": len(g)}
 
 
-def _bundle_frames(bundle_path: Path, data: Path | None,
-                   backend: str) -> tuple[TalkingDataset, Iterator[np.ndarray], dict]:
+def _bundle_frames(bundle_path: Path, data: Path | None, backend: str,
+                   neutral_aus: bool = False) -> tuple[TalkingDataset, Iterator[np.ndarray], dict]:
+    """The validation frames of a bundle, driven by their own AUs or (neutral_aus) by its neutral AUs."""
     from embedtalk_sdk.runtime.avatar import Avatar
 
     if data is None:
@@ -96,7 +103,10 @@ def _bundle_frames(bundle_path: Path, data: Path | None,
         feats = precomputed_features(path)
     windows = avatar.feature_windows(feats, ds.aud_ids)
     backgrounds = _LazyBackgrounds(ds)
-    frames = avatar.render_frames(windows, ds.aus, ds.viewmats, backgrounds)
+    aus = ds.aus
+    if neutral_aus:
+        aus = np.broadcast_to(np.asarray(avatar.bundle.manifest["aus"]["neutral"], np.float32), ds.aus.shape)
+    frames = avatar.render_frames(windows, aus, ds.viewmats, backgrounds)
     return ds, frames, {"kind": "bundle", "backend": avatar.backend_name, "audio_encoder": audio["encoder"]}
 
 
@@ -120,6 +130,14 @@ class _LazyBackgrounds:
 def _mouth_landmarks(landmarker, frame: np.ndarray) -> np.ndarray | None:
     faces = landmarker.detect(frame)
     return faces[0]["landmarks"] if faces else None
+
+
+def _landmarks_of(face_model: Path, frames: Iterator[np.ndarray], n: int) -> list[np.ndarray | None]:
+    """Face landmarks of the first n frames (None where no face is found)."""
+    from embedtalk_sdk.data.face import FaceLandmarker
+
+    with FaceLandmarker(face_model, num_faces=1, video=False) as landmarker:
+        return [_mouth_landmarks(landmarker, frame) for _, frame in zip(range(n), frames)]
 
 
 def _fill(values: list[float | None]) -> np.ndarray:
@@ -149,11 +167,14 @@ def evaluate(
         raise EvalError(f"{model}: no such checkpoint or bundle")
     data = Path(data) if data else None
     if _is_bundle(model):
-        ds, frames, info = _bundle_frames(model, data, backend)
+        def render_val(neutral_aus: bool = False):
+            return _bundle_frames(model, data, backend, neutral_aus)
         out = Path(out) if out else model.with_name(model.stem + "_eval")
     else:
-        ds, frames, info = _checkpoint_frames(model, data)
+        def render_val(neutral_aus: bool = False):
+            return _checkpoint_frames(model, data, neutral_aus)
         out = Path(out) if out else model.parent / "eval"
+    ds, frames, info = render_val()
     out.mkdir(parents=True, exist_ok=True)
     (out / "frames").mkdir(exist_ok=True)
     n = len(ds) if max_frames <= 0 else min(max_frames, len(ds))
@@ -207,6 +228,11 @@ def evaluate(
     open_gt = _fill([None if x is None else float(mouth_opening(x)) for x in lm_gt])
     sync, sync_gt = av_sync(open_pred, env), av_sync(open_gt, env)
     lips = lip_motion(open_gt, open_pred)
+    # The same frames driven by the audio alone (neutral AUs, as `speak` renders): the AUs of the
+    # ground-truth frames can carry mouth motion that no application has (issue 9).
+    open_audio = _fill([None if x is None else float(mouth_opening(x))
+                        for x in _landmarks_of(face_model, render_val(True)[1], n)])
+    lips_audio = {f"{k}_audio_only": v for k, v in lip_motion(open_gt, open_audio).items()}
 
     def mean(key: str) -> float | None:
         vals = [v for v in per[key] if v is not None]
@@ -216,7 +242,7 @@ def evaluate(
         "psnr": mean("psnr"), "ssim": mean("ssim"), "lpips": mean("lpips"),
         "lmd": None if mouth["lmd"] is None else round(mouth["lmd"], 4),
         "lmd_norm": None if mouth["lmd_norm"] is None else round(mouth["lmd_norm"], 4),
-        "lmd_frames": len(both), **lips,
+        "lmd_frames": len(both), **lips, **lips_audio,
         "sync_offset_frames": sync["offset_frames"], "sync_correlation": sync["correlation"],
         "sync_confidence": sync["confidence"], "sync_correlation_at_zero": sync["correlation_at_zero"],
         "gt_sync_offset_frames": sync_gt["offset_frames"], "gt_sync_correlation": sync_gt["correlation"],
@@ -231,39 +257,45 @@ def evaluate(
             "lmd": "mean L2 (pixels) over the 20 iBUG mouth landmarks 48-67 from MediaPipe, GT vs render; "
                    "lmd_norm = per-frame distance / GT outer-eye-corner distance x 100",
             "lips": "lip_corr / lip_amplitude_ratio: inner-lip gap (landmarks 13/14) over the eye span, render vs "
-                    "ground truth on the same frames: Pearson r and std(render) / std(truth); 1 / 1 is perfect",
+                    "ground truth on the same frames: Pearson r and std(render) / std(truth); 1 / 1 is perfect. "
+                    "*_audio_only: the frames rendered with the neutral AUs, as speak() drives the avatar",
             "ssim": "Gaussian 11x11, sigma 1.5, K1=0.01, K2=0.03, valid window positions, mean over RGB",
             "lpips": "LPIPS v0.1 AlexNet" if lp is not None else "LPIPS off: no AlexNet backbone (--lpips-weights)",
         },
         "sync_curve": sync["curve"], "gt_sync_curve": sync_gt["curve"],
         "per_frame": per, "seconds": round(render_seconds, 1),
-        "mouth_opening": {"truth": open_gt.round(5).tolist(), "render": open_pred.round(5).tolist()},
+        "mouth_opening": {"truth": open_gt.round(5).tolist(), "render": open_pred.round(5).tolist(),
+                          "render_audio_only": open_audio.round(5).tolist()},
         "files": {"json": str(out / "eval.json"), "video": str(out / "side_by_side.mp4"),
                   "frames": str(out / "frames")},
     }  # fmt: skip
-    save_lip_plot(open_gt, open_pred, ds.fps, lips, out / "lip_motion.png")
+    save_lip_plot(open_gt, open_pred, open_audio, ds.fps, {**lips, **lips_audio}, out / "lip_motion.png")
     report["files"]["lip_plot"] = str(out / "lip_motion.png")
     (out / "eval.json").write_text(json.dumps(report, indent=1))
     return report
 
 
-def save_lip_plot(truth: np.ndarray, render: np.ndarray, fps: float, lips: dict, path: Path) -> None:
-    """PNG: the mouth opening of ground truth and render over the held-out frames."""
+def save_lip_plot(truth: np.ndarray, render: np.ndarray, audio_only: np.ndarray, fps: float, lips: dict,
+                  path: Path) -> None:
+    """PNG: the mouth opening of ground truth, render and audio-only render over the held-out frames."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def fmt(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.2f}"
+
     t = np.arange(len(truth)) / fps
-    fig, ax = plt.subplots(figsize=(8, 2.8), dpi=100)
-    ax.plot(t, truth, lw=1.2, label="ground truth")
-    ax.plot(t, render, lw=1.2, label="render")
+    fig, ax = plt.subplots(figsize=(8, 3.3), dpi=100)
+    ax.plot(t, truth, lw=1.4, color="k", label="ground truth")
+    ax.plot(t, render, lw=1.1, label=f"render (r {fmt(lips['lip_corr'])}, amplitude {fmt(lips['lip_amplitude_ratio'])})")
+    ax.plot(t, audio_only, lw=1.1, label=f"audio only, neutral AUs (r {fmt(lips['lip_corr_audio_only'])}, "
+                                          f"amplitude {fmt(lips['lip_amplitude_ratio_audio_only'])})")
     ax.set_xlabel("seconds (validation split)")
     ax.set_ylabel("inner-lip gap / eye span")
-    ratio = lips["lip_amplitude_ratio"]
-    ax.set_title(f"mouth opening: r = {lips['lip_corr']:.2f}, amplitude ratio = "
-                 f"{'n/a' if ratio is None else f'{ratio:.2f}'}", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_title("mouth opening on the held-out frames", fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

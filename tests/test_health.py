@@ -92,3 +92,18 @@ def test_train_and_demo_take_a_seed():
     for command in ("train", "demo"):
         result = CliRunner().invoke(app, [command, "--help"])
         assert result.exit_code == 0 and "--seed" in result.output
+
+
+def test_mouth_crop_loss_is_the_full_frames_loss_on_the_crop(talking_trainer):
+    """The crop renders from the Gaussians that touch it, with shifted intrinsics and the cropped
+    torso/background: the same pixels as the full frame's crop (up to the projection's clamp)."""
+    trainer, _, _ = talking_trainer
+    frames = trainer.train
+    with torch.no_grad():
+        for i in (0, 7, 23):
+            image, _, _ = trainer.render_frame(frames, i)
+            x0, y0, x1, y1 = frames.dataset.mouth_box(i, margin=trainer.cfg.mouth_crop_margin)
+            full = (image[y0:y1, x0:x1] - frames.image(i)[y0:y1, x0:x1]).abs().mean()
+            assert float(trainer.mouth_crop_l1(i)) == pytest.approx(float(full), rel=1e-3, abs=1e-5)
+            shuffled = trainer.mouth_crop_l1(i, au_frame=(i + 40) % len(frames))
+            assert torch.isfinite(shuffled)

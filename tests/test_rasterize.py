@@ -268,6 +268,23 @@ def test_numba_matches_torch_on_a_bigger_scene():
     np.testing.assert_allclose(a_n, a_t.numpy(), atol=1e-4, rtol=0)
 
 
+
+def test_a_crop_from_the_gaussians_touching_it_is_the_crop_from_all():
+    from embedtalk_sdk.train.render import crop_intrinsics, gaussians_touching
+
+    scene = random_scene(np.random.default_rng(12), n=2000, H=96, W=128)
+    means, quats, scales, opac, colors, viewmat, K, bg = as_torch(scene)
+    x0, y0, x1, y1 = 50, 30, 90, 62
+    Kc, bgc = crop_intrinsics(K, x0, y0), bg[y0:y1, x0:x1]
+    ids = gaussians_touching(means, quats, scales, opac, viewmat, Kc, x1 - x0, y1 - y0)
+    assert 50 < len(ids) < 1500  # a real subset, not all nor none
+    img_all, a_all = rasterize(means, quats, scales, opac, colors, viewmat, Kc, bgc)
+    img_sub, a_sub = rasterize(means[ids], quats[ids], scales[ids], opac[ids], colors[ids], viewmat, Kc, bgc)
+    np.testing.assert_allclose(img_sub.numpy(), img_all.numpy(), atol=1e-12, rtol=0)
+    np.testing.assert_allclose(a_sub.numpy(), a_all.numpy(), atol=1e-12, rtol=0)
+    full, _ = rasterize(means, quats, scales, opac, colors, viewmat, K, bg)
+    assert np.abs(img_all.numpy() - full[y0:y1, x0:x1].numpy()).mean() < 1e-3  # same pixels, clamp aside
+
 # ---------------------------------------------------------------- c) gradients
 def test_gradients_match_central_differences():
     """d/dx of a random linear functional of (image, alpha), autograd vs central differences,

@@ -81,6 +81,7 @@ class GaussianModel(nn.Module):
     def colors(self) -> torch.Tensor:
         return (0.5 + SH_C0 * self.params["sh0"]).clamp_min(0.0)
 
-    def opacities(self, delta_logit: torch.Tensor | None = None) -> torch.Tensor:
-        logit = self.params["opacity_logits"]
+    def opacities(self, delta_logit: torch.Tensor | None = None, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """sigmoid(logit + delta_logit), of the Gaussians `ids` only when given (delta_logit then per id)."""
+        logit = self.params["opacity_logits"] if ids is None else self.params["opacity_logits"][ids]
         return torch.sigmoid(logit if delta_logit is None else logit + delta_logit)

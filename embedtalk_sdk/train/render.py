@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from embedtalk_sdk.functional.rasterize import project
 from embedtalk_sdk.functional.rasterize import rasterize as rasterize_reference
 
 RASTERIZERS = ("auto", "gsplat", "numba", "torch")
@@ -70,3 +71,34 @@ def render(
     )
     alpha = alphas[0, ..., 0]
     return colors_out[0] + (1 - alpha)[..., None] * background, alpha
+
+
+def crop_intrinsics(K: torch.Tensor, x0: int, y0: int) -> torch.Tensor:
+    """The intrinsics of the pixel window whose top-left corner is (x0, y0) of K's image."""
+    out = K.clone()
+    out[0, 2] -= x0
+    out[1, 2] -= y0
+    return out
+
+
+@torch.no_grad()
+def gaussians_touching(
+    means: torch.Tensor,
+    quats: torch.Tensor,
+    scales: torch.Tensor,
+    opacities: torch.Tensor,
+    viewmat: torch.Tensor,
+    K: torch.Tensor,
+    width: int,
+    height: int,
+) -> torch.Tensor:
+    """Indices (ascending) of the Gaussians whose culling-radius box overlaps the width x height image.
+
+    Rendering only these gives the same image as rendering all of them: the others add alpha < 1/255
+    to every pixel, which the blend skips, and a subset in index order keeps the depth order's ties.
+    """
+    proj = project(means, quats, scales, opacities, viewmat, K, width, height)
+    r = proj.radius.to(proj.mean2d.dtype)
+    x, y = proj.mean2d[:, 0], proj.mean2d[:, 1]
+    hit = proj.valid & (x + r >= 0) & (x - r < width) & (y + r >= 0) & (y - r < height)
+    return hit.nonzero()[:, 0]
