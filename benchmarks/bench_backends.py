@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from embedtalk_sdk.bench import run_bench, write_report
+from embedtalk_sdk.runtime.bench import run_bench, write_report
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 What a researcher would run without this SDK: the baked network in PyTorch on CUDA, gsplat's
 `rasterization` per frame, the frame composited over the background and copied back as uint8.
-It is registered as the backend "gsplat-torch" (runtime/backends/base.py), so `bench` times it
+It is registered as the backend "gsplat-torch" (an entry point in pyproject.toml), so `bench` times it
 beside the others when torch, gsplat and a CUDA device are present; elsewhere it reports why it
 cannot run. Not a playback backend: gsplat's maths differs slightly from plugins/design.md
 (3.33-sigma tile bins), so its frames are close to, not equal to, the other backends'.
@@ -23,6 +23,8 @@ class GsplatTorchBaseline:
     """`Backend` on CUDA: torch BakedDeform (weights from deform.onnx) + gsplat.rasterization."""
 
     name = NAME
+    REQUIRES = ("gsplat", "torch")
+    INSTALL = "pip install 'embedtalk-sdk[train,gpu]' (and a CUDA device)"
 
     def __init__(self, bundle: Bundle) -> None:
         import torch
@@ -33,12 +35,12 @@ class GsplatTorchBaseline:
             import gsplat
         except ImportError:
             raise BackendError(f"{NAME} needs gsplat: pip install 'embedtalk-sdk[gpu]'") from None
-        from embedtalk_sdk.runtime.backends.torch_backend import _load_baked
+        from embedtalk_sdk.torch_backend import load_baked_deform
 
         self.torch, self.gsplat = torch, gsplat
         self.io = deform_io(bundle)
         dev = self.device = torch.device("cuda")
-        self.net = _load_baked(bundle, self.io.file).to(dev)
+        self.net = load_baked_deform(bundle, self.io.file).to(dev)
         t = lambda name: torch.as_tensor(np.asarray(bundle.array(name), np.float32), device=dev)  # noqa: E731
         self.means, self.quats, self.scales = t("means"), t("quats"), t("scales")
         self.logits, self.colors = t("opacity_logits"), t("colors")

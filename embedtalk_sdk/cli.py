@@ -134,7 +134,7 @@ def export_cmd(
     target: str = typer.Option("sm86,sm89", help="compute capabilities for tensorrt-rtx engines"),
 ) -> None:
     """Bake a checkpoint into a portable bundle."""
-    from embedtalk_sdk.export.engines import EngineBuildError, parse_targets
+    from embedtalk_sdk.plugins.cuda.engines import EngineBuildError, parse_targets
     from embedtalk_sdk.export.exporter import export_bundle
     from embedtalk_sdk.model.checkpoint import CheckpointError
 
@@ -153,7 +153,7 @@ def speak(
     backend: str = typer.Option("auto", help="auto | onnxruntime | torch"),
 ) -> None:
     """Render a talking video of an avatar saying AUDIO."""
-    from embedtalk_sdk.audio.io import AudioError
+    from embedtalk_sdk.runtime.audio.io import AudioError
     from embedtalk_sdk.runtime.avatar import Avatar
     from embedtalk_sdk.runtime.bundle import BundleError
 
@@ -174,14 +174,18 @@ def bench(
     frames: int = typer.Option(50, help="frames to time per backend"),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="write the report as JSON here"),
 ) -> None:
-    """Frames per second and latency per backend, with ratios to the torch backend (same run)."""
-    from embedtalk_sdk.bench import run_bench, save_chart
+    """Frames per second and latency per backend, with ratios to a baseline timed in the same run
+    (torch, or onnxruntime where torch is not installed)."""
+    from embedtalk_sdk.runtime.bench import run_bench, save_chart
 
     report = run_bench(bundle, backend, frames, log=lambda m: console.print(m))
     text = json.dumps(report, indent=2)
     if out:
         out.write_text(text)
-        save_chart(report, out.with_suffix(".png"))
+        try:
+            save_chart(report, out.with_suffix(".png"))
+        except ImportError:
+            console.print("no chart: matplotlib is not installed (pip install matplotlib)")
     print(text)
 
 

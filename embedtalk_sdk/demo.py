@@ -19,14 +19,15 @@ from typing import Callable
 
 import numpy as np
 
-from embedtalk_sdk.audio.io import load_audio
-from embedtalk_sdk.camera import pingpong
+from embedtalk_sdk.runtime.audio.io import load_audio
+from embedtalk_sdk.runtime.camera import pingpong
 from embedtalk_sdk.data.dataset import TalkingDataset
-from embedtalk_sdk.data.speech import synthesize_speech
+from embedtalk_sdk.runtime.audio.speech import synthesize_speech
 from embedtalk_sdk.data.synth import synthesize_dataset, write_wav
-from embedtalk_sdk.export.exporter import bundle_megabytes, export_bundle
+from embedtalk_sdk.export.exporter import export_bundle
+from embedtalk_sdk.runtime.bundle import bundle_megabytes
 from embedtalk_sdk.runtime.backends.base import to_uint8
-from embedtalk_sdk.video import write_mp4
+from embedtalk_sdk.runtime.video import write_mp4
 
 SENTENCE_SEED = 20261124  # a sentence the speaker never said in training (training uses seed 0)
 SENTENCE_SECONDS = 8.0

@@ -49,7 +49,7 @@ def _checkpoint_frames(ckpt_path: Path, data: Path | None,
 
     from embedtalk_sdk.audio.features import dataset_features
     from embedtalk_sdk.model.checkpoint import Checkpoint
-    from embedtalk_sdk.model.deform import AU_SCALE
+    from embedtalk_sdk.runtime.aus import AU_SCALE
     from embedtalk_sdk.train.trainer import FrameData, render_frame
 
     ckpt = Checkpoint.load(ckpt_path)
@@ -160,7 +160,7 @@ def evaluate(
     """
     from embedtalk_sdk.data.face import FaceLandmarker, MOUTH_IBUG, interocular, mouth_opening, to_ibug68
     from embedtalk_sdk.data.preprocess import SHARED_MODELS
-    from embedtalk_sdk.video import write_mp4
+    from embedtalk_sdk.runtime.video import write_mp4
 
     model = Path(model)
     if not model.exists():
@@ -186,7 +186,7 @@ def evaluate(
     per: dict[str, list] = {"psnr": [], "ssim": [], "lpips": [], "lmd": [None] * n}
     lm_gt: list[np.ndarray | None] = []
     lm_pred: list[np.ndarray | None] = []
-    from embedtalk_sdk.audio.io import load_audio
+    from embedtalk_sdk.runtime.audio.io import load_audio
 
     samples = load_audio(ds.audio_path, 16000)
     hop = 16000 / ds.fps

@@ -6,7 +6,7 @@ import sys
 import time
 
 from embedtalk_sdk import Avatar
-from embedtalk_sdk.audio.io import load_audio
+from embedtalk_sdk.runtime.audio.io import load_audio
 
 bundle, wav = sys.argv[1:3]
 avatar = Avatar.load(bundle)

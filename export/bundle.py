@@ -23,7 +23,7 @@ from embedtalk_sdk.runtime.bundle import (
     FORMAT_VERSION,
     MANIFEST,
     BundleError,
-    _open_store,
+    open_store,
     array_file,
     check_relpath,
 )
@@ -95,7 +95,7 @@ def _json_default(obj: Any) -> Any:
 def _is_bundle(path: Path) -> bool:
     # Only something that already is a bundle may be overwritten (never a user's folder).
     try:
-        store = _open_store(path)
+        store = open_store(path)
         return json.loads(store.read(MANIFEST)).get("format") == FORMAT_NAME
     except (BundleError, ValueError, OSError, KeyError, AttributeError):
         return False

@@ -17,8 +17,10 @@ from embedtalk_sdk.data.dataset import TalkingDataset
 from embedtalk_sdk.export.bundle import write_bundle
 from embedtalk_sdk.export.onnx_graph import build_deform_onnx, io_spec
 from embedtalk_sdk.model.checkpoint import Checkpoint
-from embedtalk_sdk.model.deform import AU_NAMES, BakedDeform
+from embedtalk_sdk.model.deform import BakedDeform
+from embedtalk_sdk.runtime.aus import AU_NAMES
 from embedtalk_sdk.runtime.backends.base import to_uint8
+from embedtalk_sdk.runtime.bundle import bundle_megabytes
 
 DEFAULT_TRACK_FRAMES = 250  # 10 s at 25 fps: enough variety for idle motion, small enough to ship
 
@@ -80,7 +82,7 @@ def export_bundle(
     path recorded in the checkpoint.
     engine: None, "tensorrt-rtx" (engines of deform.onnx for each compute capability in
     `targets`, built without a GPU) or "tensorrt" (network + rasteriser plugin, this GPU);
-    see export/engines.py. They go under engines/ and into the manifest's `engines` list.
+    see plugins/cuda/engines.py. They go under engines/ and into the manifest's `engines` list.
     """
     ckpt = Checkpoint.load(ckpt_path)
     meta = ckpt.meta
@@ -110,8 +112,8 @@ def export_bundle(
         "training": meta.get("metrics", {}),
     }
     blobs = {"deform.onnx": onnx_model.SerializeToString()}
-    if engine:  # ---- TensorRT engines (export/engines.py, GPU playback) ----
-        from embedtalk_sdk.export.engines import build_engines, manifest_entry
+    if engine:  # ---- TensorRT engines (plugins/cuda/engines.py, GPU playback) ----
+        from embedtalk_sdk.plugins.cuda.engines import build_engines, manifest_entry
 
         built = build_engines(engine, onnx_model, targets, gaussians=arrays, K=meta["K"],
                               width=meta["width"], height=meta["height"], log=log)  # fmt: skip
@@ -120,11 +122,3 @@ def export_bundle(
     path = write_bundle(out_path, manifest, arrays, blobs)
     log(f"wrote {path} ({bundle_megabytes(path):.2f} MB, {manifest['gaussians']['count']} Gaussians)")
     return path
-
-
-def bundle_megabytes(path: str | Path) -> float:
-    """Size on disk of a bundle folder or zip, in MB (1e6 bytes)."""
-    path = Path(path)
-    if path.is_file():
-        return path.stat().st_size / 1e6
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6

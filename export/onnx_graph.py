@@ -12,7 +12,8 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from embedtalk_sdk.model.deform import N_AUS, BakedDeform
+from embedtalk_sdk.model.deform import BakedDeform
+from embedtalk_sdk.runtime.aus import N_AUS
 
 OPSET = 18
 INPUTS = ("audio_window", "aus")

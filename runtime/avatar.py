@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from embedtalk_sdk.audio.io import AudioError, load_audio, prepare_audio
-from embedtalk_sdk.audio.mel import (
+from embedtalk_sdk.runtime.audio.io import AudioError, load_audio, prepare_audio
+from embedtalk_sdk.runtime.audio.mel import (
     MelSpec,
     MelStreamer,
     frame_windows,
@@ -29,12 +29,11 @@ from embedtalk_sdk.audio.mel import (
     rows_needed,
     window_bounds,
 )
-from embedtalk_sdk.camera import pingpong
-from embedtalk_sdk.runtime.backends.base import N_AUS, Backend, create_backend
+from embedtalk_sdk.runtime.camera import pingpong
+from embedtalk_sdk.runtime.aus import AU_SCALE, BLINK_AU, N_AUS
+from embedtalk_sdk.runtime.backends.base import Backend, create_backend
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 
-AU_SCALE = 5.0  # AU intensities are 0..5 (OpenFace); the network sees AU / 5
-BLINK_AU = "AU45"
 BLINK_SEED = 0
 DEFAULT_BLINK_S = 0.2  # a typical blink, used when the manifest gives no blink_duration_s
 # "mel" is computed here from the manifest's MelSpec; the others need speak(features=...).
@@ -243,7 +242,7 @@ class Avatar:
         samples, feats, t = self._prepare(audio, sample_rate, features)
         frames = self._frames(feats, t, self._au_source(aus, t), progress)
         if out is not None:
-            from embedtalk_sdk.video import write_mp4  # PyAV: only needed for files
+            from embedtalk_sdk.runtime.video import write_mp4  # PyAV: only needed for files
 
             if t == 0:
                 raise AudioError(f"{audio}: too short for one video frame at {self._fps:g} fps")

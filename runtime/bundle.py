@@ -93,7 +93,7 @@ class _ZipStore(_Store):
             return zf.read(self.prefix + rel)
 
 
-def _open_store(path: Path) -> _Store:
+def open_store(path: Path) -> _Store:
     if not path.exists():
         raise BundleError(f"no such bundle: {path}")
     if path.is_dir():
@@ -165,7 +165,7 @@ class Bundle:
         path = Path(path)
         if path.name == MANIFEST and path.is_file():  # the manifest itself: open its folder
             path = path.parent
-        store = _open_store(path)
+        store = open_store(path)
         manifest = _parse_manifest(path, store.read(MANIFEST))
         bundle = cls(path, store, manifest)
         bundle._check_files(verify)
@@ -245,3 +245,11 @@ class Bundle:
 
     def __repr__(self) -> str:
         return f"Bundle({str(self._path)!r}, files={len(self._manifest['files'])})"
+
+
+def bundle_megabytes(path: str | Path) -> float:
+    """Size on disk of a bundle folder or zip, in MB (1e6 bytes)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size / 1e6
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6

@@ -1,4 +1,4 @@
-"""Audio input (embedtalk_sdk.audio.io) and features (embedtalk_sdk.audio.mel)."""
+"""Audio input (embedtalk_sdk.runtime.audio.io) and features (embedtalk_sdk.runtime.audio.mel)."""
 from __future__ import annotations
 
 import struct
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from embedtalk_sdk.audio.io import AudioError, load_audio, prepare_audio
-from embedtalk_sdk.audio.mel import (
+from embedtalk_sdk.runtime.audio.io import AudioError, load_audio, prepare_audio
+from embedtalk_sdk.runtime.audio.mel import (
     MelSpec,
     MelStreamer,
     frame_windows,

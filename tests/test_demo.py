@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from embedtalk_sdk.cli import app
 from embedtalk_sdk.demo import SENTENCE_SECONDS
 from embedtalk_sdk.runtime.bundle import Bundle
-from embedtalk_sdk.video import read_audio_track, read_video
+from embedtalk_sdk.runtime.video import read_audio_track, read_video
 
 
 @pytest.mark.slow
@@ -37,7 +37,7 @@ def test_sentence_ground_truth_reproduces_the_training_frames(tiny_dataset):
     cameras, equals the training frames' mouth boxes (up to their JPEG error); and mouth_scores
     ranks a matching video above a mismatched one."""
     from embedtalk_sdk.data.dataset import TalkingDataset
-    from embedtalk_sdk.data.speech import synthesize_speech
+    from embedtalk_sdk.runtime.audio.speech import synthesize_speech
     from embedtalk_sdk.demo import mouth_opening_per_frame, mouth_scores, sentence_ground_truth
 
     ds = TalkingDataset(tiny_dataset, "all")

@@ -9,15 +9,15 @@ import torch
 from typer.testing import CliRunner
 
 from embedtalk_sdk.audio.features import mel_features
-from embedtalk_sdk.audio.mel import frame_windows
+from embedtalk_sdk.runtime.audio.mel import frame_windows
 from embedtalk_sdk.cli import app
 from embedtalk_sdk.data.dataset import TalkingDataset
-from embedtalk_sdk.data.speech import synthesize_speech
+from embedtalk_sdk.runtime.audio.speech import synthesize_speech
 from embedtalk_sdk.model.checkpoint import Checkpoint
-from embedtalk_sdk.model.deform import AU_SCALE
+from embedtalk_sdk.runtime.aus import AU_SCALE
 from embedtalk_sdk.runtime.avatar import Avatar
 from embedtalk_sdk.runtime.bundle import Bundle
-from embedtalk_sdk.video import read_audio_track, read_video
+from embedtalk_sdk.runtime.video import read_audio_track, read_video
 
 
 def test_training_writes_checkpoint_plot_and_learns(trained_avatar):
@@ -74,7 +74,7 @@ def test_cli_export_speak_bench(trained_avatar, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
     by_name = {r["backend"]: r for r in report["results"]}
-    assert by_name["onnxruntime"]["fps"] > 0 and by_name["torch"]["speedup_vs_torch"] == 1.0
+    assert by_name["onnxruntime"]["fps"] > 0 and by_name["torch"]["speedup_vs_baseline"] == 1.0
     assert report_path.with_suffix(".png").exists()
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from embedtalk_sdk.export import engines
+from embedtalk_sdk.plugins.cuda import engines
 from embedtalk_sdk.export.onnx_graph import build_deform_onnx, io_spec
 from embedtalk_sdk.model.deform import BakedDeform, DeformConfig
 from test_model import random_net
@@ -104,7 +104,7 @@ def test_full_tensorrt_absent_is_a_clear_error(deform_model):
 
 
 def _checkpoint(tmp_path: Path) -> Path:
-    from embedtalk_sdk.audio.mel import MelSpec
+    from embedtalk_sdk.runtime.audio.mel import MelSpec
     from embedtalk_sdk.data.dataset import TalkingDataset
     from embedtalk_sdk.data.synth import synthesize_dataset
     from embedtalk_sdk.model.checkpoint import Checkpoint

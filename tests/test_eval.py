@@ -154,9 +154,9 @@ def test_audio_predicts_mouth_finds_the_lag_the_mouth_was_made_with():
 
 
 def test_render_frames_equals_speak_on_the_same_inputs(trained_avatar):
-    from embedtalk_sdk.audio.mel import frame_windows, log_mel
-    from embedtalk_sdk.camera import pingpong
-    from embedtalk_sdk.data.speech import synthesize_speech
+    from embedtalk_sdk.runtime.audio.mel import frame_windows, log_mel
+    from embedtalk_sdk.runtime.camera import pingpong
+    from embedtalk_sdk.runtime.audio.speech import synthesize_speech
     from embedtalk_sdk.runtime.avatar import Avatar
 
     avatar = Avatar.load(trained_avatar["bundle"], backend="onnxruntime")
@@ -200,7 +200,7 @@ def test_eval_checkpoint_writes_json_video_and_stills(ckpt_eval, trained_avatar)
     lips = metrics.lip_motion(np.array(opening["truth"]), np.array(opening["render"]))
     assert m["lip_corr"] == pytest.approx(lips["lip_corr"], abs=1e-3) and -1 <= m["lip_corr"] <= 1
     assert (out / "lip_motion.png").stat().st_size > 1000
-    from embedtalk_sdk.video import read_audio_track, read_video
+    from embedtalk_sdk.runtime.video import read_audio_track, read_video
 
     video, fps = read_video(out / "side_by_side.mp4")
     assert video.shape == (10, 64, 128, 3) and fps == 25

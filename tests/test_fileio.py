@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from embedtalk_sdk.fileio import atomic_path, atomic_write
+from embedtalk_sdk.runtime.fileio import atomic_path, atomic_write
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):

@@ -10,7 +10,7 @@ import torch
 
 from embedtalk_sdk import metrics
 from embedtalk_sdk.audio.features import mel_features
-from embedtalk_sdk.audio.mel import frame_windows
+from embedtalk_sdk.runtime.audio.mel import frame_windows
 from embedtalk_sdk.model.deform import DeformConfig, DeformNet
 from embedtalk_sdk.train.health import MIN_AUDIO_RESPONSE, audio_ignored, quietest_frame
 from embedtalk_sdk.train.strategy import DensifyConfig

@@ -69,7 +69,7 @@ def _write_video(path: Path, frames: list[np.ndarray], times: list[float] | None
 def _may_frames(n: int) -> tuple[list[np.ndarray], np.ndarray]:
     import soundfile as sf
 
-    from embedtalk_sdk.video import read_video
+    from embedtalk_sdk.runtime.video import read_video
 
     video, _ = read_video(MAY)
     audio, _ = sf.read(str(REAL / "may_5s_16k.wav"), dtype="float32")
@@ -198,7 +198,7 @@ def _preprocess_error(video: Path, out: Path) -> str:
 
 def test_video_without_a_face(tmp_path):
     _need_real()
-    from embedtalk_sdk.video import write_mp4
+    from embedtalk_sdk.runtime.video import write_mp4
 
     yy, xx = np.mgrid[0:96, 0:128]
     frames = [np.stack([(xx + 3 * k) % 256, yy * 2, np.full_like(xx, 90)], -1).astype(np.uint8) for k in range(30)]

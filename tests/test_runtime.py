@@ -18,8 +18,8 @@ import pytest
 onnx = pytest.importorskip("onnx")  # builds the fixture graph; the runtime itself does not need it
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from embedtalk_sdk.audio.mel import MelSpec
-from embedtalk_sdk.camera import intrinsics
+from embedtalk_sdk.runtime.audio.mel import MelSpec
+from embedtalk_sdk.runtime.camera import intrinsics
 from embedtalk_sdk.export.bundle import write_bundle
 from embedtalk_sdk.runtime.avatar import Avatar, BlinkSchedule
 from embedtalk_sdk.runtime.backends.base import available_backends, create_backend
@@ -192,7 +192,7 @@ def test_array_without_sample_rate_is_refused(avatar: Avatar):
 
 
 def test_speak_to_mp4(avatar: Avatar, tmp_path: Path):
-    from embedtalk_sdk.video import read_audio_track, read_video
+    from embedtalk_sdk.runtime.video import read_audio_track, read_video
 
     out = avatar.speak(speech(1.2), out=tmp_path / "o.mp4", sample_rate=16000)
     assert out == tmp_path / "o.mp4"

@@ -12,7 +12,7 @@ from scipy import signal
 
 from embedtalk_sdk.data import synth
 from embedtalk_sdk.data.dataset import DatasetError, TalkingDataset
-from embedtalk_sdk.data.speech import OPENNESS_RATE, synthesize_speech
+from embedtalk_sdk.runtime.audio.speech import OPENNESS_RATE, synthesize_speech
 
 SECONDS, SIZE, FPS = 3.0, 96, 25
 

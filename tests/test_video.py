@@ -1,4 +1,4 @@
-"""MP4 output (embedtalk_sdk.video)."""
+"""MP4 output (embedtalk_sdk.runtime.video)."""
 from __future__ import annotations
 
 from typing import Iterator
@@ -6,7 +6,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from embedtalk_sdk.video import read_audio_track, read_video, write_mp4
+from embedtalk_sdk.runtime.video import read_audio_track, read_video, write_mp4
 
 SR = 16000
 

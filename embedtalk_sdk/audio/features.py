@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from embedtalk_sdk.audio.io import load_audio
-from embedtalk_sdk.audio.mel import MelSpec, log_mel
+from embedtalk_sdk.runtime.audio.io import load_audio
+from embedtalk_sdk.runtime.audio.mel import MelSpec, log_mel
 
 ENCODERS = ("mel", "hubert", "features")
 

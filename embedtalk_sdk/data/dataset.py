@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from embedtalk_sdk.camera import intrinsics, viewmat_from_c2w_gl
+from embedtalk_sdk.runtime.camera import intrinsics, viewmat_from_c2w_gl
+from embedtalk_sdk.runtime.aus import BLINK_CSV_COLUMN, CSV_COLUMNS
 
-AU_COLUMNS = ("AU01_r", "AU04_r", "AU05_r", "AU06_r", "AU07_r", "AU45_r")
 SPLITS = ("train", "val", "all")
 
 
@@ -115,14 +115,14 @@ class TalkingDataset:
         with path.open(newline="") as f:
             rows = [r for r in csv.reader(f, skipinitialspace=True) if r]
         header = [h.strip() for h in rows[0]] if rows else []
-        if "AU45_r" not in header:
-            raise DatasetError(f"{path}: no AU45_r column (header: {header})")
+        if BLINK_CSV_COLUMN not in header:
+            raise DatasetError(f"{path}: no {BLINK_CSV_COLUMN} column (header: {header})")
         body = np.array([[float(v) for v in r] for r in rows[1:]], dtype=np.float32)
         need = int(self.frame_ids.max()) + 1
         if len(body) < need:
             raise DatasetError(f"{path}: {len(body)} rows, frames need {need}")
         cols = [body[:, header.index(c)] if c in header else np.zeros(len(body), np.float32)
-                for c in AU_COLUMNS]
+                for c in CSV_COLUMNS]
         return np.stack(cols, axis=1)[self.frame_ids]
 
     # -- per-frame data -------------------------------------------------------------------

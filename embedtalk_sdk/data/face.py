@@ -32,6 +32,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from embedtalk_sdk.runtime.aus import CSV_COLUMNS
+
 MEDIAPIPE_FOV_DEG = 63.0
 N_LANDMARKS = 478
 
@@ -58,7 +60,6 @@ MOUTH_IBUG = np.arange(48, 68)
 INNER_LIP_UP, INNER_LIP_DOWN = 13, 14
 EYE_OUTER_RIGHT, EYE_OUTER_LEFT = 33, 263
 
-AU_NAMES = ("AU01_r", "AU04_r", "AU05_r", "AU06_r", "AU07_r", "AU45_r")
 AU_BLENDSHAPES = {
     "AU01_r": ("browInnerUp",),
     "AU04_r": ("browDownLeft", "browDownRight"),
@@ -68,7 +69,8 @@ AU_BLENDSHAPES = {
     "AU25_r": ("jawOpen",),
     "AU45_r": ("eyeBlinkLeft", "eyeBlinkRight"),
 }
-AU_CSV_COLUMNS = ("AU01_r", "AU04_r", "AU05_r", "AU06_r", "AU07_r", "AU25_r", "AU45_r")
+# au.csv as preprocess writes it: the model's AUs plus AU25 (jaw open), kept for inspection.
+AU_CSV_COLUMNS = (*CSV_COLUMNS[:-1], "AU25_r", CSV_COLUMNS[-1])
 
 
 class FaceModelError(ValueError):
@@ -219,7 +221,7 @@ class FaceTrack:
                        z["found"], z["faces"], w, h)
 
 
-def _mediapipe():
+def load_mediapipe():
     try:
         import mediapipe as mp
         from mediapipe.tasks.python import BaseOptions, vision
@@ -228,7 +230,7 @@ def _mediapipe():
     return mp, BaseOptions, vision
 
 
-def _check_model(path: str | Path, what: str, option: str) -> Path:
+def check_model(path: str | Path, what: str, option: str) -> Path:
     p = Path(path)
     if not p.is_file():
         raise FaceModelError(f"{p}: {what} model not found; pass its path with {option}")
@@ -242,9 +244,9 @@ class FaceLandmarker:
     """
 
     def __init__(self, model_path: str | Path, num_faces: int = 2, video: bool = True) -> None:
-        mp, base_options, vision = _mediapipe()
+        mp, base_options, vision = load_mediapipe()
         self._mp = mp
-        path = _check_model(model_path, "face landmarker", "--face-model")
+        path = check_model(model_path, "face landmarker", "--face-model")
         opts = vision.FaceLandmarkerOptions(
             base_options=base_options(model_asset_path=str(path)),
             running_mode=vision.RunningMode.VIDEO if video else vision.RunningMode.IMAGE,

@@ -47,7 +47,8 @@ import numpy as np
 from PIL import Image
 
 from embedtalk_sdk import __version__
-from embedtalk_sdk.fileio import atomic_path, atomic_write
+from embedtalk_sdk.runtime.aus import BLINK_CSV_COLUMN
+from embedtalk_sdk.runtime.fileio import atomic_path, atomic_write
 
 SHARED_MODELS = Path(__file__).resolve().parents[2].parent / "shared" / "models"
 FPS = 25
@@ -276,7 +277,7 @@ def decode_audio_track(video: Path, audio: Path | None, video_start: float, n_fr
 
     shift: seconds to move the speech relative to the frames (negative: earlier, for a clip whose
     sound comes late)."""
-    from embedtalk_sdk.audio.io import AudioError, load_audio
+    from embedtalk_sdk.runtime.audio.io import AudioError, load_audio
 
     found: dict[str, Any] = {}
     if audio is None:
@@ -438,7 +439,7 @@ class _Run:
         from embedtalk_sdk.metrics import audio_predicts_mouth
 
         sync = audio_predicts_mouth(mel_features(self.out / "aud.wav"), mouth_opening(track.landmarks))
-        blink = aus[:, AU_CSV_COLUMNS.index("AU45_r")]
+        blink = aus[:, AU_CSV_COLUMNS.index(BLINK_CSV_COLUMN)]
         lag = sync["offset_frames"]
         natural = max((c for d, c in sync["curve"].items() if SYNC_NATURAL[0] <= d <= SYNC_NATURAL[1]), default=0.0)
         if (self.n >= SYNC_WARN_MIN_FRAMES and not SYNC_NATURAL[0] <= lag <= SYNC_NATURAL[1]
@@ -616,10 +617,10 @@ def preprocess(video: str | Path, out: str | Path, options: PreprocessOptions | 
     """
     video, out = Path(video), Path(out)
     opts = options or PreprocessOptions()
-    from embedtalk_sdk.data.face import _check_model
+    from embedtalk_sdk.data.face import check_model
 
-    _check_model(opts.face_model, "face landmarker", "--face-model")
-    _check_model(opts.segmentation_model, "selfie segmentation", "--segmentation-model")
+    check_model(opts.face_model, "face landmarker", "--face-model")
+    check_model(opts.segmentation_model, "selfie segmentation", "--segmentation-model")
     if not video.is_file():
         raise PreprocessError(f"{video}: no such video file; check the path")
     out.mkdir(parents=True, exist_ok=True)

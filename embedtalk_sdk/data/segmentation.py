@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from embedtalk_sdk.data.face import JAW_CHAIN, _check_model, _mediapipe
+from embedtalk_sdk.data.face import JAW_CHAIN, check_model, load_mediapipe
 
 PARSING_COLOURS = {"head": (0, 0, 255), "neck": (0, 255, 0), "torso": (255, 0, 0), "background": (255, 255, 255)}
 
@@ -32,9 +32,9 @@ class PersonSegmenter:
     Frames are independent (the model has no temporal state), so any frame order works."""
 
     def __init__(self, model_path: str | Path) -> None:
-        mp, base_options, vision = _mediapipe()
+        mp, base_options, vision = load_mediapipe()
         self._mp = mp
-        path = _check_model(model_path, "selfie segmentation", "--segmentation-model")
+        path = check_model(model_path, "selfie segmentation", "--segmentation-model")
         opts = vision.ImageSegmenterOptions(
             base_options=base_options(model_asset_path=str(path)), running_mode=vision.RunningMode.IMAGE,
             output_confidence_masks=True, output_category_mask=False,

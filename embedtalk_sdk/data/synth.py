@@ -28,7 +28,8 @@ import soundfile as sf
 from PIL import Image
 from scipy.ndimage import gaussian_filter1d
 
-from embedtalk_sdk.data.speech import SpeechTrack, synthesize_speech
+from embedtalk_sdk.runtime.audio.speech import SpeechTrack, synthesize_speech
+from embedtalk_sdk.runtime.aus import CSV_COLUMNS
 
 HEAD_RADII = np.array([0.09, 0.12, 0.10])
 MOUTH_Y = -0.060
@@ -36,7 +37,6 @@ MOUTH_CENTER = np.array([0.0, MOUTH_Y, 0.10 * np.sqrt(1.0 - (MOUTH_Y / 0.12) ** 
 CAMERA_DISTANCE = 0.62
 CAMERA_DROP = 0.035  # the camera sits a little low so the head is above centre, torso below
 HEAD_FRACTION = 0.5  # head height / image height
-AU_NAMES = ("AU01_r", "AU04_r", "AU05_r", "AU06_r", "AU07_r", "AU45_r")
 BLINK_PEAK = 3.5  # AU45 at a fully closed eye
 _TEST_SALT = 1_000_003  # test sentences never reuse the training sentence's seed
 _LIGHT = np.array([0.35, 0.45, 0.85]) / np.linalg.norm([0.35, 0.45, 0.85])
@@ -686,7 +686,7 @@ def _write_transforms(out_dir: Path, c2w: np.ndarray, focal: float, size: int,
 
 def _write_aus(path: Path, aus: np.ndarray, fps: float) -> None:
     """OpenFace-style CSV: 1-based frame, timestamp, AU intensities, ", " separators."""
-    lines = [", ".join(["frame", "timestamp", *AU_NAMES])]
+    lines = [", ".join(["frame", "timestamp", *CSV_COLUMNS])]
     for i, row in enumerate(aus):
         lines.append(", ".join([str(i + 1), f"{i / fps:.3f}", *(f"{v:.2f}" for v in row)]))
     path.write_text("\n".join(lines) + "\n")

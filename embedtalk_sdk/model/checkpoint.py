@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from embedtalk_sdk.fileio import atomic_path
+from embedtalk_sdk.runtime.fileio import atomic_path
 from embedtalk_sdk.model.deform import DeformConfig, DeformNet
 from embedtalk_sdk.model.gaussians import GaussianModel
 
@@ -32,7 +32,7 @@ class Checkpoint:
     meta: dict = field(default_factory=dict)
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically (embedtalk_sdk.fileio.atomic_path)."""
+        """Write atomically (embedtalk_sdk.runtime.fileio.atomic_path)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {

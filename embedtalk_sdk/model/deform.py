@@ -11,10 +11,8 @@ import torch
 from torch import nn
 
 from embedtalk_sdk.functional.encoding import encoded_dim, positional_encoding
+from embedtalk_sdk.runtime.aus import N_AUS
 
-N_AUS = 6
-AU_NAMES = ("AU01", "AU04", "AU05", "AU06", "AU07", "AU45")
-AU_SCALE = 5.0  # OpenFace intensities are 0..5; the network sees them divided by this
 
 
 @dataclass(frozen=True)

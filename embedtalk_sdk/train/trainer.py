@@ -14,13 +14,14 @@ import numpy as np
 import torch
 
 from embedtalk_sdk.audio.features import dataset_features
-from embedtalk_sdk.audio.io import load_audio
-from embedtalk_sdk.audio.mel import MelSpec, frame_windows
+from embedtalk_sdk.runtime.audio.io import load_audio
+from embedtalk_sdk.runtime.audio.mel import MelSpec, frame_windows
 from embedtalk_sdk.data.dataset import TalkingDataset
-from embedtalk_sdk.fileio import atomic_write
+from embedtalk_sdk.runtime.fileio import atomic_write
 from embedtalk_sdk.metrics import lpips_distance, psnr
 from embedtalk_sdk.model.checkpoint import Checkpoint
-from embedtalk_sdk.model.deform import AU_SCALE, DeformConfig, DeformNet
+from embedtalk_sdk.model.deform import DeformConfig, DeformNet
+from embedtalk_sdk.runtime.aus import AU_SCALE, BLINK_INDEX
 from embedtalk_sdk.model.gaussians import GaussianModel
 from embedtalk_sdk.runtime.backends.base import to_uint8
 from embedtalk_sdk.train.losses import embedding_smoothness, knn_indices
@@ -413,7 +414,7 @@ class Trainer:
 def dataset_meta(ds: TalkingDataset, audio_encoder: str, deform_cfg: DeformConfig) -> dict:
     """What export needs to know about the training data: image size, fps, intrinsics, audio
     features, AU statistics (neutral pose, blink peak and rate for generated blinks)."""
-    blink = ds.aus[:, 5]
+    blink = ds.aus[:, BLINK_INDEX]
     return {
         "data_dir": str(Path(ds.root).resolve()),
         "width": ds.width,

@@ -26,7 +26,7 @@ HALF = np.float32(0.5)
 ONE = np.float32(1.0)
 ZERO = np.float32(0.0)
 # Pixels with sigma > log(255 o) + margin have alpha < 1/255 whatever the float32 rounding: the
-# row spans (_row_span) leave them out; the exact alpha test runs on the rest.
+# row spans (row_span) leave them out; the exact alpha test runs on the rest.
 SIGMA_MARGIN = 1e-2
 
 
@@ -140,7 +140,7 @@ def _bin(depth, rect, tiles_x, tiles_y):
 
 
 @njit(fastmath=False, cache=True)
-def _row_span(dy, mx, kB, P, Q, j0, j1):
+def row_span(dy, mx, kB, P, Q, j0, j1):
     """Columns j in [j0, j1) of a pixel row at dy from a Gaussian whose centre j + 0.5 lies in its
     support (see _project_one) -> (ja, jb), empty if ja > jb. Float64: the rounding here is far
     smaller than the pixel distance SIGMA_MARGIN puts between this and the exact alpha test."""
@@ -154,7 +154,7 @@ def _row_span(dy, mx, kB, P, Q, j0, j1):
 
 
 @njit(fastmath=False, cache=True)
-def _row_range(my64, reach, i0, i1):
+def row_range(my64, reach, i0, i1):
     """Rows i in [i0, i1) whose pixel centre lies within `reach` of the centre row my64 -> (ia, ib)
     inclusive, empty if ia > ib."""
     ia = max(i0, int(math.ceil(max(my64 - reach - 0.5, i0 - 1.0))))
@@ -163,7 +163,7 @@ def _row_range(my64, reach, i0, i1):
 
 
 @njit(fastmath=False, cache=True)
-def _sigma(dx, dy, A, B, C):
+def sigma(dx, dy, A, B, C):
     """Step 4's exponent in float32; the backward recomputes it with this same function."""
     return HALF * (A * dx * dx + C * dy * dy) + B * dx * dy
 
@@ -189,18 +189,18 @@ def _blend_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, back
         g = ids[k]
         mx, my, A, B, C, o = mean2d[g, 0], mean2d[g, 1], conic[g, 0], conic[g, 1], conic[g, 2], opacities[g]
         my64 = np.float64(my)
-        ia, ib = _row_range(my64, support[g, 3], i0, i1)
+        ia, ib = row_range(my64, support[g, 3], i0, i1)
         for i in range(ia, ib + 1):
             py = np.float32(i) + HALF
             dy = py - my
-            ja, jb = _row_span(np.float64(py) - my64, np.float64(mx), support[g, 0], support[g, 1],
+            ja, jb = row_span(np.float64(py) - my64, np.float64(mx), support[g, 0], support[g, 1],
                                support[g, 2], j0, j1)
             for j in range(ja, jb + 1):
                 c = (i - i0) * TILE + (j - j0)
                 if not live[c]:
                     continue
                 dx = np.float32(j) + HALF - mx
-                a = min(ALPHA_MAX, o * math.exp(-_sigma(dx, dy, A, B, C)))
+                a = min(ALPHA_MAX, o * math.exp(-sigma(dx, dy, A, B, C)))
                 if a < ALPHA_MIN:
                     continue
                 T_next = T[c] * (ONE - a)
@@ -226,7 +226,7 @@ def _blend_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, back
 
 
 @njit(parallel=True, fastmath=False, cache=True)
-def _blend(offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x):
+def blend(offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x):
     """Step 7 for every tile, in parallel.
     -> image f32[H,W,3], alpha f32[H,W], trans f32[H,W], stop i64[H,W] (see _blend_tile)."""
     H, W = background.shape[0], background.shape[1]
@@ -287,5 +287,5 @@ def rasterize_cpu(
     mean2d, conic, depth, rect, support = _project(means, quats, scales, opacities, viewmat, K, W, H)
     offsets, ids = _bin(depth, rect, tiles_x, tiles_y)
     with tiles_one_at_a_time():
-        image, alpha, _, _ = _blend(offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x)
+        image, alpha, _, _ = blend(offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x)
     return image, alpha

@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from embedtalk_sdk.plugins.cpu.rasterize import (
-    ALPHA_MAX, ALPHA_MIN, HALF, SIGMA_MARGIN, TILE, _blend, _row_range, _row_span, _sigma, tiles_one_at_a_time,
+    ALPHA_MAX, ALPHA_MIN, HALF, SIGMA_MARGIN, TILE, blend, row_range, row_span, sigma, tiles_one_at_a_time,
 )
 
 # Columns of a gradient row: d/d(mean2d.x, mean2d.y, A, B, C, opacity, r, g, b).
@@ -65,19 +65,19 @@ def _backward_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, b
         g = ids[k]
         mx, my, A, B, C, o = mean2d[g, 0], mean2d[g, 1], conic[g, 0], conic[g, 1], conic[g, 2], opacities[g]
         my64 = np.float64(my)
-        ia, ib = _row_range(my64, support[g, 3], i0, i1)
+        ia, ib = row_range(my64, support[g, 3], i0, i1)
         d_mx = d_my = d_A = d_B = d_C = d_o = d_r = d_g = d_b = 0.0
         for i in range(ia, ib + 1):
             py = np.float32(i) + HALF
             dy = py - my
-            ja, jb = _row_span(np.float64(py) - my64, np.float64(mx), support[g, 0], support[g, 1],
+            ja, jb = row_span(np.float64(py) - my64, np.float64(mx), support[g, 0], support[g, 1],
                                support[g, 2], j0, j1)
             for j in range(ja, jb + 1):
                 c = (i - i0) * TILE + (j - j0)
                 if k >= stop[i, j]:
                     continue
                 dx = np.float32(j) + HALF - mx
-                e = math.exp(-_sigma(dx, dy, A, B, C))
+                e = math.exp(-sigma(dx, dy, A, B, C))
                 a_raw = o * e
                 a = min(ALPHA_MAX, a_raw)
                 if a < ALPHA_MIN:
@@ -149,7 +149,7 @@ def blend_forward(
     tiles_x = -(-background.shape[1] // TILE)
     support = support_from_conic(conic, opacities)
     with tiles_one_at_a_time():
-        image, alpha, trans, stop = _blend(offsets, ids, mean2d, conic, opacities, colors, support, background,
+        image, alpha, trans, stop = blend(offsets, ids, mean2d, conic, opacities, colors, support, background,
                                            tiles_x)
     return image, alpha, trans, stop, support
 

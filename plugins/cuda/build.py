@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from embedtalk_sdk.fileio import atomic_path, atomic_write
+from embedtalk_sdk.runtime.fileio import atomic_path, atomic_write
 
 HERE = Path(__file__).resolve().parent
 KERNELS = HERE / "rasterize_kernels.cuh"

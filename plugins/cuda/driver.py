@@ -18,7 +18,8 @@ class CudaError(RuntimeError):
     """A CUDA driver call failed, or there is no usable CUDA driver / device."""
 
 
-def _drv():
+def driver_api():
+    """cuda-python's driver module (`cuda.bindings.driver`), or CudaError saying how to install it."""
     try:
         from cuda.bindings import driver
     except ImportError as e:  # pragma: no cover - depends on the install
@@ -28,7 +29,7 @@ def _drv():
 
 def check(result: Any) -> Any:
     """Unpack a cuda-python result tuple (err, *values); raise CudaError on failure."""
-    drv = _drv()
+    drv = driver_api()
     err, *values = result if isinstance(result, tuple) else (result,)
     if err != drv.CUresult.CUDA_SUCCESS:
         _, name = drv.cuGetErrorName(err)
@@ -63,7 +64,7 @@ class Device:
         return f"sm{self.major}{self.minor}"
 
     def make_current(self) -> None:
-        check(_drv().cuCtxSetCurrent(self.context))
+        check(driver_api().cuCtxSetCurrent(self.context))
 
 
 _DEVICES: dict[int, Device] = {}
@@ -77,7 +78,7 @@ def get_device(ordinal: int = 0) -> Device:
         dev = _DEVICES[ordinal]
         dev.make_current()
         return dev
-    drv = _drv()
+    drv = driver_api()
     try:
         check(drv.cuInit(0))
     except CudaError:
@@ -103,7 +104,7 @@ def get_device(ordinal: int = 0) -> Device:
 def cuda_device_count() -> int:
     """Number of CUDA devices; 0 when cuda-python, the driver or a GPU is missing (never raises)."""
     try:
-        drv = _drv()
+        drv = driver_api()
         check(drv.cuInit(0))
         return int(check(drv.cuDeviceGetCount()))
     except Exception:  # noqa: BLE001 - any failure means: no usable GPU
@@ -114,18 +115,18 @@ class Stream:
     """A non-blocking CUDA stream. `int(stream)` is the raw handle (for TensorRT, C ABIs)."""
 
     def __init__(self) -> None:
-        drv = _drv()
+        drv = driver_api()
         self.handle = check(drv.cuStreamCreate(drv.CUstream_flags.CU_STREAM_NON_BLOCKING))
 
     def __int__(self) -> int:
         return int(self.handle)
 
     def synchronize(self) -> None:
-        check(_drv().cuStreamSynchronize(self.handle))
+        check(driver_api().cuStreamSynchronize(self.handle))
 
     def close(self) -> None:
         if self.handle is not None:
-            _drv().cuStreamDestroy(self.handle)
+            driver_api().cuStreamDestroy(self.handle)
             self.handle = None
 
     def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
@@ -143,7 +144,7 @@ class DeviceBuffer:
 
     def __init__(self, nbytes: int) -> None:
         self.nbytes = int(max(nbytes, 1))
-        self._ptr = check(_drv().cuMemAlloc(self.nbytes))
+        self._ptr = check(driver_api().cuMemAlloc(self.nbytes))
         self.ptr = int(self._ptr)
 
     def __int__(self) -> int:
@@ -151,7 +152,7 @@ class DeviceBuffer:
 
     def free(self) -> None:
         if self._ptr is not None:
-            _drv().cuMemFree(self._ptr)
+            driver_api().cuMemFree(self._ptr)
             self._ptr, self.ptr = None, 0
 
     def __del__(self) -> None:  # pragma: no cover
@@ -168,7 +169,7 @@ class PinnedBuffer:
         self.dtype = np.dtype(dtype)
         self.shape = tuple(int(s) for s in shape)
         nbytes = max(int(np.prod(self.shape)) * self.dtype.itemsize, 1)
-        self.ptr = int(check(_drv().cuMemHostAlloc(nbytes, 0)))
+        self.ptr = int(check(driver_api().cuMemHostAlloc(nbytes, 0)))
         self.nbytes = nbytes
         raw = (ctypes.c_byte * nbytes).from_address(self.ptr)
         self.array = np.frombuffer(raw, dtype=np.uint8, count=nbytes)[: int(np.prod(self.shape)) * self.dtype.itemsize]
@@ -177,7 +178,7 @@ class PinnedBuffer:
     def free(self) -> None:
         if self.ptr:
             self.array = None
-            _drv().cuMemFreeHost(self.ptr)
+            driver_api().cuMemFreeHost(self.ptr)
             self.ptr = 0
 
     def __del__(self) -> None:  # pragma: no cover
@@ -191,7 +192,7 @@ def upload(dst_ptr: int, host: np.ndarray, stream: Stream | None = None) -> None
     """Copy a contiguous host array to device memory; synchronous unless `host` is pinned and a
     stream is given (then ordered on that stream)."""
     host = np.ascontiguousarray(host)
-    drv = _drv()
+    drv = driver_api()
     if stream is None:
         check(drv.cuMemcpyHtoD(dst_ptr, host.ctypes.data, host.nbytes))
     else:
@@ -200,7 +201,7 @@ def upload(dst_ptr: int, host: np.ndarray, stream: Stream | None = None) -> None
 
 def download(host: np.ndarray, src_ptr: int, stream: Stream | None = None) -> None:
     """Copy device memory into a contiguous host array (async on `stream` if given)."""
-    drv = _drv()
+    drv = driver_api()
     if stream is None:
         check(drv.cuMemcpyDtoH(host.ctypes.data, src_ptr, host.nbytes))
     else:
@@ -208,7 +209,7 @@ def download(host: np.ndarray, src_ptr: int, stream: Stream | None = None) -> No
 
 
 def memset_async(ptr: int, value: int, nbytes: int, stream: Stream) -> None:
-    check(_drv().cuMemsetD8Async(ptr, value, nbytes, stream.handle))
+    check(driver_api().cuMemsetD8Async(ptr, value, nbytes, stream.handle))
 
 
 # ---------------------------------------------------------------- device arrays
@@ -355,14 +356,14 @@ class Kernel:
 
     def __init__(self, module: Any, name: str) -> None:
         self.name = name
-        self.function = check(_drv().cuModuleGetFunction(module, name.encode()))
+        self.function = check(driver_api().cuModuleGetFunction(module, name.encode()))
 
     def __call__(self, grid: tuple[int, int, int], block: tuple[int, int, int], stream: Stream, *args: Any,
                  shared: int = 0) -> None:
         if grid[0] * grid[1] * grid[2] == 0:
             return
         pointers = (ctypes.c_void_p * max(len(args), 1))(*[ctypes.addressof(a) for a in args])
-        check(_drv().cuLaunchKernel(self.function, *grid, *block, shared, stream.handle, ctypes.addressof(pointers), 0))
+        check(driver_api().cuLaunchKernel(self.function, *grid, *block, shared, stream.handle, ctypes.addressof(pointers), 0))
 
 
 def ptr(value: Any) -> ctypes.c_uint64:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from embedtalk_sdk.plugins.cuda import build
-from embedtalk_sdk.plugins.cuda.driver import CudaError, Device, Kernel, _drv, check, get_device
+from embedtalk_sdk.plugins.cuda.driver import CudaError, Device, Kernel, driver_api, check, get_device
 
 log = logging.getLogger("embedtalk_sdk.plugins.cuda")
 
@@ -55,7 +55,7 @@ def fatbin_candidates() -> list[Path]:
 
 def _load_image(device: Device, image: bytes, origin: str) -> KernelModule:
     device.make_current()
-    module = check(_drv().cuModuleLoadData(image))
+    module = check(driver_api().cuModuleLoadData(image))
     kernels = {name: Kernel(module, name) for name in KERNEL_NAMES}
     return KernelModule(device, module, kernels, origin)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from embedtalk_sdk.plugins.cuda.driver import DeviceBuffer, Stream, _drv, check, download, get_device, ptr, upload
+from embedtalk_sdk.plugins.cuda.driver import DeviceBuffer, Stream, driver_api, check, download, get_device, ptr, upload
 from embedtalk_sdk.plugins.cuda.loader import KernelModule, load_kernels
 
 TILE = 16
@@ -144,7 +144,7 @@ class CudaRasterizer:
         tiles_x, tiles_y = _blocks(width, TILE), _blocks(height, TILE)
         cam = EtkCamera(K[0, 0], K[1, 1], K[0, 2], K[1, 2], width, height, tiles_x, tiles_y)
         k, u32, i32 = self.kernels, ctypes.c_uint32, ctypes.c_int32
-        drv = _drv()
+        drv = driver_api()
         check(drv.cuMemsetD8Async(at["ranges"], 0, 8 * L.n_tiles, stream.handle))
         pc = int(pair_count.ptr if hasattr(pair_count, "ptr") else pair_count)
         ids = 0

@@ -1,7 +1,7 @@
 """`EmbedTalkRasterizer`: the CUDA rasteriser as a TensorRT IPluginV3, written in Python.
 
 Full TensorRT only (TensorRT-RTX engines hold the network alone). TensorRT's ONNX parser maps the
-node that `export/engines.py:rasterizer_graph` adds to this plugin by its op type, version "1",
+node that `plugins/cuda/engines.py:rasterizer_graph` adds to this plugin by its op type, version "1",
 namespace "". `enqueue` runs `CudaRasterizer.forward` (the same kernels as everywhere) on
 TensorRT's stream, frame by frame of the batch, in TensorRT's workspace.
 
@@ -99,7 +99,7 @@ def plugin_classes(trt) -> tuple[type, type]:
 
         # ---- runtime
         def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream):
-            from embedtalk_sdk.plugins.cuda.driver import _drv, check
+            from embedtalk_sdk.plugins.cuda.driver import driver_api, check
             from embedtalk_sdk.plugins.cuda.rasterizer import CudaRasterizer, plan
 
             if self._rasterizer is None:
@@ -123,8 +123,8 @@ def plugin_classes(trt) -> tuple[type, type]:
                 )  # fmt: skip
             if self.phase == trt.TensorRTPhase.RUNTIME:  # overflow check costs a sync: only then
                 count = np.zeros(1, np.uint32)
-                check(_drv().cuMemcpyDtoHAsync(count.ctypes.data, pair_count, 4, s.handle))
-                check(_drv().cuStreamSynchronize(s.handle))
+                check(driver_api().cuMemcpyDtoHAsync(count.ctypes.data, pair_count, 4, s.handle))
+                check(driver_api().cuStreamSynchronize(s.handle))
                 if int(count[0]) > max_pairs:
                     log.warning("%s: a frame needed %d tile pairs, room for %d (set EMBEDTALK_TRT_MAX_PAIRS)",
                                 PLUGIN_NAME, int(count[0]), max_pairs)  # fmt: skip

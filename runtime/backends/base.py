@@ -17,10 +17,10 @@ import numpy as np
 from scipy.special import expit
 
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
+from embedtalk_sdk.runtime.aus import N_AUS
 
 log = logging.getLogger("embedtalk_sdk.runtime")
 
-N_AUS = 6
 DEFORM_INPUTS = ("audio_window", "aus")
 DEFORM_OUTPUTS = ("delta_means", "delta_opacity")
 
@@ -194,25 +194,42 @@ _REGISTRY: dict[str, _Entry] = {
     "onnxruntime": _Entry(
         "embedtalk_sdk.runtime.backends.onnxruntime", "OnnxRuntimeBackend", ("onnxruntime",), "pip install onnxruntime"
     ),
-    "torch": _Entry(
-        "embedtalk_sdk.runtime.backends.torch_backend", "TorchBackend", ("torch",), "pip install 'embedtalk-sdk[train]'"
-    ),
+    # GPU backends (runtime/backends/tensorrt*.py, plugins/cuda/design.md); they fail fast without a GPU.
+    "tensorrt-rtx": _Entry("embedtalk_sdk.runtime.backends.tensorrt_rtx", "TensorRTRTXBackend",
+                           ("tensorrt_rtx_bindings", "cuda.bindings"), "pip install 'embedtalk-sdk[gpu]'"),
+    "tensorrt": _Entry("embedtalk_sdk.runtime.backends.tensorrt", "TensorRTBackend",
+                       ("tensorrt", "cuda.bindings"), "install TensorRT 10+ and pip install cuda-python"),
 }
-# GPU backends (runtime/backends/tensorrt*.py, plugins/cuda/design.md); they fail fast without a GPU.
-_REGISTRY["tensorrt-rtx"] = _Entry("embedtalk_sdk.runtime.backends.tensorrt_rtx", "TensorRTRTXBackend",
-                                   ("tensorrt_rtx_bindings", "cuda.bindings"), "pip install 'embedtalk-sdk[gpu]'")
-_REGISTRY["tensorrt"] = _Entry("embedtalk_sdk.runtime.backends.tensorrt", "TensorRTBackend",
-                               ("tensorrt", "cuda.bindings"), "install TensorRT 10+ and pip install cuda-python")
-# Benchmark baseline only (embedtalk_sdk/bench_gpu.py): PyTorch MLP + gsplat, CUDA only; last in `auto`.
-_REGISTRY["gsplat-torch"] = _Entry("embedtalk_sdk.bench_gpu", "GsplatTorchBaseline", ("gsplat", "torch"),
-                                   "pip install 'embedtalk-sdk[train,gpu]' (and a CUDA device)")
-# Fastest first; `auto` takes the first that loads. GPU backends slot in ahead when they land.
-AUTO_ORDER = ("tensorrt", "tensorrt-rtx", "onnxruntime", "torch")
+# Fastest first; `auto` takes the first that loads, then the plugged-in backends in their order.
+AUTO_ORDER = ("tensorrt", "tensorrt-rtx", "onnxruntime")
+# Backends other packages provide (the training side's `torch` reference and `gsplat-torch` bench
+# baseline): entry points naming a class with REQUIRES and INSTALL, so the runtime never names them.
+ENTRY_POINT_GROUP = "embedtalk_sdk.backends"
+_plugged_in = False
 
 
 def register_backend(name: str, module: str, cls: str, requires: tuple[str, ...] = (), install: str = "") -> None:
     """Make a backend class creatable by name (it is imported only when created)."""
     _REGISTRY[name] = _Entry(module, cls, tuple(requires), install)
+
+
+def _registry() -> dict[str, _Entry]:
+    global _plugged_in
+    if not _plugged_in:
+        _plugged_in = True
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in _REGISTRY:
+                continue
+            module, _, attr = ep.value.partition(":")
+            try:  # the module is imported to read REQUIRES; such modules import their heavy deps lazily
+                cls = getattr(importlib.import_module(module), attr)
+            except Exception as e:  # noqa: BLE001 - a broken plug-in must not break the others
+                log.warning("backend %s (%s) could not be imported: %s", ep.name, ep.value, e)
+                continue
+            register_backend(ep.name, module, attr, tuple(getattr(cls, "REQUIRES", ())), getattr(cls, "INSTALL", ""))
+    return _REGISTRY
 
 
 def _installed(module: str) -> bool:
@@ -227,8 +244,9 @@ def available_backends() -> list[str]:
     """Names of registered backends whose dependencies are installed, fastest first.
 
     Cheap: nothing is imported. A listed backend can still fail to load (e.g. no GPU)."""
-    order = [n for n in AUTO_ORDER if n in _REGISTRY] + [n for n in _REGISTRY if n not in AUTO_ORDER]
-    return [n for n in order if all(_installed(r) for r in _REGISTRY[n].requires) and _installed(_REGISTRY[n].module)]
+    registry = _registry()
+    order = [n for n in AUTO_ORDER if n in registry] + [n for n in registry if n not in AUTO_ORDER]
+    return [n for n in order if all(_installed(r) for r in registry[n].requires) and _installed(registry[n].module)]
 
 
 class BackendError(RuntimeError):
@@ -245,10 +263,11 @@ def create_backend(name: str, bundle: Bundle) -> Backend:
     """
     if name == "auto":
         return _create_auto(bundle)
-    if name not in _REGISTRY:
-        choices = ", ".join(["auto", *_REGISTRY])
+    registry = _registry()
+    if name not in registry:
+        choices = ", ".join(["auto", *registry])
         raise ValueError(f"unknown backend {name!r}; choose one of: {choices}")
-    entry = _REGISTRY[name]
+    entry = registry[name]
     missing = [r for r in entry.requires if not _installed(r)]
     if missing:
         raise BackendError(f"backend {name!r} needs {', '.join(missing)}, which is not installed: {entry.install}")
@@ -269,5 +288,5 @@ def _create_auto(bundle: Bundle) -> Backend:
             continue
         log.info("backend auto -> %s", name)
         return backend
-    detail = "; ".join(failures) or "none of " + ", ".join(_REGISTRY) + " is installed"
+    detail = "; ".join(failures) or "none of " + ", ".join(_registry()) + " is installed"
     raise BackendError(f"no backend could run bundle {bundle.path} ({detail})")

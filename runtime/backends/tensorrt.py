@@ -46,10 +46,10 @@ class TensorRTBackend:
     name = BACKEND
 
     def __init__(self, bundle: Bundle, device: int = 0) -> None:
-        from embedtalk_sdk.export.engines import EngineBuildError, import_trt
+        from embedtalk_sdk.plugins.cuda.engines import EngineBuildError, import_trt
         from embedtalk_sdk.plugins.cuda.driver import CudaError, DeviceBuffer, PinnedBuffer, Stream, get_device
         from embedtalk_sdk.plugins.cuda.trt_plugin import register_plugin
-        from embedtalk_sdk.runtime.backends.tensorrt_rtx import _version_key
+        from embedtalk_sdk.plugins.cuda.engines import version_key
 
         self.io = deform_io(bundle)
         try:
@@ -61,7 +61,7 @@ class TensorRTBackend:
         cc = self.device.compute_capability
         entries = [e for e in bundle.manifest.get("engines") or [] if e.get("backend") == BACKEND]
         fit = [e for e in entries if e.get("compute_capability") == cc
-               and _version_key(e.get("trt_version", "")) == _version_key(trt.__version__)]  # fmt: skip
+               and version_key(e.get("trt_version", "")) == version_key(trt.__version__)]  # fmt: skip
         if not fit:
             have = ", ".join(f"{e.get('compute_capability')}/TensorRT {e.get('trt_version')}" for e in entries) or "none"
             raise BackendError(f"backend {BACKEND}: no engine for {cc}/TensorRT {trt.__version__} in {bundle.path} "
@@ -103,11 +103,11 @@ class TensorRTBackend:
 
     def render(self, delta_means: Any, delta_opacity: Any, viewmat: np.ndarray, background: np.ndarray,
                out: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
-        from embedtalk_sdk.plugins.cuda.driver import _drv, check
+        from embedtalk_sdk.plugins.cuda.driver import driver_api, check
 
         if not isinstance(delta_means, _Row) or self._windows is None:
             raise ValueError(f"backend {BACKEND} renders only rows of its own deform() results")
-        i, drv, h = delta_means.index, _drv(), self.stream.handle
+        i, drv, h = delta_means.index, driver_api(), self.stream.handle
         self.stream.synchronize()
         self._host["audio_window"].array[0] = self._windows[i]
         self._host["aus"].array[0] = self._aus[i]

@@ -28,15 +28,12 @@ from embedtalk_sdk.runtime.backends.base import (
     check_shape,
     deform_io,
 )
+from embedtalk_sdk.plugins.cuda.engines import version_key
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 
 log = logging.getLogger("embedtalk_sdk.runtime")
 
 BACKEND = "tensorrt-rtx"
-
-
-def _version_key(version: str) -> tuple[str, ...]:
-    return tuple(str(version).split(".")[:3])  # major.minor.patch must agree
 
 
 def select_engine(entries: list[dict], compute_capability: str, trt_version: str) -> tuple[dict | None, list[str]]:
@@ -47,7 +44,7 @@ def select_engine(entries: list[dict], compute_capability: str, trt_version: str
             continue
         if e.get("compute_capability") != compute_capability:
             reasons.append(f"{e.get('file')} is for {e.get('compute_capability')}, this GPU is {compute_capability}")
-        elif _version_key(e.get("trt_version", "")) != _version_key(trt_version):
+        elif version_key(e.get("trt_version", "")) != version_key(trt_version):
             reasons.append(f"{e.get('file')} was built by TensorRT-RTX {e.get('trt_version')}, {trt_version} is installed")
         else:
             return e, reasons
@@ -81,7 +78,7 @@ class TensorRTRTXBackend:
 
     def __init__(self, bundle: Bundle, device: int = 0) -> None:
         self.io = deform_io(bundle)
-        from embedtalk_sdk.export.engines import EngineBuildError, import_rtx  # numpy only, no torch
+        from embedtalk_sdk.plugins.cuda.engines import EngineBuildError, import_rtx  # numpy only, no torch
         from embedtalk_sdk.plugins.cuda.driver import CudaError, Stream, get_device
 
         try:
@@ -128,8 +125,8 @@ class TensorRTRTXBackend:
         return self._engine_from_onnx(bundle)
 
     def _engine_from_onnx(self, bundle: Bundle) -> tuple[Any, str]:
-        from embedtalk_sdk.export.engines import EngineBuildError, build_rtx_engine
-        from embedtalk_sdk.fileio import atomic_write
+        from embedtalk_sdk.plugins.cuda.engines import EngineBuildError, build_rtx_engine
+        from embedtalk_sdk.runtime.fileio import atomic_write
         from embedtalk_sdk.plugins.cuda.build import cache_dir
 
         onnx_bytes = bundle.bytes_of(self.io.file)
@@ -231,7 +228,7 @@ class TensorRTRTXBackend:
     def deform(self, audio_window: np.ndarray, aus: np.ndarray):
         """See `Backend.deform`. Returns `DeviceArray`s [B,N,3], [B,N] on the GPU (valid until the
         next call); `np.asarray` on them copies to the host."""
-        from embedtalk_sdk.plugins.cuda.driver import DeviceArray, _drv, check
+        from embedtalk_sdk.plugins.cuda.driver import DeviceArray, driver_api, check
 
         b = int(audio_window.shape[0])
         if aus.shape != (b, 6):
@@ -240,7 +237,7 @@ class TensorRTRTXBackend:
             raise ValueError(f"audio_window has shape {audio_window.shape}, expected (B, {self.io.window}, {self.io.feature_dim})")
         if b > self._batch_cap:
             self._alloc_outputs(b)
-        drv, n = _drv(), self.io.n_gaussians
+        drv, n = driver_api(), self.io.n_gaussians
         for s in range(0, b, self.max_batch):
             c = min(self.max_batch, b - s)
             self.stream.synchronize()  # the staging buffers may still feed the previous copy
@@ -282,9 +279,9 @@ class TensorRTRTXBackend:
     def _enqueue_frame(self, delta_means: Any, delta_opacity: Any, viewmat: np.ndarray, background: np.ndarray) -> None:
         """Upload viewmat + background, run the rasteriser into the device frame, fetch the pair
         count; grows the pair capacity and redraws while a frame needed more pairs."""
-        from embedtalk_sdk.plugins.cuda.driver import _drv, check
+        from embedtalk_sdk.plugins.cuda.driver import driver_api, check
 
-        drv, h = _drv(), self.stream.handle
+        drv, h = driver_api(), self.stream.handle
         dm = self._device_ptr(delta_means, (self.n, 3), "dm")
         do = self._device_ptr(delta_opacity, (self.n,), "do")
         self.stream.synchronize()  # staging buffers are free
@@ -319,10 +316,10 @@ class TensorRTRTXBackend:
         out: np.ndarray | None = None,
     ) -> np.ndarray:
         """See `Backend.render`; the deltas may be `deform`'s device rows or host arrays."""
-        from embedtalk_sdk.plugins.cuda.driver import _drv, check
+        from embedtalk_sdk.plugins.cuda.driver import driver_api, check
 
         self._enqueue_frame(delta_means, delta_opacity, viewmat, background)
-        check(_drv().cuMemcpyDtoHAsync(self._frame_host.ptr, self._frame.ptr, self._frame_host.nbytes, self.stream.handle))
+        check(driver_api().cuMemcpyDtoHAsync(self._frame_host.ptr, self._frame.ptr, self._frame_host.nbytes, self.stream.handle))
         self.stream.synchronize()
         if out is None:
             return self._frame_host.array.copy()

@@ -34,6 +34,11 @@ PLUGIN_DOMAIN = "embedtalk"
 PLUGIN_VERSION = "1"
 
 
+def version_key(version: str) -> tuple[str, ...]:
+    """What must agree between an engine's TensorRT version and the installed one: major.minor.patch."""
+    return tuple(str(version).split(".")[:3])
+
+
 class EngineBuildError(RuntimeError):
     """TensorRT(-RTX) is missing, or rejected the network; the message says which and why."""
 

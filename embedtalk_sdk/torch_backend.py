@@ -18,7 +18,7 @@ def _initializers(model_bytes: bytes) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
-def _load_baked(bundle: Bundle, file: str):
+def load_baked_deform(bundle: Bundle, file: str):
     """BakedDeform with the weights of the bundle's deform.onnx (names from export/onnx_graph.py)."""
     import torch
 
@@ -61,6 +61,8 @@ class TorchBackend:
     """`Backend` on PyTorch (CPU): deform with the rebuilt BakedDeform, render with the reference."""
 
     name = "torch"
+    REQUIRES = ("torch",)
+    INSTALL = "pip install 'embedtalk-sdk[train]'"
 
     def __init__(self, bundle: Bundle) -> None:
         import torch
@@ -70,7 +72,7 @@ class TorchBackend:
         self._torch = torch
         self._rasterize = rasterize
         io = deform_io(bundle)
-        self.baked = _load_baked(bundle, io.file)
+        self.baked = load_baked_deform(bundle, io.file)
         arr = {k: torch.as_tensor(bundle.array(k)) for k in ("means", "quats", "scales", "opacity_logits", "colors")}
         self.means, self.quats, self.scales = arr["means"], arr["quats"], arr["scales"]
         self.opacity_logits, self.colors = arr["opacity_logits"], arr["colors"]

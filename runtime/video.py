@@ -13,8 +13,8 @@ from typing import Iterable, Iterator
 import av
 import numpy as np
 
-from embedtalk_sdk.audio.io import decode_audio
-from embedtalk_sdk.fileio import atomic_path
+from embedtalk_sdk.runtime.audio.io import decode_audio
+from embedtalk_sdk.runtime.fileio import atomic_path
 
 __all__ = ["write_mp4", "read_video", "read_audio_track"]
 
