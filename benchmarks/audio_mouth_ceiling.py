@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from embedtalk_sdk.audio.features import mel_features
-from embedtalk_sdk.data.face import mouth_opening
+from embedtalk_sdk.preprocess.face import mouth_opening
 from embedtalk_sdk.metrics import pearson
 from embedtalk_sdk.model.deform import AudioNet, DeformConfig
 

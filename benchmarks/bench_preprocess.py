@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from embedtalk_sdk.data.preprocess import SHARED_MODELS, PreprocessOptions, preprocess
+from embedtalk_sdk.preprocess.preprocess import SHARED_MODELS, PreprocessOptions, preprocess
 
 REAL = SHARED_MODELS.parent / "data" / "real"
 DEFAULT_CLIPS = [REAL / "may_5s.mp4", REAL / "ted_lieu_hdtf_60s.mp4"]

@@ -57,7 +57,7 @@ def synth(
     seed: int = typer.Option(0),
 ) -> None:
     """Write the built-in synthetic speaker as a dataset (TalkingGaussian layout)."""
-    from embedtalk_sdk.data.synth import synthesize_dataset
+    from embedtalk_sdk.synthetic.synth import synthesize_dataset
 
     with progress_bar("synth", int(seconds * 25)) as update:
         synthesize_dataset(out, seconds=seconds, size=size, seed=seed, progress=lambda d, t: update(d, t))
@@ -247,9 +247,9 @@ def preprocess(
     pose_smoothing: float = typer.Option(1.0, help="temporal smoothing of the head pose (Gaussian sigma, frames)"),
 ) -> None:
     """Turn a talking-portrait video into a dataset folder (TalkingGaussian layout), offline."""
-    from embedtalk_sdk.data.face import FaceModelError
-    from embedtalk_sdk.data.preprocess import PreprocessError, PreprocessOptions
-    from embedtalk_sdk.data.preprocess import preprocess as run_preprocess
+    from embedtalk_sdk.preprocess.face import FaceModelError
+    from embedtalk_sdk.preprocess.preprocess import PreprocessError, PreprocessOptions
+    from embedtalk_sdk.preprocess.preprocess import preprocess as run_preprocess
 
     opts = PreprocessOptions(audio=str(audio) if audio else None, audio_shift=audio_shift, hubert_path=hubert_path,
                              points=points, pose_smoothing=pose_smoothing)  # fmt: skip

@@ -22,8 +22,9 @@ import numpy as np
 from embedtalk_sdk.runtime.audio.io import load_audio
 from embedtalk_sdk.runtime.camera import pingpong
 from embedtalk_sdk.data.dataset import TalkingDataset
+from embedtalk_sdk.data.layout import write_wav
 from embedtalk_sdk.runtime.audio.speech import synthesize_speech
-from embedtalk_sdk.data.synth import synthesize_dataset, write_wav
+from embedtalk_sdk.synthetic.synth import synthesize_dataset
 from embedtalk_sdk.export.exporter import export_bundle
 from embedtalk_sdk.runtime.bundle import bundle_megabytes
 from embedtalk_sdk.runtime.backends.base import to_uint8
@@ -100,7 +101,7 @@ def sentence_ground_truth(dataset: TalkingDataset, track: np.ndarray, opening: n
     sentence's mouth opening. -> (mouth box (x0, y0, x1, y1) per frame, wide enough for the fully open
     mouth; ground-truth uint8 crop of that box per frame).
     """
-    from embedtalk_sdk.data.synth import FaceState, View, landmarks_3d, project, render_head
+    from embedtalk_sdk.synthetic.synth import FaceState, View, landmarks_3d, project, render_head
 
     focal, size = float(dataset.K[0, 0]), dataset.width
     boxes, crops = [], []

@@ -134,7 +134,7 @@ def _mouth_landmarks(landmarker, frame: np.ndarray) -> np.ndarray | None:
 
 def _landmarks_of(face_model: Path, frames: Iterator[np.ndarray], n: int) -> list[np.ndarray | None]:
     """Face landmarks of the first n frames (None where no face is found)."""
-    from embedtalk_sdk.data.face import FaceLandmarker
+    from embedtalk_sdk.preprocess.face import FaceLandmarker
 
     with FaceLandmarker(face_model, num_faces=1, video=False) as landmarker:
         return [_mouth_landmarks(landmarker, frame) for _, frame in zip(range(n), frames)]
@@ -158,8 +158,8 @@ def evaluate(
     Returns the report written to OUT/eval.json. OUT defaults to RUN/eval (checkpoint) or
     <bundle>_eval beside the bundle.
     """
-    from embedtalk_sdk.data.face import FaceLandmarker, MOUTH_IBUG, interocular, mouth_opening, to_ibug68
-    from embedtalk_sdk.data.preprocess import SHARED_MODELS
+    from embedtalk_sdk.preprocess.face import FaceLandmarker, MOUTH_IBUG, interocular, mouth_opening, to_ibug68
+    from embedtalk_sdk.preprocess.preprocess import SHARED_MODELS
     from embedtalk_sdk.runtime.video import write_mp4
 
     model = Path(model)

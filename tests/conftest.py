@@ -29,7 +29,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
-    from embedtalk_sdk.data.synth import synthesize_dataset
+    from embedtalk_sdk.synthetic.synth import synthesize_dataset
 
     return synthesize_dataset(tmp_path_factory.mktemp("data") / "tiny", seconds=4.4, size=64, seed=3, n_points=6000)
 

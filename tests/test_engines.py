@@ -106,7 +106,7 @@ def test_full_tensorrt_absent_is_a_clear_error(deform_model):
 def _checkpoint(tmp_path: Path) -> Path:
     from embedtalk_sdk.runtime.audio.mel import MelSpec
     from embedtalk_sdk.data.dataset import TalkingDataset
-    from embedtalk_sdk.data.synth import synthesize_dataset
+    from embedtalk_sdk.synthetic.synth import synthesize_dataset
     from embedtalk_sdk.model.checkpoint import Checkpoint
     from embedtalk_sdk.model.gaussians import GaussianModel
 

@@ -86,7 +86,8 @@ def test_no_private_name_is_imported_across_modules():
 BLOCK_TRAINING = """
 import importlib.abc, sys
 BLOCKED = ("torch", "transformers", "embedtalk_sdk.model", "embedtalk_sdk.train", "embedtalk_sdk.data",
-           "embedtalk_sdk.export", "embedtalk_sdk.functional", "embedtalk_sdk.eval")
+           "embedtalk_sdk.preprocess", "embedtalk_sdk.synthetic", "embedtalk_sdk.export", "embedtalk_sdk.functional",
+           "embedtalk_sdk.eval")
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if any(name == b or name.startswith(b + ".") for b in BLOCKED):

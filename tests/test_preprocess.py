@@ -29,7 +29,7 @@ def _need_real() -> None:
 
 
 def _options(**kw):
-    from embedtalk_sdk.data.preprocess import PreprocessOptions
+    from embedtalk_sdk.preprocess.preprocess import PreprocessOptions
 
     return PreprocessOptions(face_model=str(MODELS / "face_landmarker.task"),
                              segmentation_model=str(MODELS / "selfie_segmentation.tflite"), points=6000, **kw)
@@ -86,7 +86,7 @@ def may_cut(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def may_dataset(may_cut, tmp_path_factory) -> tuple[Path, dict]:
-    from embedtalk_sdk.data.preprocess import preprocess
+    from embedtalk_sdk.preprocess.preprocess import preprocess
 
     out = tmp_path_factory.mktemp("pre") / "may"
     return out, preprocess(may_cut, out, _options())
@@ -126,8 +126,8 @@ def test_layout_is_a_talking_dataset(may_dataset):
 def test_cameras_project_the_face_onto_its_landmarks(may_dataset):
     """The head frame, the camera convention and the intrinsics agree: the fitted face template, in
     world metres, lands on the frame's 2D landmarks through the dataset's own cameras."""
-    from embedtalk_sdk.data.face import IBUG68_FROM_MEDIAPIPE
-    from embedtalk_sdk.data.headpose import canonical_to_world
+    from embedtalk_sdk.preprocess.face import IBUG68_FROM_MEDIAPIPE
+    from embedtalk_sdk.preprocess.headpose import canonical_to_world
 
     root, _ = may_dataset
     ds = TalkingDataset(root, "all")
@@ -158,7 +158,7 @@ def test_blink_and_mouth_signals(may_dataset):
 
 
 def test_rerun_resumes_and_option_changes_rerun_what_depends_on_them(may_cut, may_dataset, tmp_path):
-    from embedtalk_sdk.data.preprocess import preprocess
+    from embedtalk_sdk.preprocess.preprocess import preprocess
 
     root, _ = may_dataset
     copy = tmp_path / "copy"
@@ -187,7 +187,7 @@ def test_train_reads_the_preprocessed_folder(may_dataset, tmp_path):
 
 
 def _preprocess_error(video: Path, out: Path) -> str:
-    from embedtalk_sdk.data.preprocess import PreprocessError, preprocess
+    from embedtalk_sdk.preprocess.preprocess import PreprocessError, preprocess
 
     with pytest.raises(PreprocessError) as err:
         preprocess(video, out, _options())
@@ -237,7 +237,7 @@ def test_corrupt_and_missing_files(tmp_path):
 @pytest.mark.slow
 def test_several_faces_use_the_largest_with_a_warning(tmp_path):
     _need_real()
-    from embedtalk_sdk.data.preprocess import preprocess
+    from embedtalk_sdk.preprocess.preprocess import preprocess
 
     frames, audio = _may_frames(30)
     small = [np.asarray(Image.fromarray(f).resize((256, 256))) for f in frames]
@@ -252,7 +252,7 @@ def test_several_faces_use_the_largest_with_a_warning(tmp_path):
 
 
 def test_audio_is_cut_to_the_frames_and_can_be_shifted(may_cut):
-    from embedtalk_sdk.data.preprocess import decode_audio_track
+    from embedtalk_sdk.preprocess.preprocess import decode_audio_track
 
     base, found = decode_audio_track(may_cut, None, 0.0, 50)
     assert len(base) == 50 * 640 and found["audio_offset_s"] == 0.0
@@ -264,7 +264,7 @@ def test_audio_is_cut_to_the_frames_and_can_be_shifted(may_cut):
 
 
 def test_resample_times_nearest_frame():
-    from embedtalk_sdk.data.preprocess import resample_times
+    from embedtalk_sdk.preprocess.preprocess import resample_times
 
     assert resample_times(np.arange(10) / 25).tolist() == list(range(10))  # 25 fps: identity
     idx = resample_times(np.arange(60) / 50)  # 50 fps: every other frame
@@ -277,7 +277,7 @@ def test_resample_times_nearest_frame():
 @pytest.mark.slow
 def test_variable_frame_rate_clip_is_resampled_and_logged(tmp_path):
     _need_real()
-    from embedtalk_sdk.data.preprocess import preprocess, resample_times
+    from embedtalk_sdk.preprocess.preprocess import preprocess, resample_times
 
     frames, audio = _may_frames(40)
     # a phone-like clip: frame intervals wander between 20 and 60 ms (1.56 s in all)

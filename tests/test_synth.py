@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 from scipy import signal
 
-from embedtalk_sdk.data import synth
+from embedtalk_sdk.synthetic import synth
 from embedtalk_sdk.data.dataset import DatasetError, TalkingDataset
 from embedtalk_sdk.runtime.audio.speech import OPENNESS_RATE, synthesize_speech
 

@@ -1,5 +1,5 @@
 """Reader for the TalkingGaussian / ER-NeRF dataset folder (numpy only; layout in
-docs/interfaces.md). Works on folders written by `embedtalk_sdk.data.synth` and by the
+docs/interfaces.md). Works on folders written by `embedtalk_sdk.synthetic.synth` and by the
 TalkingGaussian / ER-NeRF preprocessing scripts.
 """
 from __future__ import annotations

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedtalk_sdk.data.headpose import CM, HEAD_CENTRE_CM, HEAD_RADII_CM, project_gl
+from embedtalk_sdk.preprocess.headpose import CM, HEAD_CENTRE_CM, HEAD_RADII_CM, project_gl
 
 INNER_LIP_RING = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95)
 
@@ -31,7 +31,7 @@ def mesh_depth(verts_cam: np.ndarray, rows: np.ndarray, cols: np.ndarray, focal:
     import matplotlib.tri as mtri  # scipy's find_simplex is ~1000x slower here
     from matplotlib.path import Path as PolyPath
 
-    from embedtalk_sdk.data.face import FACE_OVAL
+    from embedtalk_sdk.preprocess.face import FACE_OVAL
 
     uv = project_gl(verts_cam, focal, cx, cy)
     pix = np.stack([cols + 0.5, rows + 0.5], axis=1)

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from embedtalk_sdk.data.face import JAW_CHAIN, check_model, load_mediapipe
+from embedtalk_sdk.preprocess.face import JAW_CHAIN, check_model, load_mediapipe
 
 PARSING_COLOURS = {"head": (0, 0, 255), "neck": (0, 255, 0), "torso": (255, 0, 0), "background": (255, 255, 255)}
 

@@ -16,7 +16,6 @@ MOUTH_CENTER is the mouth's centre on the surface, for mouth-weighted losses.
 """
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 from dataclasses import dataclass
@@ -24,12 +23,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import soundfile as sf
 from PIL import Image
 from scipy.ndimage import gaussian_filter1d
 
+from embedtalk_sdk.data.layout import write_au_csv, write_landmarks, write_npy, write_transforms, write_wav
 from embedtalk_sdk.runtime.audio.speech import SpeechTrack, synthesize_speech
-from embedtalk_sdk.runtime.aus import CSV_COLUMNS
 
 HEAD_RADII = np.array([0.09, 0.12, 0.10])
 MOUTH_Y = -0.060
@@ -609,9 +607,7 @@ def _write_frame(job: _Job, i: int) -> None:
     img8 = np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
     Image.fromarray(img8).save(job.out_dir / "gt_imgs" / f"{i}.jpg", quality=95, subsampling=0)
     (job.out_dir / "torso_imgs" / f"{i}.png").write_bytes(job.torso_png)
-    lms = project(job.views[i], landmarks_3d(job.states[i]))
-    text = "".join(f"{x:.2f} {y:.2f}\n" for x, y in lms)
-    (job.out_dir / "ori_imgs" / f"{i}.lms").write_text(text)
+    write_landmarks(job.out_dir / "ori_imgs" / f"{i}.lms", project(job.views[i], landmarks_3d(job.states[i])))
 
 
 def _write_chunk(frames: list[int]) -> int:
@@ -671,33 +667,6 @@ def composite_rgba(rgba8: np.ndarray, bg: np.ndarray) -> np.ndarray:
     return rgba[..., :3] * a + bg * (1.0 - a)
 
 
-def _write_transforms(out_dir: Path, c2w: np.ndarray, focal: float, size: int,
-                      fps: float) -> None:
-    """transforms_train.json (first 10/11 of frames) and transforms_val.json (the rest)."""
-    n = len(c2w)
-    n_train = int(n * 10 / 11)
-    for name, ids in (("train", range(n_train)), ("val", range(n_train, n))):
-        meta = {"focal_len": float(focal), "cx": size / 2.0, "cy": size / 2.0, "w": size,
-                "h": size, "fps": fps,
-                "frames": [{"img_id": i, "aud_id": i,
-                            "transform_matrix": np.round(c2w[i], 8).tolist()} for i in ids]}
-        (out_dir / f"transforms_{name}.json").write_text(json.dumps(meta, indent=1))
-
-
-def _write_aus(path: Path, aus: np.ndarray, fps: float) -> None:
-    """OpenFace-style CSV: 1-based frame, timestamp, AU intensities, ", " separators."""
-    lines = [", ".join(["frame", "timestamp", *CSV_COLUMNS])]
-    for i, row in enumerate(aus):
-        lines.append(", ".join([str(i + 1), f"{i / fps:.3f}", *(f"{v:.2f}" for v in row)]))
-    path.write_text("\n".join(lines) + "\n")
-
-
-def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int = 16000) -> Path:
-    """Mono PCM16 wav."""
-    sf.write(str(path), np.clip(samples, -1, 1), sample_rate, subtype="PCM_16")
-    return Path(path)
-
-
 def synthesize_dataset(out_dir: str | Path, seconds: float = 40.0, size: int = 256,
                        fps: int = 25, seed: int = 0,
                        progress: Callable[[int, int], None] | None = None,
@@ -719,9 +688,9 @@ def synthesize_dataset(out_dir: str | Path, seconds: float = 40.0, size: int = 2
     c2w = camera_track(n, fps, rng)
     focal = focal_for(size)
     torso_bg, torso_png = _static_layers(out, size, seed)
-    _write_aus(out / "au.csv", aus, fps)
-    _write_transforms(out, c2w, focal, size, fps)
-    np.save(out / "points3d.npy", head_points(n_points, rng))
+    write_au_csv(out / "au.csv", aus, fps)
+    write_transforms(out, c2w, focal, size / 2.0, size / 2.0, size, size, fps)
+    write_npy(out / "points3d.npy", head_points(n_points, rng))
     views = [View(c, focal, size) for c in c2w]
     if workers is None:
         workers = 1 if n < 100 else max(1, min(os.cpu_count() or 1, 8))

@@ -8,16 +8,16 @@ inputs and options; a step writes its files, then that record, atomically):
                other or variable source rates are resampled), aud.wav (16 kHz mono, aligned with the
                first video frame, padded / trimmed to the frames' length).
 2. landmarks   Face Landmarker -> preprocess/face_track.npz, ori_imgs/{i}.lms (iBUG-68),
-               au.csv (AUs from blendshapes, see `embedtalk_sdk.data.face`).
+               au.csv (AUs from blendshapes, see `embedtalk_sdk.preprocess.face`).
 3. cameras     head poses refined against a person-specific template and smoothed over time
-               (`embedtalk_sdk.data.headpose`) -> transforms_{train,val}.json (metres, OpenGL c2w;
+               (`embedtalk_sdk.preprocess.headpose`) -> transforms_{train,val}.json (metres, OpenGL c2w;
                the last 1/11 of frames is val), preprocess/head_poses.npz.
 4. background  selfie segmentation of 20-60 frames spread over the clip -> bc.jpg (per-pixel
                temporal median of surely-background pixels; pixels never seen are inpainted).
 5. compose     selfie segmentation of every frame -> parsing/{i}.png (ER-NeRF colours),
                gt_imgs/{i}.jpg (background pixels replaced by bc.jpg, as ER-NeRF does) and
                torso_imgs/{i}.png (RGBA: the torso, the neck continued under the head).
-6. points      points3d.npy: a dense head point cloud (`embedtalk_sdk.data.pointcloud`).
+6. points      points3d.npy: a dense head point cloud (`embedtalk_sdk.preprocess.pointcloud`).
 7. hubert      aud_hu.npy [M, 2, 1024] (TalkingGaussian's layout) when a HuBERT path is given.
 
 DATA/preprocess_log.json records, per step, what it found (frame rates, faces, pose error, ...)
@@ -47,6 +47,7 @@ import numpy as np
 from PIL import Image
 
 from embedtalk_sdk import __version__
+from embedtalk_sdk.data.layout import write_au_csv, write_landmarks, write_npy, write_transforms, write_wav
 from embedtalk_sdk.runtime.aus import BLINK_CSV_COLUMN
 from embedtalk_sdk.runtime.fileio import atomic_path, atomic_write
 
@@ -55,7 +56,6 @@ FPS = 25
 SAMPLE_RATE = 16000
 MIN_FRAMES = 25  # 1 s: the 1/11 validation split needs a few frames
 MIN_FACE_SHARE = 0.5
-VAL_SHARE = 1.0 / 11.0
 BACKGROUND_SAMPLES = 60
 BACKGROUND_MIN_SAMPLES = 20
 COMPOSE_THREADS = 2
@@ -92,14 +92,6 @@ class PreprocessOptions:
 
 def _atomic_json(path: Path, obj: Any) -> None:
     atomic_write(path, json.dumps(obj, indent=1).encode())
-
-
-def _atomic_npy(path: Path, arr: np.ndarray) -> None:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    atomic_write(path, buf.getvalue())
 
 
 def _save_image(path: Path, arr: np.ndarray | Image.Image, quality: int = 95) -> None:
@@ -394,8 +386,6 @@ class _Run:
                                   f"{MIN_FRAMES / FPS:g} s of video (1-5 minutes is best)")
         samples, afound = decode_audio_track(self.video, Path(self.opts.audio) if self.opts.audio else None,
                                              info.start_time, info.frames, self.opts.audio_shift)
-        from embedtalk_sdk.data.synth import write_wav
-
         with atomic_path(self.out / "aud.wav", suffix=".part.wav") as tmp:
             write_wav(tmp, samples, SAMPLE_RATE)
         found = {**asdict(info), **afound}
@@ -407,7 +397,7 @@ class _Run:
         return found
 
     def landmarks(self) -> dict:
-        from embedtalk_sdk.data.face import AU_CSV_COLUMNS, aus_from_blendshapes, fill_missing, to_ibug68, track_faces
+        from embedtalk_sdk.preprocess.face import AU_CSV_COLUMNS, aus_from_blendshapes, fill_missing, to_ibug68, track_faces
 
         track = track_faces(self.frames(), self.n, self.opts.face_model, FPS, self.bar("landmarks"))
         found_share = float(track.found.mean())
@@ -426,16 +416,11 @@ class _Run:
         track.save(self.state / "face_track.npz")
         ibug = to_ibug68(track.landmarks)[..., :2]
         for i in range(self.n):
-            text = "".join(f"{x:.2f} {y:.2f}\n" for x, y in ibug[i])
-            (self.out / "ori_imgs" / f"{i}.lms").write_text(text)
+            write_landmarks(self.out / "ori_imgs" / f"{i}.lms", ibug[i])
         aus = aus_from_blendshapes(track.blendshapes, track.names)
-        lines = [", ".join(["frame", "face_id", "timestamp", "confidence", "success", *AU_CSV_COLUMNS])]
-        for i, row in enumerate(aus):
-            lines.append(", ".join([str(i + 1), "0", f"{i / FPS:.3f}", "0.98" if track.found[i] else "0.00",
-                                    "1" if track.found[i] else "0", *(f"{v:.2f}" for v in row)]))
-        atomic_write(self.out / "au.csv", ("\n".join(lines) + "\n").encode())
+        write_au_csv(self.out / "au.csv", aus, FPS, AU_CSV_COLUMNS, track.found)
         from embedtalk_sdk.audio.features import mel_features
-        from embedtalk_sdk.data.face import mouth_opening
+        from embedtalk_sdk.preprocess.face import mouth_opening
         from embedtalk_sdk.metrics import audio_predicts_mouth
 
         sync = audio_predicts_mouth(mel_features(self.out / "aud.wav"), mouth_opening(track.landmarks))
@@ -456,8 +441,8 @@ class _Run:
                 "mouth_audio_best_correlation": sync["correlation"]}  # fmt: skip
 
     def cameras(self) -> dict:
-        from embedtalk_sdk.data.face import MEDIAPIPE_FOV_DEG, FaceTrack, canonical_face_mesh, focal_from_fov
-        from embedtalk_sdk.data.headpose import camera_track, fit_head_poses, smooth_poses
+        from embedtalk_sdk.preprocess.face import MEDIAPIPE_FOV_DEG, FaceTrack, canonical_face_mesh, focal_from_fov
+        from embedtalk_sdk.preprocess.headpose import camera_track, fit_head_poses, smooth_poses
 
         track = FaceTrack.load(self.state / "face_track.npz")
         canonical, _ = canonical_face_mesh(self.opts.face_model)
@@ -468,12 +453,7 @@ class _Run:
         c2w = camera_track(rot, trans)
         np.savez(self.state / "head_poses.npz", rot=rot, trans=trans, rot_raw=fit["rot"], trans_raw=fit["trans"],
                  template=fit["template"], rigid=fit["rigid"], focal=focal)
-        n_train = int(self.n * (1 - VAL_SHARE))
-        for split, ids in (("train", range(n_train)), ("val", range(n_train, self.n))):
-            meta = {"focal_len": focal, "cx": cx, "cy": cy, "w": self.width, "h": self.height, "fps": FPS,
-                    "frames": [{"img_id": i, "aud_id": i, "transform_matrix": np.round(c2w[i], 8).tolist()}
-                               for i in ids]}
-            _atomic_json(self.out / f"transforms_{split}.json", meta)
+        n_train = write_transforms(self.out, c2w, focal, cx, cy, self.width, self.height, FPS)
         from scipy.spatial.transform import Rotation
 
         euler = Rotation.from_matrix(rot).as_euler("YXZ", degrees=True)  # yaw, pitch, roll
@@ -488,7 +468,7 @@ class _Run:
                 "train_frames": n_train, "val_frames": self.n - n_train}  # fmt: skip
 
     def background(self) -> dict:
-        from embedtalk_sdk.data.segmentation import PersonSegmenter, background_from_frames
+        from embedtalk_sdk.preprocess.segmentation import PersonSegmenter, background_from_frames
 
         k = min(BACKGROUND_SAMPLES, max(BACKGROUND_MIN_SAMPLES, self.n // 4), self.n)
         ids = np.unique(np.linspace(0, self.n - 1, k).round().astype(int)).tolist()
@@ -508,8 +488,8 @@ class _Run:
                 "background_samples": len(ids)}
 
     def compose(self) -> dict:
-        from embedtalk_sdk.data.face import FaceTrack
-        from embedtalk_sdk.data.segmentation import PersonSegmenter, extend_neck, parsing_image, split_person
+        from embedtalk_sdk.preprocess.face import FaceTrack
+        from embedtalk_sdk.preprocess.segmentation import PersonSegmenter, extend_neck, parsing_image, split_person
 
         track = FaceTrack.load(self.state / "face_track.npz")
         bc8 = _load_rgb(self.out / "bc.jpg")
@@ -556,8 +536,8 @@ class _Run:
         return {"head_share_mean": round(float(np.mean(head_share)), 4)}
 
     def points(self) -> dict:
-        from embedtalk_sdk.data.face import FaceTrack, canonical_face_mesh, mouth_opening
-        from embedtalk_sdk.data.pointcloud import frame_points, merge_points, pick_frames
+        from embedtalk_sdk.preprocess.face import FaceTrack, canonical_face_mesh, mouth_opening
+        from embedtalk_sdk.preprocess.pointcloud import frame_points, merge_points, pick_frames
 
         track = FaceTrack.load(self.state / "face_track.npz")
         with np.load(self.state / "head_poses.npz") as z:
@@ -573,7 +553,7 @@ class _Run:
         bar = self.bar("points")
         from scipy import ndimage
 
-        from embedtalk_sdk.data.segmentation import PersonSegmenter, head_region
+        from embedtalk_sdk.preprocess.segmentation import PersonSegmenter, head_region
 
         seg = PersonSegmenter(self.opts.segmentation_model)
         voxel = 0.0015
@@ -591,7 +571,7 @@ class _Run:
                 bar(k + 1, len(picks))
         seg.close()
         cloud = merge_points(pts, cols, voxel, self.opts.points)
-        _atomic_npy(self.out / "points3d.npy", cloud)
+        write_npy(self.out / "points3d.npy", cloud)
         lo, hi = cloud[:, :3].min(0), cloud[:, :3].max(0)
         return {"points": int(len(cloud)), "frames_used": picks, "voxel_m": voxel,
                 "bbox_min_m": np.round(lo, 4).tolist(), "bbox_max_m": np.round(hi, 4).tolist(),
@@ -603,7 +583,7 @@ class _Run:
         feats = hubert_features(self.out / "aud.wav", self.opts.hubert_path)
         m = len(feats) - len(feats) % 2
         arr = feats[:m].reshape(-1, 2, feats.shape[1]).astype(np.float32)
-        _atomic_npy(self.out / "aud_hu.npy", arr)
+        write_npy(self.out / "aud_hu.npy", arr)
         return {"shape": list(arr.shape)}
 
 
@@ -617,7 +597,7 @@ def preprocess(video: str | Path, out: str | Path, options: PreprocessOptions | 
     """
     video, out = Path(video), Path(out)
     opts = options or PreprocessOptions()
-    from embedtalk_sdk.data.face import check_model
+    from embedtalk_sdk.preprocess.face import check_model
 
     check_model(opts.face_model, "face landmarker", "--face-model")
     check_model(opts.segmentation_model, "selfie segmentation", "--segmentation-model")
