@@ -132,6 +132,10 @@ def export_cmd(
     track_frames: int = typer.Option(250, help="frames of camera / torso track to ship"),
     engine: Optional[str] = typer.Option(None, help="also build engines: tensorrt-rtx | tensorrt"),
     target: str = typer.Option("sm86,sm89", help="compute capabilities for tensorrt-rtx engines"),
+    hubert_path: Optional[Path] = typer.Option(None, help="HuBERT avatars: the local HuBERT checkpoint "
+                                               "[default: the path recorded at training]"),
+    shared_encoder: bool = typer.Option(False, help="HuBERT avatars: write the ONNX audio encoder beside "
+                                        "the bundle (one file for many avatars) instead of into it"),
 ) -> None:
     """Bake a checkpoint into a portable bundle."""
     from embedtalk_sdk.plugins.cuda.engines import EngineBuildError, parse_targets
@@ -140,7 +144,8 @@ def export_cmd(
 
     try:
         export_bundle(ckpt, out, data, track_frames, log=lambda m: console.print(m),
-                      engine=engine, targets=parse_targets(target))  # fmt: skip
+                      engine=engine, targets=parse_targets(target), hubert_path=hubert_path,
+                      shared_encoder=shared_encoder)  # fmt: skip
     except (CheckpointError, FileNotFoundError, EngineBuildError, ValueError) as e:
         _fail(str(e))
 
@@ -151,6 +156,8 @@ def speak(
     audio: Path = typer.Argument(..., help="speech: wav/flac/mp3/... (resampled to 16 kHz mono)"),
     out: Path = typer.Option(Path("out.mp4"), "-o", "--out", help="mp4 to write (H.264 + AAC)"),
     backend: str = typer.Option("auto", help="auto | onnxruntime | torch"),
+    encoder_file: Optional[Path] = typer.Option(None, help="a shared audio encoder file (export "
+                                                "--shared-encoder) [default: the one beside the bundle]"),
 ) -> None:
     """Render a talking video of an avatar saying AUDIO."""
     from embedtalk_sdk.runtime.audio.io import AudioError
@@ -158,7 +165,7 @@ def speak(
     from embedtalk_sdk.runtime.bundle import BundleError
 
     try:
-        avatar = Avatar.load(bundle, backend=backend)
+        avatar = Avatar.load(bundle, backend=backend, encoder_file=encoder_file)
         console.print(f"backend: {avatar.backend_name}")
         with progress_bar("speak", 1) as update:
             avatar.speak(audio, out=out, progress=lambda done, total: update(done, total))

@@ -47,7 +47,7 @@ def _checkpoint_frames(ckpt_path: Path, data: Path | None,
     model's neutral AUs, as `speak` drives it."""
     import torch
 
-    from embedtalk_sdk.audio.features import dataset_features
+    from embedtalk_sdk.audio.features import FeatureSource, dataset_features
     from embedtalk_sdk.model.checkpoint import Checkpoint
     from embedtalk_sdk.runtime.aus import AU_SCALE
     from embedtalk_sdk.train.trainer import FrameData, render_frame
@@ -63,7 +63,7 @@ def _checkpoint_frames(ckpt_path: Path, data: Path | None,
                         f"{meta['width']}x{meta['height']}; pass the dataset it was trained on")
     encoder = meta.get("audio", {}).get("encoder", "mel")
     hubert = meta.get("train", {}).get("hubert_path")
-    feats = dataset_features(ds.audio_path, encoder, hubert, root / "aud_hu.npy")
+    _, feats = dataset_features(encoder, FeatureSource(ds.audio_path, hubert, root / "aud_hu.npy"))
     device = torch.device("cpu")
     frames = FrameData(ds, feats, ckpt.deform.cfg.window, device)
     if neutral_aus:
@@ -91,15 +91,15 @@ def _bundle_frames(bundle_path: Path, data: Path | None, backend: str,
     if (ds.width, ds.height) != (avatar.width, avatar.height):
         raise EvalError(f"{data}: frames are {ds.width}x{ds.height}, the bundle renders "
                         f"{avatar.width}x{avatar.height}; pass the dataset it was trained on")
-    audio = avatar.bundle.manifest["audio"]
-    if audio["encoder"] == "mel":
+    encoder = avatar.audio_encoder
+    if encoder.from_audio:
         feats = avatar.audio_features(ds.audio_path)
     else:
         from embedtalk_sdk.audio.features import precomputed_features
 
         path = Path(data) / "aud_hu.npy"
         if not path.is_file():
-            raise EvalError(f"{bundle_path}: uses {audio['encoder']} features; the dataset has no aud_hu.npy")
+            raise EvalError(f"{bundle_path}: uses {encoder.name} features; the dataset has no aud_hu.npy")
         feats = precomputed_features(path)
     windows = avatar.feature_windows(feats, ds.aud_ids)
     backgrounds = _LazyBackgrounds(ds)
@@ -107,7 +107,7 @@ def _bundle_frames(bundle_path: Path, data: Path | None, backend: str,
     if neutral_aus:
         aus = np.broadcast_to(np.asarray(avatar.bundle.manifest["aus"]["neutral"], np.float32), ds.aus.shape)
     frames = avatar.render_frames(windows, aus, ds.viewmats, backgrounds)
-    return ds, frames, {"kind": "bundle", "backend": avatar.backend_name, "audio_encoder": audio["encoder"]}
+    return ds, frames, {"kind": "bundle", "backend": avatar.backend_name, "audio_encoder": encoder.name}
 
 
 class _LazyBackgrounds:

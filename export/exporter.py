@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from embedtalk_sdk.data.dataset import TalkingDataset
+from embedtalk_sdk.export.audio_encoder import encoder_files
 from embedtalk_sdk.export.bundle import write_bundle
 from embedtalk_sdk.export.onnx_graph import build_deform_onnx, io_spec
 from embedtalk_sdk.model.checkpoint import Checkpoint
@@ -75,6 +76,8 @@ def export_bundle(
     log: Callable[[str], None] = print,
     engine: str | None = None,
     targets: Sequence[str] = ("sm86", "sm89"),
+    hubert_path: str | Path | None = None,
+    shared_encoder: bool = False,
 ) -> Path:
     """Export `ckpt_path` to a bundle at `out_path` (a folder `x.etk`, or `x.zip`).
 
@@ -83,6 +86,9 @@ def export_bundle(
     engine: None, "tensorrt-rtx" (engines of deform.onnx for each compute capability in
     `targets`, built without a GPU) or "tensorrt" (network + rasteriser plugin, this GPU);
     see plugins/cuda/engines.py. They go under engines/ and into the manifest's `engines` list.
+    hubert_path: the local HuBERT checkpoint of a HuBERT-trained avatar (default: the path recorded
+    at training); it becomes the bundle's ONNX audio encoder. shared_encoder: write that file beside
+    the bundle (one copy for many avatars, checked by its sha256) instead of into it.
     """
     ckpt = Checkpoint.load(ckpt_path)
     meta = ckpt.meta
@@ -97,12 +103,14 @@ def export_bundle(
     onnx_model = build_deform_onnx(baked)
     arrays = gaussian_arrays(ckpt)
     arrays.update(viewmats=viewmats, torso_bg=torso_bg)
+    model_path = hubert_path or meta.get("train", {}).get("hubert_path")
+    audio, encoder_blobs = encoder_files(meta["audio"], model_path, Path(out_path), shared_encoder, log)
     manifest = {
         "fps": meta["fps"],
         "width": meta["width"],
         "height": meta["height"],
         "K": meta["K"],
-        "audio": meta["audio"],
+        "audio": audio,
         "aus": {"names": list(AU_NAMES), **meta["aus"]},
         "network": baked.net.cfg.to_dict(),
         "gaussians": {"count": int(arrays["means"].shape[0])},
@@ -111,7 +119,7 @@ def export_bundle(
         "engines": [],
         "training": meta.get("metrics", {}),
     }
-    blobs = {"deform.onnx": onnx_model.SerializeToString()}
+    blobs = {"deform.onnx": onnx_model.SerializeToString(), **encoder_blobs}
     if engine:  # ---- TensorRT engines (plugins/cuda/engines.py, GPU playback) ----
         from embedtalk_sdk.plugins.cuda.engines import build_engines, manifest_entry
 

@@ -6,9 +6,11 @@
     avatar.speak("hello.wav", out="out.mp4")     # H.264 + AAC, frames streamed to the encoder
     for frame in avatar.stream(chunks): ...      # 16 kHz PCM chunks in, frames out as ready
 
-Frame n uses the audio-feature window of `frame_windows` (docs/interfaces.md), AUs for frame n
-(given, or neutral + generated blinks), camera viewmats[pingpong(n, K)] and torso/background
-image torso_bg[pingpong(n, Kb)]. The network runs on batches of `batch` frames.
+Audio becomes feature rows through the bundle's encoder (runtime/audio/encoders.py: mel, hubert,
+or features the app supplies). Frame n uses the feature window of `frame_windows`
+(docs/interfaces.md), AUs for frame n (given, or neutral + generated blinks), camera
+viewmats[pingpong(n, K)] and torso/background image torso_bg[pingpong(n, Kb)]. The network runs
+on batches of `batch` frames.
 """
 from __future__ import annotations
 
@@ -19,16 +21,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from embedtalk_sdk.runtime.audio.encoders import SAMPLE_RATE, AudioEncoder, FeatureStreamer, encoder_from_manifest
 from embedtalk_sdk.runtime.audio.io import AudioError, load_audio, prepare_audio
-from embedtalk_sdk.runtime.audio.mel import (
-    MelSpec,
-    MelStreamer,
-    frame_windows,
-    log_mel,
-    n_video_frames,
-    rows_needed,
-    window_bounds,
-)
+from embedtalk_sdk.runtime.audio.mel import frame_windows, n_video_frames, rows_needed, window_bounds
 from embedtalk_sdk.runtime.camera import pingpong
 from embedtalk_sdk.runtime.aus import AU_SCALE, BLINK_AU, N_AUS
 from embedtalk_sdk.runtime.backends.base import Backend, create_backend
@@ -36,8 +31,6 @@ from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 
 BLINK_SEED = 0
 DEFAULT_BLINK_S = 0.2  # a typical blink, used when the manifest gives no blink_duration_s
-# "mel" is computed here from the manifest's MelSpec; the others need speak(features=...).
-SUPPORTED_ENCODERS = ("mel", "hubert", "features")
 
 Progress = bool | Callable[[int, int], None]
 
@@ -89,44 +82,38 @@ class Avatar:
     Create with `Avatar.load(path)`. Not thread-safe: use one Avatar per thread.
     """
 
-    def __init__(self, bundle: Bundle, backend: Backend, batch: int = 8) -> None:
+    def __init__(self, bundle: Bundle, backend: Backend, batch: int = 8,
+                 encoder_file: str | os.PathLike | None = None) -> None:
         """Use `Avatar.load`; this wires an already-open bundle to an already-built backend."""
         self._bundle, self._backend, self._batch = bundle, backend, int(batch)
         self._fps = float(_get(bundle, "fps"))
         self._width, self._height = int(_get(bundle, "width")), int(_get(bundle, "height"))
-        self._load_audio_spec()
+        self._load_audio_encoder(encoder_file)
         self._load_aus()
         self._load_tracks()
 
     @classmethod
-    def load(cls, path: str | os.PathLike, backend: str = "auto", batch: int = 8) -> "Avatar":
+    def load(cls, path: str | os.PathLike, backend: str = "auto", batch: int = 8,
+             encoder_file: str | os.PathLike | None = None) -> "Avatar":
         """Open and verify the bundle at `path` (an `.etk` folder or a `.zip`) and create its backend.
 
         backend: "auto" (the fastest that works here; logged at INFO on "embedtalk_sdk.runtime"),
             "onnxruntime" or "torch". batch: frames per network call.
-        Raises BundleError (bad/corrupt/too-new bundle), ValueError (unknown backend),
-        BackendError (the backend cannot run here).
+        encoder_file: the audio encoder file of a bundle exported with a shared one
+            (`export --shared-encoder`); by default it is looked up beside the bundle under the
+            name its manifest records. Its sha256 must match the manifest's.
+        Raises BundleError (bad/corrupt/too-new bundle, missing or mismatched encoder file),
+        ValueError (unknown backend), BackendError (the backend cannot run here).
         """
         bundle = Bundle.open(path)
-        return cls(bundle, create_backend(backend, bundle), batch=batch)
+        return cls(bundle, create_backend(backend, bundle), batch=batch, encoder_file=encoder_file)
 
     # ------------------------------------------------------------ set-up
 
-    def _load_audio_spec(self) -> None:
-        audio = _get(self._bundle, "audio")
-        self._encoder = _get(self._bundle, "audio.encoder")
-        if self._encoder not in SUPPORTED_ENCODERS:
-            raise BundleError(
-                f"bundle {self._bundle.path} uses audio encoder {self._encoder!r}; this runtime knows "
-                f"{', '.join(SUPPORTED_ENCODERS)}: upgrade embedtalk-sdk"
-            )
+    def _load_audio_encoder(self, encoder_file: str | os.PathLike | None) -> None:
         self._window = int(_get(self._bundle, "audio.window"))
-        self._feature_dim = int(_get(self._bundle, "audio.feature_dim"))
-        self._mel = MelSpec.from_dict(audio) if self._encoder == "mel" else None
-        default_rate = self._mel.rate if self._mel else 50.0
-        self._rate = float(audio.get("rate", default_rate))  # feature rows per second
-        if self._mel is not None and (self._mel.n_mels != self._feature_dim or self._rate != self._mel.rate):
-            raise BundleError(f"bundle {self._bundle.path}: audio block is inconsistent: {audio}")
+        self._encoder = encoder_from_manifest(self._bundle, encoder_file)
+        self._feature_dim, self._rate = self._encoder.dim, self._encoder.rate  # rate: feature rows per second
 
     def _load_aus(self) -> None:
         names = list(_get(self._bundle, "aus.names"))
@@ -188,6 +175,12 @@ class Avatar:
         """The open bundle."""
         return self._bundle
 
+    @property
+    def audio_encoder(self) -> AudioEncoder:
+        """How this avatar turns audio into feature rows (`encoder.from_audio` False: the app
+        supplies them with `features=`)."""
+        return self._encoder
+
     def feature_windows(self, features: np.ndarray, frame_ids: np.ndarray) -> np.ndarray:
         """The network's audio input for video frames `frame_ids`: windows [T, window, F] of the
         feature rows [M, F] (at the bundle's feature rate), as `speak` builds them."""
@@ -198,7 +191,7 @@ class Avatar:
 
     def audio_features(self, audio: Any, sample_rate: int | None = None) -> np.ndarray:
         """Feature rows [M, F] of `audio` (a path, or samples with sample_rate), as `speak` computes
-        them; ValueError for bundles whose features this runtime does not compute (HuBERT)."""
+        them; ValueError for bundles whose features the app supplies (encoder "features")."""
         return self._prepare(audio, sample_rate, None)[1]
 
     def n_frames(self, n_samples: int, sample_rate: int = 16000) -> int:
@@ -233,8 +226,8 @@ class Avatar:
             progress: True prints "frame i/T" to stderr; a callable gets (done, total).
             features: precomputed audio features [M, F] (or [M, 2, F]) at the bundle's feature
                 rate (50 Hz), used instead of the bundle's encoder; required for bundles whose
-                encoder is "features" or "hubert" (e.g. the dataset's aud_hu.npy, or HuBERT run
-                elsewhere). With audio None, T = round(M * fps / rate) and the MP4 is silent.
+                encoder is "features" (e.g. the dataset's aud_hu.npy). With audio None,
+                T = round(M * fps / rate) and the MP4 is silent.
 
         Returns:
             uint8 [T, H, W, 3] with T = round(duration * fps), or the Path of `out`.
@@ -275,24 +268,19 @@ class Avatar:
             if samples is None:
                 return None, feats, n_video_frames(feats.shape[0], sample_rate=self._rate, fps=self._fps)
             return samples, feats, self.n_frames(samples.shape[0])
-        if self._mel is None:
-            raise ValueError(
-                f"bundle {self._bundle.path} uses {self._encoder} audio features, which this runtime does not "
-                f"compute: pass features= ([M, {self._feature_dim}] rows at {self._rate:g} Hz)"
-            )
         if samples is None:
             raise ValueError("speak: give audio (a path or an array) or features=")
-        return samples, log_mel(samples, self._mel), self.n_frames(samples.shape[0])
+        return samples, self._encoder.features(samples), self.n_frames(samples.shape[0])
 
     @staticmethod
     def _load_samples(audio: Any, sample_rate: int | None) -> np.ndarray:
         if isinstance(audio, (str, os.PathLike)):
             if sample_rate is not None:
                 raise ValueError("sample_rate is for array audio; files carry their own rate")
-            return load_audio(audio, 16000)
+            return load_audio(audio, SAMPLE_RATE)
         if sample_rate is None:
             raise ValueError("audio is an array: pass its sample_rate= (Hz)")
-        return prepare_audio(np.asarray(audio), sample_rate, sample_rate=16000)
+        return prepare_audio(np.asarray(audio), sample_rate, sample_rate=SAMPLE_RATE)
 
     def _check_features(self, features: np.ndarray) -> np.ndarray:
         feats = np.asarray(features, dtype=np.float32)
@@ -398,35 +386,34 @@ class Avatar:
 
     # ------------------------------------------------------------ real time
 
-    def stream(self, chunks: Iterable[np.ndarray], sample_rate: int = 16000) -> Iterator[np.ndarray]:
+    def stream(self, chunks: Iterable[np.ndarray], sample_rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
         """Real-time playback: mono PCM chunks in, frames (uint8 [H, W, 3], new arrays) out.
 
         chunks: any iterable of 1-D float (in [-1, 1]) or int16 arrays at 16 kHz, of any sizes.
-        Frame n is yielded as soon as its feature window is complete (~150 ms of audio after its
-        time stamp with the default MelSpec and window); the rest come when `chunks` ends. Only a bounded
-        buffer of feature rows is kept, so streams may be arbitrarily long. Uses the generated
-        AUs (neutral + blinks). Gives the same frames as `speak` on the concatenated audio.
-        Only bundles with the "mel" encoder stream (others need features computed elsewhere).
+        Frame n is yielded as soon as its feature window is complete; the rest come when `chunks`
+        ends. With the default window that is ~150 ms of audio after its time stamp for "mel";
+        "hubert" computes rows in fixed windows with lookahead (EncoderWindows), ~400 ms for the
+        first frame (runtime/design.md). Only bounded buffers of samples and feature rows are kept,
+        so streams may be arbitrarily long. Uses the generated AUs (neutral + blinks). Gives the
+        same frames as `speak` on the concatenated audio. "features" bundles cannot stream audio
+        (ValueError): their features come from the app.
         """
-        if self._mel is None:
-            raise ValueError(f"bundle {self._bundle.path} uses precomputed features; it cannot stream audio")
-        if sample_rate != self._mel.sample_rate:
-            raise ValueError(f"stream takes {self._mel.sample_rate} Hz chunks, got sample_rate={sample_rate}")
-        return self._stream(chunks)
+        if sample_rate != SAMPLE_RATE:
+            raise ValueError(f"stream takes {SAMPLE_RATE} Hz chunks, got sample_rate={sample_rate}")
+        return self._stream(chunks, self._encoder.streamer())  # a "features" bundle raises here
 
-    def _stream(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        mel = MelStreamer(self._mel)
+    def _stream(self, chunks: Iterable[np.ndarray], feats: FeatureStreamer) -> Iterator[np.ndarray]:
         buf = _RowBuffer(self._feature_dim)
         aus = self._au_source(None, None)
         n = 0  # next frame to yield
         for chunk in chunks:
-            buf.append(mel.feed(_pcm_to_float(chunk)))
-            ready = self._frames_ready(n, buf.end, self.n_frames(mel.n_samples))
+            buf.append(feats.feed(_pcm_to_float(chunk)))
+            ready = self._frames_ready(n, buf.end, self.n_frames(feats.n_samples))
             yield from self._stream_frames(buf, n, ready, aus)
             n = ready
             buf.drop_before(window_bounds(n, self._fps, self._rate, self._window)[0])
-        buf.append(mel.flush())
-        yield from self._stream_frames(buf, n, self.n_frames(mel.n_samples), aus)
+        buf.append(feats.flush())
+        yield from self._stream_frames(buf, n, self.n_frames(feats.n_samples), aus)
 
     def _frames_ready(self, n: int, rows: int, lower_bound_t: int) -> int:
         # Frame n is final once its window's rows exist and the clip surely has frame n.

@@ -154,7 +154,7 @@ def test_audio_predicts_mouth_finds_the_lag_the_mouth_was_made_with():
 
 
 def test_render_frames_equals_speak_on_the_same_inputs(trained_avatar):
-    from embedtalk_sdk.runtime.audio.mel import frame_windows, log_mel
+    from embedtalk_sdk.runtime.audio.mel import frame_windows
     from embedtalk_sdk.runtime.camera import pingpong
     from embedtalk_sdk.runtime.audio.speech import synthesize_speech
     from embedtalk_sdk.runtime.avatar import Avatar
@@ -166,7 +166,7 @@ def test_render_frames_equals_speak_on_the_same_inputs(trained_avatar):
     b = avatar.bundle
     views, torso = b.array("viewmats"), b.array("torso_bg")
     n = np.arange(len(spoken))
-    windows = frame_windows(log_mel(audio, avatar._mel), len(spoken), avatar.fps, 50.0, 16)
+    windows = frame_windows(avatar.audio_features(audio, 16000), len(spoken), avatar.fps, 50.0, 16)
     frames = list(avatar.render_frames(windows, aus, views[pingpong(n, len(views))], torso[pingpong(n, len(torso))]))
     assert len(frames) == len(spoken) == 20
     assert np.abs(np.stack(frames).astype(int) - spoken).max() <= 1

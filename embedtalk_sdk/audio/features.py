@@ -1,22 +1,39 @@
-"""Audio features for training: log-mel (default), HuBERT from a local path, or a precomputed array.
+"""Audio features for training, keyed by the runtime's encoders (runtime/audio/encoders.py):
+log-mel (default), HuBERT from a local transformers checkpoint, or a precomputed array.
 
-All three give rows at 50 Hz, so `frame_windows` cuts the same 16-row window per video frame.
+Each gives the `AudioEncoder` whose block goes into the checkpoint (and so the bundle) together
+with the dataset's rows at 50 Hz, so `frame_windows` cuts the same 16-row window per video frame
+in training and at playback.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 
+from embedtalk_sdk.runtime.audio.encoders import (
+    SAMPLE_RATE,
+    AudioEncoder,
+    FeaturesEncoder,
+    HubertEncoder,
+    MelEncoder,
+)
 from embedtalk_sdk.runtime.audio.io import load_audio
-from embedtalk_sdk.runtime.audio.mel import MelSpec, log_mel
+from embedtalk_sdk.runtime.audio.mel import MelSpec
 
-ENCODERS = ("mel", "hubert", "features")
+
+class FeatureSource(NamedTuple):
+    """Where a dataset's features come from: its audio, a HuBERT checkpoint, its aud_hu.npy."""
+
+    audio_path: Path
+    hubert_path: str | Path | None = None
+    features_path: Path | None = None
 
 
 def mel_features(audio_path: str | Path, spec: MelSpec = MelSpec()) -> np.ndarray:
-    """[M, n_mels] log-mel rows at 50 Hz."""
-    return log_mel(load_audio(audio_path, spec.sample_rate), spec)
+    """[M, n_mels] log-mel rows at 50 Hz (the "mel" encoder's rows of a file)."""
+    return MelEncoder(spec).features(load_audio(audio_path, spec.sample_rate))
 
 
 def precomputed_features(path: str | Path) -> np.ndarray:
@@ -30,32 +47,44 @@ def precomputed_features(path: str | Path) -> np.ndarray:
 
 
 def hubert_features(audio_path: str | Path, model_path: str | Path, device: str = "cpu") -> np.ndarray:
-    """[M, hidden] last-layer HuBERT features at 50 Hz from a local transformers checkpoint."""
-    import torch
-    from transformers import HubertModel, Wav2Vec2FeatureExtractor
+    """[M, hidden] last-layer HuBERT rows at 50 Hz from a local transformers checkpoint, computed
+    in the windows playback uses (runtime/audio/encoders.py EncoderWindows)."""
+    from embedtalk_sdk.audio.hubert import hubert_encoder
 
-    model_path = Path(model_path)
-    if not model_path.exists():
-        raise FileNotFoundError(f"{model_path}: no HuBERT checkpoint there (give a local facebook/hubert-large-ls960-ft copy)")
-    samples = load_audio(audio_path, 16000)
-    extractor = Wav2Vec2FeatureExtractor.from_pretrained(model_path)
-    model = HubertModel.from_pretrained(model_path).to(device).eval()
-    inputs = extractor(samples, sampling_rate=16000, return_tensors="pt").input_values.to(device)
-    with torch.no_grad():
-        feats = model(inputs).last_hidden_state[0].cpu().numpy()
-    return feats.astype(np.float32)
+    return hubert_encoder(model_path, device).features(load_audio(audio_path, SAMPLE_RATE))
 
 
-def dataset_features(audio_path: Path, encoder: str, hubert_path: str | None = None, features_path: Path | None = None) -> np.ndarray:
-    """Features of a dataset's audio with the chosen encoder."""
-    if encoder == "mel":
-        return mel_features(audio_path)
-    if encoder == "hubert":
-        if not hubert_path:
-            raise ValueError("--audio-encoder hubert needs --hubert-path pointing at a local HuBERT checkpoint")
-        return hubert_features(audio_path, hubert_path)
-    if encoder == "features":
-        if features_path is None or not Path(features_path).is_file():
-            raise FileNotFoundError(f"{features_path}: --audio-encoder features needs the dataset's aud_hu.npy")
-        return precomputed_features(features_path)
-    raise ValueError(f"unknown audio encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
+def _mel(src: FeatureSource) -> tuple[AudioEncoder, np.ndarray]:
+    enc = MelEncoder()
+    return enc, mel_features(src.audio_path, enc.spec)
+
+
+def _hubert(src: FeatureSource) -> tuple[AudioEncoder, np.ndarray]:
+    from embedtalk_sdk.audio.hubert import hubert_encoder
+
+    if not src.hubert_path:
+        raise ValueError("--audio-encoder hubert needs --hubert-path pointing at a local HuBERT checkpoint")
+    enc = hubert_encoder(src.hubert_path)
+    return enc, enc.features(load_audio(src.audio_path, SAMPLE_RATE))
+
+
+def _precomputed(src: FeatureSource) -> tuple[AudioEncoder, np.ndarray]:
+    if src.features_path is None or not Path(src.features_path).is_file():
+        raise FileNotFoundError(f"{src.features_path}: --audio-encoder features needs the dataset's aud_hu.npy")
+    feats = precomputed_features(src.features_path)
+    return FeaturesEncoder(feats.shape[1], where=f"an avatar trained on {src.features_path}"), feats
+
+
+_BUILDERS: dict[str, Callable[[FeatureSource], tuple[AudioEncoder, np.ndarray]]] = {
+    MelEncoder.name: _mel,
+    HubertEncoder.name: _hubert,
+    FeaturesEncoder.name: _precomputed,
+}
+
+
+def dataset_features(encoder: str, src: FeatureSource) -> tuple[AudioEncoder, np.ndarray]:
+    """(the encoder named `encoder`, the dataset's rows float32 [M, encoder.dim] at encoder.rate)."""
+    build = _BUILDERS.get(encoder)
+    if build is None:
+        raise ValueError(f"unknown audio encoder {encoder!r}; choose one of {', '.join(_BUILDERS)}")
+    return build(src)

@@ -13,9 +13,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from embedtalk_sdk.audio.features import dataset_features
+from embedtalk_sdk.audio.features import FeatureSource, dataset_features
 from embedtalk_sdk.runtime.audio.io import load_audio
-from embedtalk_sdk.runtime.audio.mel import MelSpec, frame_windows
+from embedtalk_sdk.runtime.audio.mel import frame_windows
 from embedtalk_sdk.data.dataset import TalkingDataset
 from embedtalk_sdk.runtime.fileio import atomic_write
 from embedtalk_sdk.metrics import lpips_distance, psnr
@@ -167,9 +167,10 @@ class Trainer:
         self.rasterizer = pick_rasterizer(cfg.rasterizer, self.device)
         self.data_dir = Path(data_dir)
         train_set, val_set = TalkingDataset(data_dir, "train"), TalkingDataset(data_dir, "val")
-        features = dataset_features(
-            train_set.audio_path, cfg.audio_encoder, cfg.hubert_path, self.data_dir / "aud_hu.npy"
+        encoder, features = dataset_features(
+            cfg.audio_encoder, FeatureSource(train_set.audio_path, cfg.hubert_path, self.data_dir / "aud_hu.npy")
         )
+        self.audio_block = encoder.block()  # the block, not the encoder: HuBERT's weights need not stay loaded
         self.features = features
         dcfg = DeformConfig.from_dict({**cfg.deform.to_dict(), "feature_dim": features.shape[1]})
         self.train = FrameData(train_set, features, dcfg.window, self.device)
@@ -405,15 +406,16 @@ class Trainer:
         }
 
     def _meta(self, metrics: dict) -> dict:
-        meta = dataset_meta(self.train.dataset, self.cfg.audio_encoder, self.deform.cfg)
+        meta = dataset_meta(self.train.dataset, self.audio_block, self.deform.cfg)
         meta["train"] = {k: v for k, v in self.cfg.to_dict().items() if k not in ("deform", "densify")}
         meta["metrics"] = metrics
         return meta
 
 
-def dataset_meta(ds: TalkingDataset, audio_encoder: str, deform_cfg: DeformConfig) -> dict:
+def dataset_meta(ds: TalkingDataset, audio: dict, deform_cfg: DeformConfig) -> dict:
     """What export needs to know about the training data: image size, fps, intrinsics, audio
-    features, AU statistics (neutral pose, blink peak and rate for generated blinks)."""
+    features (audio: the encoder's `AudioEncoder.block()`), AU statistics (neutral pose, blink
+    peak and rate for generated blinks)."""
     blink = ds.aus[:, BLINK_INDEX]
     return {
         "data_dir": str(Path(ds.root).resolve()),
@@ -421,8 +423,7 @@ def dataset_meta(ds: TalkingDataset, audio_encoder: str, deform_cfg: DeformConfi
         "height": ds.height,
         "fps": ds.fps,
         "K": ds.K.tolist(),
-        "audio": {"encoder": audio_encoder, **MelSpec().to_dict(), "window": deform_cfg.window,
-                  "feature_dim": deform_cfg.feature_dim},
+        "audio": {**audio, "window": deform_cfg.window},
         "aus": {
             "neutral": np.median(ds.aus, axis=0).round(4).tolist(),
             "blink_peak": float(np.percentile(blink, 99)),
