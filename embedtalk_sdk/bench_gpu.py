@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from embedtalk_sdk.runtime.backends.base import BackendError, deform_io
+from embedtalk_sdk.runtime.backends.base import BackendError, background_to_float, deform_io
 from embedtalk_sdk.runtime.bundle import Bundle
 
 NAME = "gsplat-torch"
@@ -60,7 +60,7 @@ class GsplatTorchBaseline:
         torch = self.torch
         with torch.no_grad():
             vm = torch.as_tensor(np.asarray(viewmat, np.float32), device=self.device)[None]
-            bg = torch.as_tensor(np.ascontiguousarray(background, np.float32), device=self.device)
+            bg = torch.as_tensor(background_to_float(background), device=self.device)
             colors, alphas, _ = self.gsplat.rasterization(
                 self.means + delta_means, self.quats, self.scales, torch.sigmoid(self.logits + delta_opacity),
                 self.colors, vm, self.K, self.width, self.height, near_plane=0.01, eps2d=0.3, packed=False,

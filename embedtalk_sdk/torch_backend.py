@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedtalk_sdk.runtime.backends.base import deform_io, to_uint8
+from embedtalk_sdk.runtime.backends.base import background_to_float, deform_io, to_uint8
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 
 
@@ -102,6 +102,6 @@ class TorchBackend:
                 self.colors,
                 torch.as_tensor(np.asarray(viewmat, dtype=np.float32)),
                 self.K,
-                torch.as_tensor(np.asarray(background, dtype=np.float32)),
+                torch.as_tensor(background_to_float(background)),
             )
         return to_uint8(image.numpy().copy(), out)

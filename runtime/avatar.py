@@ -26,7 +26,7 @@ from embedtalk_sdk.runtime.audio.io import AudioError, load_audio, prepare_audio
 from embedtalk_sdk.runtime.audio.mel import frame_windows, n_video_frames, rows_needed, window_bounds
 from embedtalk_sdk.runtime.camera import pingpong
 from embedtalk_sdk.runtime.aus import AU_SCALE, BLINK_AU, N_AUS
-from embedtalk_sdk.runtime.backends.base import Backend, create_backend
+from embedtalk_sdk.runtime.backends.base import Backend, create_backend, to_uint8
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 
 BLINK_SEED = 0
@@ -144,8 +144,6 @@ class Avatar:
         if self._torso.shape != want or self._torso.dtype != np.uint8 or kb < 1:
             got = f"{self._torso.dtype} {self._torso.shape}"
             raise BundleError(f"{b.path}/torso_bg.npy is {got}, expected uint8 {want}")
-        self._bg = np.empty((self._height, self._width, 3), dtype=np.float32)
-        self._bg_index = -1
         self._frame = np.empty((self._height, self._width, 3), dtype=np.uint8)  # reused per frame
 
     # ------------------------------------------------------------ properties
@@ -316,33 +314,44 @@ class Avatar:
             raise ValueError(f"aus must be [{N_AUS}] or [T, {N_AUS}] with T >= {t} frames, got shape {a.shape}")
         return lambda n0, n1: a[n0:n1] / AU_SCALE
 
-    # ------------------------------------------------------------ the frame loop
+    # ------------------------------------------------------------ the frame loop (every entry point's)
+
+    def _render(
+        self,
+        n0: int,
+        n1: int,
+        inputs: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
+        scene: Callable[[int], tuple[np.ndarray, np.ndarray]],
+        report: Callable[[int], None] = lambda done: None,
+    ) -> Iterator[np.ndarray]:
+        """Frames n0..n1-1, `batch` at a time through the network; yields a reused buffer (copy to keep).
+
+        inputs(a, b): (audio windows float32 [b-a, window, F], network AUs float32 [b-a, 6]) of
+        frames a..b-1. scene(n): (viewmat float32 [4, 4], background uint8 [H, W, 3]) of frame n;
+        the backend converts the background. report(done): called after each batch.
+        """
+        for a in range(n0, n1, self._batch):
+            b = min(a + self._batch, n1)
+            delta_means, delta_opacity = self._backend.deform(*inputs(a, b))
+            for i in range(b - a):
+                viewmat, background = scene(a + i)
+                yield self._backend.render(delta_means[i], delta_opacity[i], viewmat, background, out=self._frame)
+            report(b)
+
+    def _track(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Frame n's camera and torso/background from the bundle's tracks (ping-pong looped)."""
+        k, kb = int(pingpong(n, self._viewmats.shape[0])), int(pingpong(n, self._torso.shape[0]))
+        return self._viewmats[k], self._torso[kb]
 
     def _frames(
         self, feats: np.ndarray, t: int, aus: Callable[[int, int], np.ndarray], progress: Progress
     ) -> Iterator[np.ndarray]:
         """Frames 0..t-1 from whole-clip features; yields a reused buffer (copy to keep)."""
-        report = _progress_reporter(progress, t)
-        for n0 in range(0, t, self._batch):
-            b = min(self._batch, t - n0)
-            windows = frame_windows(feats, b, self._fps, self._rate, self._window, first_frame=n0)
-            yield from self._render_batch(n0, windows, aus(n0, n0 + b))
-            report(n0 + b)
 
-    def _render_batch(self, n0: int, windows: np.ndarray, aus: np.ndarray) -> Iterator[np.ndarray]:
-        delta_means, delta_opacity = self._backend.deform(windows, aus)
-        frame = self._frame
-        for i in range(windows.shape[0]):
-            n = n0 + i
-            viewmat = self._viewmats[int(pingpong(n, self._viewmats.shape[0]))]
-            background = self._background(int(pingpong(n, self._torso.shape[0])))
-            yield self._backend.render(delta_means[i], delta_opacity[i], viewmat, background, out=frame)
+        def inputs(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+            return frame_windows(feats, b - a, self._fps, self._rate, self._window, first_frame=a), aus(a, b)
 
-    def _background(self, k: int) -> np.ndarray:
-        if k != self._bg_index:
-            np.multiply(self._torso[k], np.float32(1.0 / 255.0), out=self._bg)
-            self._bg_index = k
-        return self._bg
+        return self._render(0, t, inputs, self._track, _progress_reporter(progress, t))
 
     # ------------------------------------------------------------ explicit per-frame inputs (evaluation)
 
@@ -360,9 +369,12 @@ class Avatar:
             windows: audio-feature windows [T, window, F] (`frame_windows` of the bundle's features).
             aus: AU intensities 0..5 [T, 6] (OpenFace scale, as in au.csv).
             viewmats: world-to-camera, OpenCV [T, 4, 4].
-            backgrounds: torso + background images [T, H, W, 3], uint8, or float in [0, 1].
+            backgrounds: torso + background images [T, H, W, 3], uint8, or float in [0, 1] (rounded
+                to uint8 as the exporter stores the bundle's track, so speak and render_frames
+                of the same inputs are the same frames).
 
         Yields uint8 [H, W, 3] frames (each a new array), batched `batch` at a time through the network.
+        Raises ValueError here, before the first frame, if the inputs do not fit together.
         """
         windows = np.asarray(windows, dtype=np.float32)
         aus = np.asarray(aus, dtype=np.float32)
@@ -372,17 +384,21 @@ class Avatar:
         if aus.shape != (t, N_AUS) or np.shape(viewmats) != (t, 4, 4) or len(backgrounds) != t:
             raise ValueError(f"aus [T, {N_AUS}], viewmats [T, 4, 4], backgrounds [T, H, W, 3] must match "
                              f"T = {t}: got {aus.shape}, {np.shape(viewmats)}, {len(backgrounds)}")
-        bg = np.empty((self._height, self._width, 3), dtype=np.float32)
-        for n0 in range(0, t, self._batch):
-            n1 = min(n0 + self._batch, t)
-            delta_means, delta_opacity = self._backend.deform(windows[n0:n1], aus[n0:n1] / AU_SCALE)
-            for i in range(n1 - n0):
-                b = np.asarray(backgrounds[n0 + i])
-                if b.shape != bg.shape:
-                    raise ValueError(f"background {n0 + i} is {b.shape}, the avatar renders {bg.shape}")
-                bg[:] = b / np.float32(255.0) if b.dtype == np.uint8 else b
-                vm = np.ascontiguousarray(viewmats[n0 + i], dtype=np.float32)
-                yield self._backend.render(delta_means[i], delta_opacity[i], vm, bg).copy()
+        viewmats = np.ascontiguousarray(viewmats, dtype=np.float32)
+
+        def inputs(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+            return windows[a:b], aus[a:b] / AU_SCALE
+
+        def scene(n: int) -> tuple[np.ndarray, np.ndarray]:
+            return viewmats[n], self._background_u8(n, backgrounds[n])
+
+        return (frame.copy() for frame in self._render(0, t, inputs, scene))
+
+    def _background_u8(self, n: int, background: np.ndarray) -> np.ndarray:
+        b = np.asarray(background)
+        if b.shape != self._frame.shape:
+            raise ValueError(f"background {n} is {b.shape}, the avatar renders {self._frame.shape}")
+        return b if b.dtype == np.uint8 else to_uint8(np.array(b, dtype=np.float32))
 
     # ------------------------------------------------------------ real time
 
@@ -424,13 +440,12 @@ class Avatar:
     def _stream_frames(
         self, buf: "_RowBuffer", n0: int, n1: int, aus: Callable[[int, int], np.ndarray]
     ) -> Iterator[np.ndarray]:
-        for a in range(n0, n1, self._batch):
-            b = min(self._batch, n1 - a)
-            windows = frame_windows(
-                buf.rows, b, self._fps, self._rate, self._window, first_frame=a, row_offset=buf.start
-            )
-            for frame in self._render_batch(a, windows, aus(a, a + b)):
-                yield frame.copy()
+        def inputs(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+            windows = frame_windows(buf.rows, b - a, self._fps, self._rate, self._window, first_frame=a,
+                                    row_offset=buf.start)  # fmt: skip
+            return windows, aus(a, b)
+
+        return (frame.copy() for frame in self._render(n0, n1, inputs, self._track))
 
 
 class _RowBuffer:

@@ -281,6 +281,49 @@ def test_given_aus_change_the_frames(avatar: Avatar):
         avatar.speak(audio, sample_rate=16000, aus=np.zeros((3, 6)))
 
 
+
+def track_inputs(avatar: Avatar, audio: np.ndarray, aus: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The explicit per-frame inputs `speak(audio, aus=aus)` takes from the bundle's tracks."""
+    from embedtalk_sdk.runtime.audio.mel import frame_windows
+    from embedtalk_sdk.runtime.camera import pingpong
+
+    b = avatar.bundle
+    views, torso = b.array("viewmats"), b.array("torso_bg")
+    n = np.arange(aus.shape[0])
+    windows = frame_windows(avatar.audio_features(audio, 16000), n.size, avatar.fps, 50.0, WINDOW)
+    return windows, views[pingpong(n, len(views))], torso[pingpong(n, len(torso))]
+
+
+def test_render_frames_is_speak_bit_for_bit(avatar: Avatar):
+    # One render path: the same frame through render_frames and through speak is the same bytes.
+    audio, aus = speech(0.8), np.tile(np.array([0.5, 0.2, 0.1, 0.3, 0.4, 1.0], np.float32), (20, 1))
+    windows, views, torso = track_inputs(avatar, audio, aus)
+    spoken = avatar.speak(audio, sample_rate=16000, aus=aus)
+    assert np.array_equal(np.stack(list(avatar.render_frames(windows, aus, views, torso))), spoken)
+
+
+def test_background_reaches_the_rasteriser_as_x_over_255(avatar: Avatar, monkeypatch):
+    # The uint8 torso track is converted once, where it is used, by x / 255 in float32 (the
+    # training side's rule), whichever way the frame is asked for.
+    renderer = avatar._backend._renderer
+    seen = []
+
+    def spy(*args):
+        seen.append(args[-1].copy())
+        return rasterize(*args)
+
+    rasterize = renderer._rasterize
+    monkeypatch.setattr(renderer, "_rasterize", spy)
+    audio, aus = speech(0.4), np.zeros((10, 6), np.float32)
+    windows, views, torso = track_inputs(avatar, audio, aus)
+    avatar.speak(audio, sample_rate=16000, aus=aus)
+    list(avatar.render_frames(windows, aus, views, torso))
+    assert np.unique(torso).size == 256  # every uint8 value is checked
+    want = torso.astype(np.float32) / np.float32(255)
+    assert len(seen) == 2 * len(torso)
+    for i, got in enumerate(seen):
+        assert got.dtype == np.float32 and np.array_equal(got, want[i % len(torso)]), f"frame {i}"
+
 def test_blinks_are_deterministic_and_chunk_independent():
     a = BlinkSchedule(1.5, 0.25, 3.0, fps=25)
     whole = a.values(0, 250)

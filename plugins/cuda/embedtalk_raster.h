@@ -43,7 +43,7 @@ typedef struct EtkRasterArgs {
     const float* colors;          /* [N,3] activated RGB */
     const float* viewmat;         /* [4,4] world-to-camera, OpenCV, row-major (device) */
     const float* background_f32;  /* [H,W,3] in [0,1], or NULL ... */
-    const uint8_t* background_u8; /* ... [H,W,3] uint8 (scaled by float(1/255)); exactly one is set */
+    const uint8_t* background_u8; /* ... [H,W,3] uint8 (x / 255 in float32); exactly one is set */
     float* image_f32;             /* [H,W,3] out, or NULL */
     float* alpha;                 /* [H,W] out (1 - final transmittance), or NULL */
     uint8_t* image_u8;            /* [H,W,3] out, or NULL: clip, * 255, round half to even */

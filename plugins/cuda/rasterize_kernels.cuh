@@ -207,7 +207,7 @@ extern "C" __global__ void etk_tile_ranges(
 // One 16x16 block per tile, grid (tiles_x, tiles_y). The tile's Gaussians are staged through
 // shared memory 256 at a time; a pixel stops at the first Gaussian that would take T below
 // 1e-4, and the block stops when all its pixels have. Background: float [H,W,3] in [0,1], or
-// uint8 [H,W,3] (scaled by float(1/255) as Avatar does); exactly one is non-null. Any of the
+// uint8 [H,W,3] (x / 255, IEEE division: the CPU backends' rule); exactly one is non-null. Any of the
 // outputs may be null: image float [H,W,3], alpha float [H,W], image uint8 [H,W,3]
 // (clip to [0,1], * 255, round half to even).
 extern "C" __global__ void __launch_bounds__(ETK_TILE_PIXELS) etk_blend(
@@ -263,7 +263,7 @@ extern "C" __global__ void __launch_bounds__(ETK_TILE_PIXELS) etk_blend(
     float bg[3];
 #pragma unroll
     for (int ch = 0; ch < 3; ++ch)
-        bg[ch] = background_f32 ? background_f32[3 * p + ch] : (float)background_u8[3 * p + ch] * (1.0f / 255.0f);
+        bg[ch] = background_f32 ? background_f32[3 * p + ch] : (float)background_u8[3 * p + ch] / 255.0f;
     const float out[3] = {r + T * bg[0], gr + T * bg[1], bl + T * bg[2]};
     if (image_f32) {
 #pragma unroll

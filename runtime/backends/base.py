@@ -47,7 +47,10 @@ class Backend(Protocol):
         out: np.ndarray | None = None,
     ) -> np.ndarray:
         """One frame: delta_means [N,3], delta_opacity [N], viewmat [4,4] (w2c, OpenCV),
-        background float32 [H,W,3] in [0,1] -> uint8 [H,W,3] (written into `out` if given)."""
+        background uint8 [H,W,3] (the torso/background track as stored) -> uint8 [H,W,3]
+        (written into `out` if given).
+
+        The backend converts the background where it uses it, by `background_to_float`'s rule."""
         ...
 
 
@@ -140,6 +143,8 @@ class CpuRenderer:
         self.K = np.ascontiguousarray(np.asarray(bundle.manifest["K"], dtype=np.float32).reshape(3, 3))
         self._means = np.empty_like(self.means)
         self._opacity = np.empty_like(self.opacity_logits)
+        h, w = int(bundle.manifest["height"]), int(bundle.manifest["width"])
+        self._background = np.empty((h, w, 3), dtype=np.float32)
         self._rasterize = _rasterize_cpu()
 
     @staticmethod
@@ -163,9 +168,22 @@ class CpuRenderer:
         expit(self._opacity, out=self._opacity)
         image, _ = self._rasterize(
             self._means, self.quats, self.scales, self._opacity, self.colors,
-            np.ascontiguousarray(viewmat, dtype=np.float32), self.K, background,
+            np.ascontiguousarray(viewmat, dtype=np.float32), self.K, background_to_float(background, self._background),
         )
         return to_uint8(image, out)
+
+
+def background_to_float(background: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [H,W,3] -> float32 [H,W,3] in [0,1]: x / 255, correctly rounded in float32.
+
+    The one rule for the rasteriser's background (the training side reads images the same way;
+    the CUDA kernel divides likewise). Not x * float32(1/255), which differs for 126 of 256 values."""
+    if background.dtype != np.uint8:
+        raise TypeError(f"background must be uint8 [H,W,3], got {background.dtype}")
+    if out is None:
+        out = np.empty(background.shape, dtype=np.float32)
+    np.divide(background, np.float32(255.0), out=out, dtype=np.float32)
+    return out
 
 
 def to_uint8(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -112,7 +112,7 @@ class TensorRTBackend:
         self._host["audio_window"].array[0] = self._windows[i]
         self._host["aus"].array[0] = self._aus[i]
         self._host["viewmat"].array[0] = viewmat
-        np.copyto(self._host["background"].array[0], np.rint(np.clip(background, 0, 1) * 255.0), casting="unsafe")
+        np.copyto(self._host["background"].array[0], background, casting="no")  # uint8, as the engine takes it
         for name in ("audio_window", "aus", "viewmat", "background"):
             check(drv.cuMemcpyHtoDAsync(self._buf[name].ptr, self._host[name].ptr, self._host[name].nbytes, h))
         if not self.context.execute_async_v3(int(self.stream)):

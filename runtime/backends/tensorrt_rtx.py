@@ -3,9 +3,10 @@ rasteriser, on one CUDA stream. Never imports torch.
 
 Per batch, `deform` copies the audio windows and AUs to the GPU and enqueues the engine; its
 outputs stay on the device (returned as `DeviceArray`s). Per frame, `render` uploads the viewmat
-and the background, enqueues the rasteriser on the engine's outputs (no host round trip in
-between) and copies back only the finished uint8 frame (plus the 4-byte pair count, in the same
-synchronisation). `render_device` leaves the frame on the GPU (DLPack / __cuda_array_interface__).
+and the uint8 background (the blend kernel converts it, x / 255), enqueues the rasteriser on the
+engine's outputs (no host round trip in between) and copies back only the finished uint8 frame
+(plus the 4-byte pair count, in the same synchronisation). `render_device` leaves the frame on
+the GPU (DLPack / __cuda_array_interface__).
 
 Engine choice: the bundle's `engines` entry whose backend is "tensorrt-rtx", whose
 compute_capability is this GPU's and whose trt_version is the installed TensorRT-RTX's, if its
@@ -204,8 +205,8 @@ class TensorRTRTXBackend:
         self._pair_count_host = PinnedBuffer((1,), np.uint32)
         self._frame = DeviceBuffer(int(np.prod(hw3)))
         self._frame_host = PinnedBuffer(hw3, np.uint8)
-        self._bg = DeviceBuffer(int(np.prod(hw3)) * 4)
-        self._bg_host = PinnedBuffer(hw3, np.float32)
+        self._bg = DeviceBuffer(int(np.prod(hw3)))  # uint8: the kernel converts it (x / 255)
+        self._bg_host = PinnedBuffer(hw3, np.uint8)
         self._viewmat = DeviceBuffer(64)
         self._viewmat_host = PinnedBuffer((4, 4), np.float32)
         self._scratch_dm: Any = None  # for host-side delta arrays handed to render()
@@ -286,7 +287,7 @@ class TensorRTRTXBackend:
         do = self._device_ptr(delta_opacity, (self.n,), "do")
         self.stream.synchronize()  # staging buffers are free
         np.copyto(self._viewmat_host.array, viewmat, casting="same_kind")
-        np.copyto(self._bg_host.array, background, casting="same_kind")
+        np.copyto(self._bg_host.array, background, casting="no")  # uint8 only (Backend.render)
         check(drv.cuMemcpyHtoDAsync(self._viewmat.ptr, self._viewmat_host.ptr, 64, h))
         check(drv.cuMemcpyHtoDAsync(self._bg.ptr, self._bg_host.ptr, self._bg_host.nbytes, h))
         while True:
@@ -294,7 +295,7 @@ class TensorRTRTXBackend:
                 self.stream, n=self.n, width=self.width, height=self.height, K=self.K,
                 means=self._gauss["means"], quats=self._gauss["quats"], scales=self._gauss["scales"],
                 opacity_logits=self._gauss["opacity_logits"], colors=self._gauss["colors"],
-                delta_means=dm, delta_opacity=do, viewmat=self._viewmat, background_f32=self._bg,
+                delta_means=dm, delta_opacity=do, viewmat=self._viewmat, background_u8=self._bg,
                 image_u8=self._frame, max_pairs=self._max_pairs, workspace=self._ws,
                 workspace_bytes=self._ws_bytes, pair_count=self._pair_count,
             )  # fmt: skip
