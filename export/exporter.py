@@ -1,9 +1,11 @@
 """Checkpoint -> bundle: bake W_z gamma(z) into a per-Gaussian table, build deform.onnx, gather the
-camera and torso+background tracks, write everything with `write_bundle`.
+camera and torso+background tracks, write everything with `write_bundle` (files and manifest:
+docs/interfaces.md, "Bundle").
 
-Size trade (docs/interfaces.md, DESIGN.md "Baking"): the bundle stores the baked table inside
-deform.onnx as fp32 [N, hidden] rather than z [N, 32] + W_z, so the runtime does no work at load and
-the engine builders see one constant; see the closing notes for the measured numbers.
+Size trade: the bundle stores the baked table inside deform.onnx as fp32 [N, hidden] rather than
+z [N, embed_dim] + W_z, so the runtime does no work at load and the engine builders see one
+constant. It costs hidden / embed_dim times the embeddings' bytes (2x with the default 64 / 32):
+deform.onnx is 12.9 MB at 50k Gaussians (plugins/cuda/design.md, "Measured here").
 """
 from __future__ import annotations
 
