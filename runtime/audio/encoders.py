@@ -15,6 +15,7 @@ runner (torch), so training, export and playback share one definition of the fea
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Protocol
@@ -58,7 +59,7 @@ class FeatureStreamer(Protocol):
     def flush(self) -> np.ndarray: ...
 
 
-class AudioEncoder:
+class AudioEncoder(ABC):
     """One kind of audio features: name, rate, width, computation and manifest block.
 
     Attributes:
@@ -73,22 +74,22 @@ class AudioEncoder:
     rate: float
     dim: int
 
+    @abstractmethod
     def features(self, samples: np.ndarray) -> np.ndarray:
         """Rows float32 [M, dim] of a whole clip (float samples [S] at 16 kHz)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def streamer(self) -> FeatureStreamer:
         """A fresh incremental computation of `features` for one stream."""
-        raise NotImplementedError
 
     def block(self) -> dict[str, Any]:
         """The manifest's audio block (without the network's "window"): JSON-ready."""
         return {"encoder": self.name, "rate": float(self.rate), "feature_dim": int(self.dim)}
 
     @classmethod
+    @abstractmethod
     def from_block(cls, block: Mapping[str, Any], bundle: Bundle, encoder_file: Path | None) -> "AudioEncoder":
         """Build from a bundle's audio block; BundleError if the block or its files are wrong."""
-        raise NotImplementedError
 
 
 class MelEncoder(AudioEncoder):
