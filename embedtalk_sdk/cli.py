@@ -67,13 +67,11 @@ def synth(
 def _train_config(iterations: int, audio_encoder: str, hubert_path: Optional[str], lpips_weights: Optional[str],
                   init_points: int, device: str, seed: int, rasterizer: str = "auto",
                   max_gaussians: Optional[int] = None, val_every: int = 500, mouth_crops: Optional[int] = None):
-    from embedtalk_sdk.train.strategy import DensifyConfig, default_max_gaussians
+    from embedtalk_sdk.train.strategy import DensifyConfig
     from embedtalk_sdk.train.trainer import TrainConfig, pick_device
 
-    if max_gaussians is None:
-        max_gaussians = default_max_gaussians(pick_device(device))
-    densify = DensifyConfig(start=min(200, iterations // 5), stop=int(iterations * 0.7), every=max(50, iterations // 30),
-                            max_gaussians=max_gaussians)
+    # The schedule TrainConfig(iterations=N) gets too (None: the Trainer derives it the same way).
+    densify = None if max_gaussians is None else DensifyConfig.for_run(iterations, pick_device(device), max_gaussians)
     cfg = TrainConfig(
         iterations=iterations, audio_encoder=audio_encoder, hubert_path=hubert_path, lpips_weights=lpips_weights,
         init_points=init_points, device=device, seed=seed, densify=densify, rasterizer=rasterizer, val_every=val_every,
@@ -296,6 +294,8 @@ def eval_cmd(
     except (EvalError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     console.print_json(json.dumps(report["metrics"]))
+    if report["metrics"]["lpips"] is None:
+        console.print(f"note: {report['notes']['lpips']}")
     console.print(f"wrote {report['files']['json']} and {report['files']['video']}")
 
 

@@ -1,8 +1,9 @@
 """`embedtalk-sdk eval`: a trained avatar against its dataset's held-out frames.
 
 Renders the validation split (the last 1/11 of frames) with the dataset's own cameras, torso images,
-AUs and audio, from a checkpoint (the training-side torch model) or from a bundle (through
-`Avatar.render_frames`, any runtime backend), and compares with the ground truth:
+AUs and audio, from a checkpoint (the training-side torch model, on the device and rasteriser training
+would pick) or from a bundle (through `Avatar.render_frames`, any runtime backend; needs no PyTorch,
+LPIPS is then null), and compares with the ground truth:
 PSNR, SSIM, LPIPS, LMD on mouth landmarks and an offline audio-visual sync measure
 (`embedtalk_sdk.metrics`; the sync measure is NOT SyncNet's Sync-C, see there). The same sync
 measure on the ground-truth frames is reported beside it as the reference.
@@ -50,7 +51,8 @@ def _checkpoint_frames(ckpt_path: Path, data: Path | None,
     from embedtalk_sdk.audio.features import FeatureSource, dataset_features
     from embedtalk_sdk.model.checkpoint import Checkpoint
     from embedtalk_sdk.runtime.aus import AU_SCALE
-    from embedtalk_sdk.train.trainer import FrameData, render_frame
+    from embedtalk_sdk.train.render import FrameData, pick_rasterizer, render_frame
+    from embedtalk_sdk.train.trainer import pick_device
 
     ckpt = Checkpoint.load(ckpt_path)
     meta = ckpt.meta
@@ -64,19 +66,20 @@ def _checkpoint_frames(ckpt_path: Path, data: Path | None,
     encoder = meta.get("audio", {}).get("encoder", "mel")
     hubert = meta.get("train", {}).get("hubert_path")
     _, feats = dataset_features(encoder, FeatureSource(ds.audio_path, hubert, root / "aud_hu.npy"))
-    device = torch.device("cpu")
+    device = pick_device("auto")  # and the rasteriser for it, as training picks them
+    rasterizer = pick_rasterizer("auto", device)
     frames = FrameData(ds, feats, ckpt.deform.cfg.window, device)
     if neutral_aus:
         frames.aus[:] = torch.as_tensor(meta["aus"]["neutral"]) / AU_SCALE
-    g, net = ckpt.gaussians.eval(), ckpt.deform.eval()
+    g, net = ckpt.gaussians.to(device).eval(), ckpt.deform.to(device).eval()
 
     def gen() -> Iterator[np.ndarray]:
         with torch.no_grad():
             for i in range(len(ds)):
-                image, _, _ = render_frame(g, net, frames, i, "numba")
-                yield to_uint8(image.numpy())
+                image, _, _ = render_frame(g, net, frames, i, rasterizer)
+                yield to_uint8(image.cpu().numpy())
 
-    return ds, gen(), {"kind": "checkpoint", "audio_encoder": encoder, "gaussians": len(g)}
+    return ds, gen(), {"kind": "checkpoint", "audio_encoder": encoder, "gaussians": len(g), "rasterizer": rasterizer}
 
 
 def _bundle_frames(bundle_path: Path, data: Path | None, backend: str,
@@ -108,6 +111,17 @@ def _bundle_frames(bundle_path: Path, data: Path | None, backend: str,
         aus = np.broadcast_to(np.asarray(avatar.bundle.manifest["aus"]["neutral"], np.float32), ds.aus.shape)
     frames = avatar.render_frames(windows, aus, ds.viewmats, backgrounds)
     return ds, frames, {"kind": "bundle", "backend": avatar.backend_name, "audio_encoder": encoder.name}
+
+
+def _lpips_metric(weights: str | None) -> tuple[object | None, str]:
+    """(LPIPS network or None, the note eval.json gives for it). LPIPS needs PyTorch: a bundle is
+    evaluated without it, with lpips null."""
+    try:
+        from embedtalk_sdk.train.lpips import load_lpips
+    except ImportError as e:
+        return None, f"LPIPS off: it needs PyTorch ({e}); pip install 'embedtalk-sdk[train]'"
+    metric = load_lpips(weights)
+    return metric, "LPIPS v0.1 AlexNet" if metric is not None else "LPIPS off: no AlexNet backbone (--lpips-weights)"
 
 
 class _LazyBackgrounds:
@@ -178,9 +192,7 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     (out / "frames").mkdir(exist_ok=True)
     n = len(ds) if max_frames <= 0 else min(max_frames, len(ds))
-    from embedtalk_sdk.train.lpips import load_lpips
-
-    lp = load_lpips(lpips_weights)
+    lp, lpips_note = _lpips_metric(lpips_weights)
     face_model = Path(face_model) if face_model else SHARED_MODELS / "face_landmarker.task"
     still_ids = set(np.linspace(0, n - 1, min(stills, n)).round().astype(int).tolist())
     per: dict[str, list] = {"psnr": [], "ssim": [], "lpips": [], "lmd": [None] * n}
@@ -260,7 +272,7 @@ def evaluate(
                     "ground truth on the same frames: Pearson r and std(render) / std(truth); 1 / 1 is perfect. "
                     "*_audio_only: the frames rendered with the neutral AUs, as speak() drives the avatar",
             "ssim": "Gaussian 11x11, sigma 1.5, K1=0.01, K2=0.03, valid window positions, mean over RGB",
-            "lpips": "LPIPS v0.1 AlexNet" if lp is not None else "LPIPS off: no AlexNet backbone (--lpips-weights)",
+            "lpips": lpips_note,
         },
         "sync_curve": sync["curve"], "gt_sync_curve": sync_gt["curve"],
         "per_frame": per, "seconds": round(render_seconds, 1),

@@ -12,6 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from conftest import SHARED
+
 ROOT = Path(__file__).resolve().parents[1]
 # Folder on disk -> import name (pyproject.toml maps the card's folders into one package).
 PACKAGES = {"embedtalk_sdk": "embedtalk_sdk", "runtime": "embedtalk_sdk.runtime", "plugins": "embedtalk_sdk.plugins",
@@ -21,6 +25,7 @@ PACKAGES = {"embedtalk_sdk": "embedtalk_sdk", "runtime": "embedtalk_sdk.runtime"
 CORE_THIRD_PARTY = {"numpy", "scipy", "soundfile", "av", "numba", "PIL", "onnxruntime", "cuda", "tensorrt",
                     "tensorrt_rtx", "tensorrt_rtx_bindings", "matplotlib", "onnx"}
 CORE_PREFIXES = ("embedtalk_sdk.runtime", "embedtalk_sdk.plugins")
+FACE_MODEL = SHARED / "models" / "face_landmarker.task"
 
 
 def module_name(path: Path) -> str:
@@ -83,17 +88,26 @@ def test_no_private_name_is_imported_across_modules():
     assert not bad, "private names imported across modules:\n" + "\n".join(bad)
 
 
-BLOCK_TRAINING = """
+# The training side: what an app that only plays avatars does not install.
+TORCH_SIDE = ("torch", "transformers", "embedtalk_sdk.model", "embedtalk_sdk.train", "embedtalk_sdk.export",
+              "embedtalk_sdk.functional")
+
+
+def blocker(blocked: tuple[str, ...]) -> str:
+    """Python source that makes the modules `blocked` (and their submodules) unimportable."""
+    return f"""
 import importlib.abc, sys
-BLOCKED = ("torch", "transformers", "embedtalk_sdk.model", "embedtalk_sdk.train", "embedtalk_sdk.data",
-           "embedtalk_sdk.preprocess", "embedtalk_sdk.synthetic", "embedtalk_sdk.export", "embedtalk_sdk.functional",
-           "embedtalk_sdk.eval")
+BLOCKED = {blocked!r}
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if any(name == b or name.startswith(b + ".") for b in BLOCKED):
-            raise ImportError(f"{name} is blocked: the runtime must not need it")
+            raise ImportError(f"{{name}} is blocked: the runtime must not need it")
 sys.meta_path.insert(0, Block())
 """
+
+
+BLOCK_TRAINING = blocker(TORCH_SIDE + ("embedtalk_sdk.data", "embedtalk_sdk.preprocess", "embedtalk_sdk.synthetic",
+                                       "embedtalk_sdk.eval"))
 
 
 def test_every_runtime_module_imports_with_the_training_side_blocked():
@@ -114,3 +128,25 @@ def test_bench_runs_with_the_training_side_blocked(trained_avatar, tmp_path: Pat
     report = json.loads((tmp_path / "b.json").read_text())
     assert report["baseline"] == "onnxruntime"
     assert [r["backend"] for r in report["results"] if "fps" in r] == ["onnxruntime"]
+
+
+def test_eval_on_a_bundle_runs_with_torch_blocked(trained_avatar, tmp_path: Path):
+    """`embedtalk-sdk eval BUNDLE --data DATA` without PyTorch: runtime frames, LPIPS null with its reason."""
+    pytest.importorskip("mediapipe")
+    if not FACE_MODEL.is_file():
+        pytest.skip(f"no face landmarker at {FACE_MODEL}")
+    out = tmp_path / "eval"
+    code = blocker(TORCH_SIDE) + (
+        "from embedtalk_sdk.cli import app\n"
+        f"app(['eval', {str(trained_avatar['bundle'])!r}, '--data', {str(trained_avatar['data'])!r}, "
+        f"'-o', {str(out)!r}])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "eval.json").read_text())
+    m = report["metrics"]
+    assert report["kind"] == "bundle" and report["backend"] == "onnxruntime" and report["frames"] == 10
+    assert m["lpips"] is None and "needs PyTorch" in report["notes"]["lpips"]
+    assert "note: LPIPS off: it needs PyTorch" in " ".join((result.stdout + result.stderr).split())  # rich wraps
+    assert m["psnr"] == pytest.approx(trained_avatar["metrics"]["psnr_val"], abs=0.2) and 0 < m["ssim"] <= 1
+    assert m["lmd_frames"] > 0 and m["lip_corr"] is not None and (out / "side_by_side.mp4").stat().st_size > 0

@@ -1,4 +1,5 @@
-"""Rendering a deformed head over a frame's torso+background, on whichever rasteriser fits the device.
+"""Rendering a deformed head over a frame's torso+background, on whichever rasteriser fits the device;
+the one render path of training, validation and `eval` on checkpoints (`FrameData`, `render_frame`).
 
 Rasterisers (all the maths of plugins/design.md, differentiable):
 - "gsplat": CUDA tensors, gsplat installed;
@@ -7,10 +8,16 @@ Rasterisers (all the maths of plugins/design.md, differentiable):
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from embedtalk_sdk.data.dataset import TalkingDataset
 from embedtalk_sdk.functional.rasterize import project
 from embedtalk_sdk.functional.rasterize import rasterize as rasterize_reference
+from embedtalk_sdk.model.deform import DeformNet
+from embedtalk_sdk.model.gaussians import GaussianModel
+from embedtalk_sdk.runtime.audio.mel import frame_windows
+from embedtalk_sdk.runtime.aus import AU_SCALE
 
 RASTERIZERS = ("auto", "gsplat", "numba", "torch")
 
@@ -102,3 +109,42 @@ def gaussians_touching(
     x, y = proj.mean2d[:, 0], proj.mean2d[:, 1]
     hit = proj.valid & (x + r >= 0) & (x - r < width) & (y + r >= 0) & (y - r < height)
     return hit.nonzero()[:, 0]
+
+
+class FrameData:
+    """A dataset's per-frame tensors on `device`: audio windows [n,window,F], AUs / AU_SCALE [n,6],
+    viewmats [n,4,4], K [3,3]; images and torso backgrounds [H,W,3] read when asked for."""
+
+    def __init__(self, dataset: TalkingDataset, features: np.ndarray, window: int, device: torch.device):
+        self.dataset = dataset
+        self.device = device
+        aud_ids = np.asarray(dataset.aud_ids)
+        windows = frame_windows(features, int(aud_ids.max()) + 1, fps=dataset.fps, window=window)
+        self.windows = torch.as_tensor(windows[aud_ids], device=device)
+        self.aus = torch.as_tensor(dataset.aus / AU_SCALE, dtype=torch.float32, device=device)
+        self.viewmats = torch.as_tensor(dataset.viewmats, device=device)
+        self.K = torch.as_tensor(dataset.K, device=device)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def image(self, i: int) -> torch.Tensor:
+        return torch.as_tensor(self.dataset.image(i), device=self.device)
+
+    def torso_bg(self, i: int) -> torch.Tensor:
+        return torch.as_tensor(self.dataset.torso_bg(i), device=self.device)
+
+
+def render_frame(
+    gaussians: GaussianModel, deform: DeformNet, frames: FrameData, i: int, rasterizer: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frame i of `frames`: the deformed head over its torso+background (`rasterizer` as `render`)
+    -> (image [H,W,3], alpha [H,W], deformed means [N,3])."""
+    g = gaussians
+    dmu, dalpha = deform(g.embeddings, frames.windows[i : i + 1], frames.aus[i : i + 1])
+    means = g.means + dmu[0]
+    image, alpha = render(
+        means, g.params["quats"], g.scales(), g.opacities(dalpha[0]), g.colors(),
+        frames.viewmats[i], frames.K, frames.torso_bg(i), rasterizer,
+    )  # fmt: skip
+    return image, alpha, means

@@ -15,6 +15,8 @@ from embedtalk_sdk.model.gaussians import GaussianModel
 
 @dataclass
 class DensifyConfig:
+    """Densify (and prune) at the steps start <= step < stop that are multiples of `every`."""
+
     start: int = 200
     stop: int = 3000
     every: int = 100
@@ -22,7 +24,15 @@ class DensifyConfig:
     split_scale: float = 0.01  # world units: larger Gaussians split, smaller ones clone
     prune_opacity: float = 0.01
     max_gaussians: int = 60_000
-    reset_opacity_every: int = 0  # 0: never (short CPU runs do better without resets)
+
+    @classmethod
+    def for_run(cls, iterations: int, device: torch.device, max_gaussians: int | None = None) -> DensifyConfig:
+        """The schedule of a run of `iterations` steps on `device`, for the CLI and the Python API
+        alike: from min(200, N / 5) to 0.7 N every max(50, N / 30) steps, capped at max_gaussians
+        (default: `default_max_gaussians(device)`)."""
+        cap = default_max_gaussians(device) if max_gaussians is None else max_gaussians
+        return cls(start=min(200, iterations // 5), stop=int(iterations * 0.7), every=max(50, iterations // 30),
+                   max_gaussians=cap)
 
 
 CPU_MAX_GAUSSIANS = 15_000  # ~0.25 s a step at 256^2 on 2 cores (numba rasteriser)

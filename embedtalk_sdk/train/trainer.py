@@ -15,19 +15,22 @@ import torch
 
 from embedtalk_sdk.audio.features import FeatureSource, dataset_features
 from embedtalk_sdk.runtime.audio.io import load_audio
-from embedtalk_sdk.runtime.audio.mel import frame_windows
 from embedtalk_sdk.data.dataset import TalkingDataset
 from embedtalk_sdk.runtime.fileio import atomic_write
 from embedtalk_sdk.metrics import lpips_distance, psnr
 from embedtalk_sdk.model.checkpoint import Checkpoint
 from embedtalk_sdk.model.deform import DeformConfig, DeformNet
-from embedtalk_sdk.runtime.aus import AU_SCALE, BLINK_INDEX
+from embedtalk_sdk.runtime.aus import BLINK_INDEX
 from embedtalk_sdk.model.gaussians import GaussianModel
 from embedtalk_sdk.runtime.backends.base import to_uint8
-from embedtalk_sdk.train.losses import embedding_smoothness, knn_indices
+from embedtalk_sdk.train.losses import (
+    box_l1, embedding_rows, embedding_smoothness, knn_indices, l1, lpips_face, lpips_mouth, opacity_mean,
+)
 from embedtalk_sdk.train.health import HealthInputs, audio_health, audio_ignored, quietest_frame
 from embedtalk_sdk.train.lpips import LPIPS, load_lpips
-from embedtalk_sdk.train.render import crop_intrinsics, gaussians_touching, pick_rasterizer, render
+from embedtalk_sdk.train.render import (
+    FrameData, crop_intrinsics, gaussians_touching, pick_rasterizer, render, render_frame,
+)
 from embedtalk_sdk.train.strategy import DensifyConfig, GradStats, densify_and_prune
 
 ProgressFn = Callable[[int, int, dict], None]
@@ -87,7 +90,8 @@ class TrainConfig:
     device: str = "auto"
     rasterizer: str = "auto"  # auto | gsplat | numba | torch (train/render.py)
     deform: DeformConfig = field(default_factory=DeformConfig)
-    densify: DensifyConfig = field(default_factory=DensifyConfig)
+    # None: DensifyConfig.for_run(iterations, device), the schedule `train --iterations N` runs.
+    densify: DensifyConfig | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,54 +110,9 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class FrameData:
-    """A dataset's per-frame tensors: audio windows, AUs, cameras, images (lazily)."""
-
-    def __init__(self, dataset: TalkingDataset, features: np.ndarray, window: int, device: torch.device):
-        self.dataset = dataset
-        self.device = device
-        aud_ids = np.asarray(dataset.aud_ids)
-        windows = frame_windows(features, int(aud_ids.max()) + 1, fps=dataset.fps, window=window)
-        self.windows = torch.as_tensor(windows[aud_ids], device=device)
-        self.aus = torch.as_tensor(dataset.aus / AU_SCALE, dtype=torch.float32, device=device)
-        self.viewmats = torch.as_tensor(dataset.viewmats, device=device)
-        self.K = torch.as_tensor(dataset.K, device=device)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def image(self, i: int) -> torch.Tensor:
-        return torch.as_tensor(self.dataset.image(i), device=self.device)
-
-    def torso_bg(self, i: int) -> torch.Tensor:
-        return torch.as_tensor(self.dataset.torso_bg(i), device=self.device)
-
-
-def _mouth_crop(img: torch.Tensor, box: tuple[int, int, int, int], size: int = 64) -> torch.Tensor:
-    """[H,W,3] -> [1,3,size,size] crop of the mouth box, resized so AlexNet sees enough pixels."""
-    x0, y0, x1, y1 = box
-    crop = img[y0:y1, x0:x1].permute(2, 0, 1)[None]
-    return torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)
-
-
 def to_8bit(image: torch.Tensor) -> np.ndarray:
     """[H,W,3] float -> float64 numpy of its 8-bit frame (what a user sees and `eval` measures)."""
     return to_uint8(image.detach().cpu().numpy().astype(np.float32)) / 255.0
-
-
-def render_frame(
-    gaussians: GaussianModel, deform: DeformNet, frames: FrameData, i: int, rasterizer: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Frame i of `frames`: the deformed head over its torso+background (train/render.py's `rasterizer`)
-    -> (image [H,W,3], alpha [H,W], deformed means [N,3])."""
-    g = gaussians
-    dmu, dalpha = deform(g.embeddings, frames.windows[i : i + 1], frames.aus[i : i + 1])
-    means = g.means + dmu[0]
-    image, alpha = render(
-        means, g.params["quats"], g.scales(), g.opacities(dalpha[0]), g.colors(),
-        frames.viewmats[i], frames.K, frames.torso_bg(i), rasterizer,
-    )  # fmt: skip
-    return image, alpha, means
 
 
 class Trainer:
@@ -165,6 +124,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.device = pick_device(cfg.device)
         self.rasterizer = pick_rasterizer(cfg.rasterizer, self.device)
+        self.densify = cfg.densify or DensifyConfig.for_run(cfg.iterations, self.device)
         self.data_dir = Path(data_dir)
         train_set, val_set = TalkingDataset(data_dir, "train"), TalkingDataset(data_dir, "val")
         encoder, features = dataset_features(
@@ -285,31 +245,27 @@ class Trainer:
             g.means[ids] + dmu[0], quats[ids], scales[ids], g.opacities(dalpha[0], ids), g.colors()[ids],
             viewmat, K, frames.torso_bg(i)[y0:y1, x0:x1], self.rasterizer,
         )  # fmt: skip
-        return (image - frames.image(i)[y0:y1, x0:x1]).abs().mean()
+        return l1(image, frames.image(i)[y0:y1, x0:x1])
 
-    def loss(self, i: int, neighbours: torch.Tensor | None,
+    def loss(self, step: int, i: int, neighbours: torch.Tensor | None,
              crops: list[tuple[int, int]] = ()) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 12 on training frame i, plus the mouth-crop L1 of `crops` ((frame, AU frame) pairs)
-        -> (loss, deformed means with retained grad)."""
-        c = self.cfg
+        """Eq. 12 on training frame i at `step` (LPIPS every cfg.lpips_every steps), plus the mouth-crop
+        L1 of `crops` ((frame, AU frame) pairs) -> (loss, deformed means with retained grad)."""
+        c, g = self.cfg, self.gaussians
         image, _, means = self.render_frame(self.train, i)
         means.retain_grad()
         gt = self.train.image(i)
         box = self.train.dataset.mouth_box(i)
-        loss = (image - gt).abs().mean()
+        loss = l1(image, gt)
         if c.lambda_mouth_l1:
-            x0, y0, x1, y1 = box
-            loss = loss + c.lambda_mouth_l1 * (image[y0:y1, x0:x1] - gt[y0:y1, x0:x1]).abs().mean()
-        if self.lpips is not None and c.lpips_every and self._step % c.lpips_every == 0:
-            loss = loss + c.lambda_face * self.lpips(image.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None]).mean()
-            loss = loss + c.lambda_mouth * self.lpips(_mouth_crop(image, box), _mouth_crop(gt, box)).mean()
-        g = self.gaussians
+            loss = loss + c.lambda_mouth_l1 * box_l1(image, gt, box)
+        if self.lpips is not None and c.lpips_every and step % c.lpips_every == 0:
+            loss = loss + c.lambda_face * lpips_face(self.lpips, image, gt)
+            loss = loss + c.lambda_mouth * lpips_mouth(self.lpips, image, gt, box)
         if neighbours is not None and c.lambda_emb:
-            rows = None
-            if c.emb_reg_rows and len(g) > c.emb_reg_rows:
-                rows = torch.randint(len(g), (c.emb_reg_rows,), device=g.means.device)
+            rows = embedding_rows(len(g), c.emb_reg_rows, g.means.device)
             loss = loss + c.lambda_emb * embedding_smoothness(g.embeddings, g.means, neighbours, rows=rows)
-        loss = loss + c.lambda_opacity * g.opacities().mean()
+        loss = loss + c.lambda_opacity * opacity_mean(g.opacities())
         if crops:
             loss = loss + c.lambda_mouth_l1 * sum(self.mouth_crop_l1(j, k) for j, k in crops) / len(crops)
         return loss, means
@@ -317,7 +273,7 @@ class Trainer:
     def run(self, out_dir: str | Path, progress: ProgressFn | None = None) -> TrainResult:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        c, d = self.cfg, self.cfg.densify
+        c, d = self.cfg, self.densify
         rng = np.random.default_rng(c.seed)
         # The paper computes the k nearest neighbours "only post densification": L_emb_reg starts at
         # the first densification. From step 0 it collapsed every z (std 0.1 -> 0.005) before the
@@ -330,14 +286,13 @@ class Trainer:
         losses: list[float] = []
         start = time.perf_counter()
         for step in range(c.iterations):
-            self._step = step
             self._set_learning_rates(step)
             i = int(rng.integers(len(self.train)))
             crops = []
             if c.mouth_crops:
                 ids = rng.integers(len(self.train), size=(c.mouth_crops, 2))
                 crops = [(int(j), int(k) if c.mouth_crop_shuffle_aus else int(j)) for j, k in ids]
-            loss, means = self.loss(i, neighbours, crops)
+            loss, means = self.loss(step, i, neighbours, crops)
             self.optimizer.zero_grad(set_to_none=True)
             self.network_opt.zero_grad(set_to_none=True)
             loss.backward()
