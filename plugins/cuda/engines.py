@@ -131,6 +131,20 @@ def network_io(network) -> tuple[dict[str, list], dict[str, list]]:
     return inputs, outputs
 
 
+def _build_serialized(builder, network, config, inputs: dict[str, list], batch: tuple[int, int, int], log: "_Logger",
+                      failure: str) -> bytes:
+    """The serialised engine of `network` with one optimisation profile over `batch`, or
+    EngineBuildError(failure + the builder's last messages). Shared by both TensorRT flavours."""
+    profile = builder.create_optimization_profile()
+    for name, dims in inputs.items():
+        profile.set_shape(name, *(_profile_shapes(dims, b) for b in batch))
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(f"{failure}: " + " | ".join(log.messages[-5:]))
+    return bytes(memoryview(serialized))
+
+
 def build_rtx_engine(onnx_bytes: bytes, target: str | None, batch: tuple[int, int, int] = BATCH_PROFILE) -> dict:
     """One TensorRT-RTX engine of `onnx_bytes` for compute capability `target` ("sm86"), or for
     the GPU of this machine when target is None (ComputeCapability.CURRENT; needs a GPU).
@@ -153,14 +167,8 @@ def build_rtx_engine(onnx_bytes: bytes, target: str | None, batch: tuple[int, in
         cc = getattr(trt.ComputeCapability, name)
     config.num_compute_capabilities = 1
     config.set_compute_capability(cc, 0)
-    profile = builder.create_optimization_profile()
-    for name, dims in inputs.items():
-        profile.set_shape(name, *(_profile_shapes(dims, b) for b in batch))
-    config.add_optimization_profile(profile)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise EngineBuildError(f"TensorRT-RTX could not build for {target or 'this GPU'}: " + " | ".join(log.messages[-5:]))
-    data = bytes(memoryview(serialized))
+    data = _build_serialized(builder, network, config, inputs, batch, log,
+                             f"TensorRT-RTX could not build for {target or 'this GPU'}")
     return {
         "backend": BACKEND_RTX,
         "compute_capability": normalize_target(target) if target else "current",
@@ -283,13 +291,7 @@ def build_trt_engine(model: Any, batch: tuple[int, int, int] = BATCH_PROFILE) ->
     inputs, outputs = network_io(network)
     config = builder.create_builder_config()
     config.plugins_to_serialize = []  # Python plugins are re-registered at load (register_plugin)
-    profile = builder.create_optimization_profile()
-    for name, dims in inputs.items():
-        profile.set_shape(name, *(_profile_shapes(dims, b) for b in batch))
-    config.add_optimization_profile(profile)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise EngineBuildError("TensorRT could not build the engine: " + " | ".join(log.messages[-5:]))
+    data = _build_serialized(builder, network, config, inputs, batch, log, "TensorRT could not build the engine")
     from embedtalk_sdk.plugins.cuda.driver import get_device
 
     dev = get_device(0)
@@ -301,7 +303,7 @@ def build_trt_engine(model: Any, batch: tuple[int, int, int] = BATCH_PROFILE) ->
         "outputs": outputs,
         "profile": {"batch": list(batch)},
         "build_seconds": round(time.perf_counter() - t0, 3),
-        "data": bytes(memoryview(serialized)),
+        "data": data,
     }
 
 
