@@ -16,8 +16,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from scipy.special import expit
 
-from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 from embedtalk_sdk.runtime.aus import N_AUS
+from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 
 log = logging.getLogger("embedtalk_sdk.runtime")
 
@@ -240,13 +240,12 @@ def _registry() -> dict[str, _Entry]:
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             if ep.name in _REGISTRY:
                 continue
-            module, _, attr = ep.value.partition(":")
             try:  # the module is imported to read REQUIRES; such modules import their heavy deps lazily
-                cls = getattr(importlib.import_module(module), attr)
+                cls = ep.load()
             except Exception as e:  # noqa: BLE001 - a broken plug-in must not break the others
                 log.warning("backend %s (%s) could not be imported: %s", ep.name, ep.value, e)
                 continue
-            register_backend(ep.name, module, attr, tuple(getattr(cls, "REQUIRES", ())), getattr(cls, "INSTALL", ""))
+            register_backend(ep.name, ep.module, ep.attr, tuple(getattr(cls, "REQUIRES", ())), getattr(cls, "INSTALL", ""))
     return _REGISTRY
 
 
