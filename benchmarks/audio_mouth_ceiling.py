@@ -23,6 +23,7 @@ from embedtalk_sdk.audio.features import mel_features
 from embedtalk_sdk.preprocess.face import mouth_opening
 from embedtalk_sdk.metrics import pearson
 from embedtalk_sdk.model.deform import AudioNet, DeformConfig
+from embedtalk_sdk.runtime.audio.mel import frame_windows
 
 
 def split_ids(dataset: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -30,13 +31,6 @@ def split_ids(dataset: Path) -> tuple[np.ndarray, np.ndarray]:
     ids = [np.array([f["img_id"] for f in json.loads((dataset / f"transforms_{s}.json").read_text())["frames"]])
            for s in ("train", "val")]
     return ids[0], ids[1]
-
-
-def windows(features: np.ndarray, frames: np.ndarray, window: int) -> np.ndarray:
-    """[T, window, F] audio rows centred on each frame (two 50 Hz rows per 25 fps frame), edge-padded."""
-    half = window // 2
-    padded = np.pad(features, ((half, half), (0, 0)), mode="edge")
-    return np.stack([padded[2 * i:2 * i + window] for i in frames]).astype(np.float32)
 
 
 def ridge_corr(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
@@ -86,7 +80,9 @@ def main() -> None:
     opening = mouth_opening(track["landmarks"])
     features = mel_features(args.dataset / "aud.wav")
     train, val = split_ids(args.dataset)
-    x_train, x_val = windows(features, train, args.window), windows(features, val, args.window)
+    # The windows training cuts for each frame (edges repeated).
+    all_windows = frame_windows(features, len(opening), window=args.window).astype(np.float32)
+    x_train, x_val = all_windows[train], all_windows[val]
     y_train, y_val = opening[train].astype(np.float64), opening[val].astype(np.float64)
     report = {"dataset": str(args.dataset), "train_frames": len(train), "val_frames": len(val),
               "ridge_corr": round(ridge_corr(x_train, y_train, x_val, y_val), 4),
