@@ -134,8 +134,12 @@ def export_cmd(
                                                "[default: the path recorded at training]"),
     shared_encoder: bool = typer.Option(False, help="HuBERT avatars: write the ONNX audio encoder beside "
                                         "the bundle (one file for many avatars) instead of into it"),
+    track_quality: int = typer.Option(10, min=0, max=51, help="torso track H.264 quality factor: 0 lossless, "
+                                      "10 ~50 dB (default), higher is smaller"),
+    raw_track: bool = typer.Option(False, help="store the torso track as raw frames (tens to hundreds of MB)"),
+    table_dtype: str = typer.Option("float16", help="per-Gaussian network table: float16 | float32"),
 ) -> None:
-    """Bake a checkpoint into a portable bundle."""
+    """Bake a checkpoint into a portable bundle (its size by part is printed at the end)."""
     from embedtalk_sdk.plugins.cuda.engines import EngineBuildError, parse_targets
     from embedtalk_sdk.export.exporter import export_bundle
     from embedtalk_sdk.model.checkpoint import CheckpointError
@@ -143,7 +147,8 @@ def export_cmd(
     try:
         export_bundle(ckpt, out, data, track_frames, log=lambda m: console.print(m),
                       engine=engine, targets=parse_targets(target), hubert_path=hubert_path,
-                      shared_encoder=shared_encoder)  # fmt: skip
+                      shared_encoder=shared_encoder, track_quality=None if raw_track else track_quality,
+                      table_dtype=table_dtype)  # fmt: skip
     except (CheckpointError, FileNotFoundError, EngineBuildError, ValueError) as e:
         _fail(str(e))
 

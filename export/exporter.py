@@ -2,10 +2,10 @@
 camera and torso+background tracks, write everything with `write_bundle` (files and manifest:
 docs/interfaces.md, "Bundle").
 
-Size trade: the bundle stores the baked table inside deform.onnx as fp32 [N, hidden] rather than
-z [N, embed_dim] + W_z, so the runtime does no work at load and the engine builders see one
-constant. It costs hidden / embed_dim times the embeddings' bytes (2x with the default 64 / 32):
-deform.onnx is 12.9 MB at 50k Gaussians (plugins/cuda/design.md, "Measured here").
+Size: the torso/background track is H.264 4:4:4 (runtime/track.py), the baked table fp16 inside
+deform.onnx. The table rather than z [N, embed_dim] + W_z: the same bytes as fp16 z would cost
+about twice, but nothing is computed at load and the engine builders see one constant; the
+measurement behind both choices is in runtime/design.md ("Small bundles").
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from embedtalk_sdk.model.checkpoint import Checkpoint
 from embedtalk_sdk.model.deform import BakedDeform
 from embedtalk_sdk.runtime.aus import AU_NAMES
 from embedtalk_sdk.runtime.backends.base import to_uint8
-from embedtalk_sdk.runtime.bundle import bundle_megabytes
+from embedtalk_sdk.runtime.bundle import Bundle, bundle_megabytes, bundle_parts, format_parts
+from embedtalk_sdk.runtime.track import DEFAULT_CRF, encode_track, loop_length
 
 DEFAULT_TRACK_FRAMES = 250  # 10 s at 25 fps: enough variety for idle motion, small enough to ship
 
@@ -80,6 +81,8 @@ def export_bundle(
     targets: Sequence[str] = ("sm86", "sm89"),
     hubert_path: str | Path | None = None,
     shared_encoder: bool = False,
+    track_quality: int | None = DEFAULT_CRF,
+    table_dtype: str = "float16",
 ) -> Path:
     """Export `ckpt_path` to a bundle at `out_path` (a folder `x.etk`, or `x.zip`).
 
@@ -91,6 +94,9 @@ def export_bundle(
     hubert_path: the local HuBERT checkpoint of a HuBERT-trained avatar (default: the path recorded
     at training); it becomes the bundle's ONNX audio encoder. shared_encoder: write that file beside
     the bundle (one copy for many avatars, checked by its sha256) instead of into it.
+    track_quality: the torso track's H.264 constant-quality factor (0 lossless ... 51; default 10,
+    see runtime/design.md "Small bundles"), or None to store raw uint8 frames (large).
+    table_dtype: "float16" (default) or "float32" for the per-Gaussian table in deform.onnx.
     """
     ckpt = Checkpoint.load(ckpt_path)
     meta = ckpt.meta
@@ -102,9 +108,11 @@ def export_bundle(
     dataset = TalkingDataset(data_dir, "train")
     viewmats, torso_bg = tracks(dataset, track_frames)
     baked = bake(ckpt)
-    onnx_model = build_deform_onnx(baked)
+    onnx_model = build_deform_onnx(baked, table_dtype)
     arrays = gaussian_arrays(ckpt)
-    arrays.update(viewmats=viewmats, torso_bg=torso_bg)
+    arrays["viewmats"] = viewmats
+    blobs = {"deform.onnx": onnx_model.SerializeToString()}
+    torso_entry = _torso_track(torso_bg, track_quality, float(meta["fps"]), arrays, blobs, log)
     model_path = hubert_path or meta.get("train", {}).get("hubert_path")
     audio, encoder_blobs = encoder_files(meta["audio"], model_path, Path(out_path), shared_encoder, log)
     manifest = {
@@ -117,11 +125,11 @@ def export_bundle(
         "network": baked.net.cfg.to_dict(),
         "gaussians": {"count": int(arrays["means"].shape[0])},
         "onnx": {"deform": {"file": "deform.onnx", **io_spec(onnx_model)}},
-        "tracks": {"frames": int(len(viewmats)), "torso_frames": int(len(torso_bg))},
+        "tracks": {"frames": int(len(viewmats)), "torso_frames": int(len(torso_bg)), "torso": torso_entry},
         "engines": [],
         "training": meta.get("metrics", {}),
     }
-    blobs = {"deform.onnx": onnx_model.SerializeToString(), **encoder_blobs}
+    blobs.update(encoder_blobs)
     if engine:  # ---- TensorRT engines (plugins/cuda/engines.py, GPU playback) ----
         from embedtalk_sdk.plugins.cuda.engines import build_engines, manifest_entry
 
@@ -130,5 +138,18 @@ def export_bundle(
         manifest["engines"] = [manifest_entry(e) for e in built]
         blobs.update({e["file"]: e["data"] for e in built})
     path = write_bundle(out_path, manifest, arrays, blobs)
-    log(f"wrote {path} ({bundle_megabytes(path):.2f} MB, {manifest['gaussians']['count']} Gaussians)")
+    parts = format_parts(bundle_parts(Bundle.open(path, verify=False).manifest))
+    log(f"wrote {path} ({bundle_megabytes(path):.2f} MB, {manifest['gaussians']['count']} Gaussians: {parts})")
     return path
+
+
+def _torso_track(
+    images: np.ndarray, quality: int | None, fps: float, arrays: dict, blobs: dict, log: Callable[[str], None]
+) -> dict:
+    """Put the track into arrays (raw) or blobs (H.264); return its manifest entry."""
+    if quality is None:
+        arrays["torso_bg"] = images
+        return {"file": "torso_bg.npy", "codec": "raw"}
+    log(f"encoding the torso track: {loop_length(len(images))} frames (one ping-pong loop), H.264 crf {quality}")
+    blobs["torso_bg.mp4"] = encode_track(images, crf=quality, fps=fps)
+    return {"file": "torso_bg.mp4", "codec": "h264", "crf": int(quality)}

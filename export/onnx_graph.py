@@ -3,7 +3,9 @@
 Built node by node (rather than traced) so that initializer names are stable — the torch backend
 and TensorRT tooling find weights by name — and the graph holds exactly the ops TensorRT-RTX and
 onnxruntime need. Inputs: audio_window [B, W, F], aus [B, 6]. Outputs: delta_means [B, N, 3],
-delta_opacity [B, N]. The per-Gaussian table W_z gamma(z) is one [N, hidden] initializer.
+delta_opacity [B, N]. The per-Gaussian table W_z gamma(z) is one [N, hidden] initializer, stored in
+fp16 by default (half the bundle's largest part; onnxruntime folds the Cast to fp32 once, when the
+session is made: runtime/design.md "Table precision").
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ OPSET = 18
 INPUTS = ("audio_window", "aus")
 OUTPUTS = ("delta_means", "delta_opacity")
 TABLE = "gaussian_table"
+TABLE_DTYPES = ("float16", "float32")
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -63,8 +66,20 @@ def _positional_encoding(g: _Graph, x: str, dim: int, n_freqs: int, name: str) -
     return g.op("Concat", [x, flat], f"{name}.out", axis=1)
 
 
-def build_deform_onnx(baked: BakedDeform) -> onnx.ModelProto:
-    """ONNX model computing `baked(audio_window, aus)`; batch size B is dynamic."""
+def _table(g: _Graph, table: np.ndarray, dtype: str) -> str:
+    """The per-Gaussian table as an fp32 tensor name: the initializer itself, or its fp16 copy + Cast."""
+    if dtype not in TABLE_DTYPES:
+        raise ValueError(f"table dtype must be one of {TABLE_DTYPES}, got {dtype!r}")
+    if dtype == "float32":
+        return g.const(TABLE, table)
+    return g.op("Cast", [g.const(TABLE, table.astype(np.float16))], f"{TABLE}.fp32", to=TensorProto.FLOAT)
+
+
+def build_deform_onnx(baked: BakedDeform, table_dtype: str = "float16") -> onnx.ModelProto:
+    """ONNX model computing `baked(audio_window, aus)`; batch size B is dynamic.
+
+    table_dtype: how the [N, hidden] table is stored, "float16" (default) or "float32"; the graph
+    computes in fp32 either way."""
     net, cfg = baked.net, baked.net.cfg
     n = baked.table.shape[0]
     g = _Graph()
@@ -84,7 +99,7 @@ def build_deform_onnx(baked: BakedDeform) -> onnx.ModelProto:
     pe = _positional_encoding(g, "aus", N_AUS, cfg.au_freqs, "au_pe")
     frame = g.op("Add", [g.linear(code, net.audio_proj, "audio_proj"), g.linear(pe, net.au_proj, "au_proj")], "frame")
     frame3 = g.op("Unsqueeze", [frame, g.const("frame.axis", np.array([1], np.int64))], "frame.b1h")
-    h = g.op("Relu", [g.op("Add", [frame3, g.const(TABLE, _np(baked.table))], "first.sum")], "first.act")
+    h = g.op("Relu", [g.op("Add", [frame3, _table(g, _np(baked.table), table_dtype)], "first.sum")], "first.act")
     for i, layer in enumerate(net.trunk):
         h = g.op("Relu", [g.linear(h, layer, f"trunk{i}")], f"trunk{i}.act")
     bound = np.array(cfg.max_offset, np.float32)

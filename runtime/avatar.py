@@ -9,8 +9,8 @@
 Audio becomes feature rows through the bundle's encoder (runtime/audio/encoders.py: mel, hubert,
 or features the app supplies). Frame n uses the feature window of `frame_windows`
 (docs/interfaces.md), AUs for frame n (given, or neutral + generated blinks), camera
-viewmats[pingpong(n, K)] and torso/background image torso_bg[pingpong(n, Kb)]. The network runs
-on batches of `batch` frames.
+viewmats[pingpong(n, K)] and torso/background image pingpong(n, Kb) of the torso track
+(runtime/track.py: H.264, decoded in playback order). The network runs on batches of `batch` frames.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from embedtalk_sdk.runtime.camera import pingpong
 from embedtalk_sdk.runtime.aus import AU_SCALE, BLINK_AU, N_AUS
 from embedtalk_sdk.runtime.backends.base import Backend, create_backend, to_uint8
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
+from embedtalk_sdk.runtime.track import open_track
 
 BLINK_SEED = 0
 DEFAULT_BLINK_S = 0.2  # a typical blink, used when the manifest gives no blink_duration_s
@@ -136,14 +137,10 @@ class Avatar:
     def _load_tracks(self) -> None:
         b = self._bundle
         self._viewmats = np.ascontiguousarray(b.array("viewmats"), dtype=np.float32)
-        self._torso = b.array("torso_bg")
         k, kb = int(_get(b, "tracks.frames")), int(_get(b, "tracks.torso_frames"))
         if self._viewmats.shape != (k, 4, 4) or k < 1:
             raise BundleError(f"{b.path}/viewmats.npy has shape {self._viewmats.shape}, expected ({k}, 4, 4)")
-        want = (kb, self._height, self._width, 3)
-        if self._torso.shape != want or self._torso.dtype != np.uint8 or kb < 1:
-            got = f"{self._torso.dtype} {self._torso.shape}"
-            raise BundleError(f"{b.path}/torso_bg.npy is {got}, expected uint8 {want}")
+        self._torso = open_track(b, _get(b, "tracks.torso"), kb, self._height, self._width)
         self._frame = np.empty((self._height, self._width, 3), dtype=np.uint8)  # reused per frame
 
     # ------------------------------------------------------------ properties
@@ -338,10 +335,15 @@ class Avatar:
                 yield self._backend.render(delta_means[i], delta_opacity[i], viewmat, background, out=self._frame)
             report(b)
 
+    def track(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """The cameras and torso/background images `speak` uses for frames 0..t-1:
+        (viewmats float32 [t, 4, 4], backgrounds uint8 [t, H, W, 3]; new arrays)."""
+        scenes = [self._track(n) for n in range(int(t))]
+        return (np.stack([v for v, _ in scenes]).astype(np.float32), np.stack([b.copy() for _, b in scenes]))
+
     def _track(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Frame n's camera and torso/background from the bundle's tracks (ping-pong looped)."""
-        k, kb = int(pingpong(n, self._viewmats.shape[0])), int(pingpong(n, self._torso.shape[0]))
-        return self._viewmats[k], self._torso[kb]
+        return self._viewmats[int(pingpong(n, self._viewmats.shape[0]))], self._torso.frame(n)
 
     def _frames(
         self, feats: np.ndarray, t: int, aus: Callable[[int, int], np.ndarray], progress: Progress

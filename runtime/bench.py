@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from embedtalk_sdk.runtime.audio.speech import synthesize_speech
-from embedtalk_sdk.runtime.bundle import bundle_megabytes
+from embedtalk_sdk.runtime.bundle import bundle_megabytes, bundle_parts, format_parts
 from embedtalk_sdk.runtime.backends.base import available_backends
 
 BASELINES = ("torch", "onnxruntime")  # the first one installed
@@ -22,17 +22,23 @@ BASELINES = ("torch", "onnxruntime")  # the first one installed
 
 def time_backend(bundle: str | Path, backend: str, n_frames: int, warmup: int = 3) -> dict:
     """Time `n_frames` frames of `backend` on a synthetic sentence; per-frame latency of the
-    frame generator (network + rasteriser + uint8), after `warmup` frames (JIT, allocations)."""
+    frame generator (network + rasteriser + uint8), after `warmup` frames (JIT, allocations).
+    Also `load_ms` (Avatar.load) and `first_frame_ms` (load to the first frame; in a process that
+    already ran another backend, JIT caches are warm)."""
     from embedtalk_sdk.runtime.avatar import Avatar
 
+    t_start = time.perf_counter()
     avatar = Avatar.load(bundle, backend=backend)
+    t_loaded = time.perf_counter()
     seconds = (n_frames + warmup) / avatar.fps + 0.5
     audio = synthesize_speech(seconds, seed=7).samples
     latencies = []
     gen = avatar.frames(audio, sample_rate=16000)
-    t_prev = time.perf_counter()
+    t_prev = first = time.perf_counter()
     for n, _ in enumerate(gen):
         now = time.perf_counter()
+        if n == 0:
+            first = now
         if n >= warmup:
             latencies.append(now - t_prev)
         t_prev = now
@@ -45,6 +51,8 @@ def time_backend(bundle: str | Path, backend: str, n_frames: int, warmup: int = 
         "fps": round(float(len(lat) / lat.sum()), 2),
         "latency_ms_p50": round(float(np.percentile(lat, 50) * 1e3), 2),
         "latency_ms_p99": round(float(np.percentile(lat, 99) * 1e3), 2),
+        "load_ms": round((t_loaded - t_start) * 1e3, 1),
+        "first_frame_ms": round((first - t_start) * 1e3, 1),
     }
 
 
@@ -58,6 +66,8 @@ def run_bench(bundle: str | Path, backend: str = "all", n_frames: int = 50, log:
     if baseline and baseline not in names:
         names.append(baseline)
     manifest = Bundle.open(bundle).manifest
+    parts = bundle_parts(manifest)
+    log(f"{bundle}: {bundle_megabytes(bundle):.2f} MB ({format_parts(parts)})")
     results = []
     for name in names:
         log(f"timing {name} ...")
@@ -72,6 +82,7 @@ def run_bench(bundle: str | Path, backend: str = "all", n_frames: int = 50, log:
     return {
         "bundle": str(bundle),
         "bundle_mb": round(bundle_megabytes(bundle), 3),
+        "bundle_parts_bytes": parts,
         "width": manifest["width"],
         "height": manifest["height"],
         "gaussians": manifest["gaussians"]["count"],

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 
 FORMAT_NAME = "embedtalk-bundle"
-FORMAT_VERSION = 1  # the newest format this SDK reads and writes
+FORMAT_VERSION = 2  # the format this SDK reads and writes (2: the torso track as video, the table in fp16)
 MANIFEST = "manifest.json"
 _CHUNK = 1 << 20
 
@@ -126,8 +126,13 @@ def _parse_manifest(path: Path, raw: bytes) -> dict[str, Any]:
         raise BundleError(f"bundle {path} has an invalid format_version {version!r}")
     if version > FORMAT_VERSION:
         raise BundleError(
-            f"bundle {path} has format version {version} but this SDK reads up to "
+            f"bundle {path} has format version {version} but this SDK reads version "
             f"{FORMAT_VERSION}: upgrade embedtalk-sdk"
+        )
+    if version < FORMAT_VERSION:
+        raise BundleError(
+            f"bundle {path} has format version {version}, from an older embedtalk-sdk; this SDK reads "
+            f"version {FORMAT_VERSION}: export it again from its checkpoint (embedtalk-sdk export ckpt.pt)"
         )
     files = manifest.get("files")
     if not isinstance(files, dict):
@@ -158,9 +163,9 @@ class Bundle:
     def open(cls, path: str | Path, verify: bool = True) -> "Bundle":
         """Open the bundle at `path` (folder or zip) and check it.
 
-        Checks: format name; format_version not newer than this SDK reads; every file listed in
-        the manifest exists with the listed size and sha256 (`verify=False` skips the hashing,
-        not the existence and size checks). Raises BundleError naming the problem and the file.
+        Checks: format name; format_version is the one this SDK reads (older: export again,
+        newer: upgrade); every file listed in the manifest exists with the listed size and sha256
+        (`verify=False` skips the hashing, not the existence and size checks). Raises BundleError naming the problem and the file.
         """
         path = Path(path)
         if path.name == MANIFEST and path.is_file():  # the manifest itself: open its folder
@@ -253,3 +258,30 @@ def bundle_megabytes(path: str | Path) -> float:
     if path.is_file():
         return path.stat().st_size / 1e6
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+
+
+# What each bundle file is for, by name (the first matching prefix wins); used for size reports.
+_PART_OF = (
+    ("deform.onnx", "network"),
+    ("torso_bg", "torso track"),
+    ("viewmats", "camera track"),
+    ("engines/", "engines"),
+    ("hubert", "audio encoder"),
+    ("means", "gaussians"), ("quats", "gaussians"), ("scales", "gaussians"),
+    ("opacity_logits", "gaussians"), ("colors", "gaussians"),
+)
+
+
+def bundle_parts(manifest: dict[str, Any]) -> dict[str, int]:
+    """Bytes of a bundle by part ("network", "torso track", "gaussians", ...), largest first,
+    from its manifest's file table; the manifest itself is not counted."""
+    parts: dict[str, int] = {}
+    for rel, entry in manifest["files"].items():
+        part = next((p for prefix, p in _PART_OF if rel.startswith(prefix)), "other")
+        parts[part] = parts.get(part, 0) + int(entry["bytes"])
+    return dict(sorted(parts.items(), key=lambda kv: -kv[1]))
+
+
+def format_parts(parts: dict[str, int]) -> str:
+    """'network 1.92 MB, torso track 0.61 MB, ...' for a console line."""
+    return ", ".join(f"{name} {size / 1e6:.2f} MB" for name, size in parts.items())

@@ -92,7 +92,7 @@ def _edit_manifest(path: Path, **changes) -> None:
 
 def test_newer_format_version_says_upgrade(bundle_path: Path):
     _edit_manifest(bundle_path, format_version=99)
-    with pytest.raises(BundleError, match=r"format version 99 but this SDK reads up to 1: upgrade embedtalk-sdk"):
+    with pytest.raises(BundleError, match=r"format version 99 but this SDK reads version 2: upgrade embedtalk-sdk"):
         Bundle.open(bundle_path)
 
 

@@ -155,7 +155,6 @@ def test_audio_predicts_mouth_finds_the_lag_the_mouth_was_made_with():
 
 def test_render_frames_equals_speak_on_the_same_inputs(trained_avatar):
     from embedtalk_sdk.runtime.audio.mel import frame_windows
-    from embedtalk_sdk.runtime.camera import pingpong
     from embedtalk_sdk.runtime.audio.speech import synthesize_speech
     from embedtalk_sdk.runtime.avatar import Avatar
 
@@ -163,11 +162,9 @@ def test_render_frames_equals_speak_on_the_same_inputs(trained_avatar):
     audio = synthesize_speech(0.8, seed=4).samples
     aus = np.tile(np.array([0.5, 0.2, 0.1, 0.3, 0.4, 1.0], np.float32), (20, 1))
     spoken = avatar.speak(audio, sample_rate=16000, aus=aus)
-    b = avatar.bundle
-    views, torso = b.array("viewmats"), b.array("torso_bg")
-    n = np.arange(len(spoken))
+    views, torso = avatar.track(len(spoken))
     windows = frame_windows(avatar.audio_features(audio, 16000), len(spoken), avatar.fps, 50.0, 16)
-    frames = list(avatar.render_frames(windows, aus, views[pingpong(n, len(views))], torso[pingpong(n, len(torso))]))
+    frames = list(avatar.render_frames(windows, aus, views, torso))
     assert len(frames) == len(spoken) == 20
     assert np.abs(np.stack(frames).astype(int) - spoken).max() <= 1
     with pytest.raises(ValueError):

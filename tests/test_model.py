@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -61,7 +62,8 @@ def test_split_first_layer_equals_linear_on_concatenation():
     assert torch.allclose(dalpha, net.alpha_head(h)[..., 0], atol=1e-5)
 
 
-def test_baked_equals_unbaked_and_onnx_equals_torch():
+@pytest.mark.parametrize("table_dtype", ["float32", "float16"])
+def test_baked_equals_unbaked_and_onnx_equals_torch(table_dtype):
     cfg = DeformConfig(feature_dim=16)
     net = random_net(cfg).eval()
     z = torch.randn(3000, cfg.embed_dim)
@@ -70,15 +72,20 @@ def test_baked_equals_unbaked_and_onnx_equals_torch():
         win, aus = torch.randn(5, cfg.window, 16), torch.rand(5, 6)
         ref_mu, ref_alpha = net(z, win, aus)
         b_mu, b_alpha = baked(win, aus)
+        # The fp16 graph is the baked net with its table rounded to fp16, computed in fp32.
+        stored = BakedDeform(net, baked.table.to(getattr(torch, table_dtype)).float())
+        want_mu, want_alpha = stored(win, aus)
     assert torch.allclose(ref_mu, b_mu, atol=1e-6) and torch.allclose(ref_alpha, b_alpha, atol=1e-6)
-    model = build_deform_onnx(baked)
+    model = build_deform_onnx(baked, table_dtype)
+    table = next(t for t in model.graph.initializer if t.name == "gaussian_table")
+    assert onnx.helper.tensor_dtype_to_np_dtype(table.data_type) == np.dtype(table_dtype)
     spec = io_spec(model)
     assert spec["inputs"] == {"audio_window": ["batch", cfg.window, 16], "aus": ["batch", 6]}
     assert spec["outputs"] == {"delta_means": ["batch", 3000, 3], "delta_opacity": ["batch", 3000]}
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     mu, alpha = sess.run(["delta_means", "delta_opacity"], {"audio_window": win.numpy(), "aus": aus.numpy()})
-    assert np.abs(mu - ref_mu.numpy()).max() <= 1e-4
-    assert np.abs(alpha - ref_alpha.numpy()).max() <= 1e-4
+    assert np.abs(mu - want_mu.numpy()).max() <= 1e-4
+    assert np.abs(alpha - want_alpha.numpy()).max() <= 1e-4
     assert np.abs(ref_mu.numpy()).max() > 1e-2  # the comparison is not between zeros
 
 

@@ -24,6 +24,7 @@ from embedtalk_sdk.export.bundle import write_bundle
 from embedtalk_sdk.runtime.avatar import Avatar, BlinkSchedule
 from embedtalk_sdk.runtime.backends.base import available_backends, create_backend
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
+from embedtalk_sdk.runtime.track import encode_track
 
 W, H, N, HIDDEN, WINDOW, FPS = 48, 40, 300, 16, 16, 25
 AU_NAMES = ["AU01", "AU04", "AU05", "AU06", "AU07", "AU45"]
@@ -82,12 +83,14 @@ def make_test_bundle(
     n: int = N,
     edit_model: Callable[[onnx.ModelProto], None] | None = None,
     graph_n: int | None = None,
+    raw_track: bool = False,
     **manifest_overrides,
 ) -> Path:
     """A small, complete bundle: N Gaussians ~3 units in front of a 3-camera track.
 
     edit_model: changes the ONNX graph in place before it is written; graph_n: Gaussians in the
-    graph if not n (both to test refusals); manifest_overrides replace top-level manifest keys."""
+    graph if not n (both to test refusals); raw_track: the torso track as raw frames instead of
+    H.264; manifest_overrides replace top-level manifest keys."""
     rng = np.random.default_rng(seed)
     spec = MelSpec()
     model = deform_graph(rng, n=graph_n or n, feature_dim=spec.n_mels)
@@ -102,8 +105,13 @@ def make_test_bundle(
         "opacity_logits": rng.normal(0, 1, n).astype(np.float32),
         "colors": rng.uniform(0, 1, (n, 3)).astype(np.float32),
         "viewmats": viewmats,
-        "torso_bg": rng.integers(0, 256, (4, H, W, 3), dtype=np.uint8),
     }
+    torso = rng.integers(0, 256, (4, H, W, 3), dtype=np.uint8)
+    blobs = {"deform.onnx": model.SerializeToString()}
+    if raw_track:
+        arrays["torso_bg"], torso_entry = torso, {"file": "torso_bg.npy", "codec": "raw"}
+    else:
+        blobs["torso_bg.mp4"], torso_entry = encode_track(torso, fps=FPS), {"file": "torso_bg.mp4", "codec": "h264"}
     io = {"inputs": {"audio_window": ["batch", WINDOW, spec.n_mels], "aus": ["batch", 6]},
           "outputs": {"delta_means": ["batch", n, 3], "delta_opacity": ["batch", n]}}
     manifest = {
@@ -114,11 +122,11 @@ def make_test_bundle(
                 "blink_peak": 3.0, "blink_period_s": 1.5, "blink_duration_s": 0.25},
         "gaussians": {"count": n},
         "onnx": {"deform": {"file": "deform.onnx", **io}},
-        "tracks": {"frames": 3, "torso_frames": 4},
+        "tracks": {"frames": 3, "torso_frames": 4, "torso": torso_entry},
         "engines": [],
     }
     manifest.update(manifest_overrides)
-    return write_bundle(out, manifest, arrays, {"deform.onnx": model.SerializeToString()})
+    return write_bundle(out, manifest, arrays, blobs)
 
 
 @pytest.fixture(scope="module")
@@ -285,13 +293,10 @@ def test_given_aus_change_the_frames(avatar: Avatar):
 def track_inputs(avatar: Avatar, audio: np.ndarray, aus: np.ndarray) -> tuple[np.ndarray, ...]:
     """The explicit per-frame inputs `speak(audio, aus=aus)` takes from the bundle's tracks."""
     from embedtalk_sdk.runtime.audio.mel import frame_windows
-    from embedtalk_sdk.runtime.camera import pingpong
 
-    b = avatar.bundle
-    views, torso = b.array("viewmats"), b.array("torso_bg")
-    n = np.arange(aus.shape[0])
-    windows = frame_windows(avatar.audio_features(audio, 16000), n.size, avatar.fps, 50.0, WINDOW)
-    return windows, views[pingpong(n, len(views))], torso[pingpong(n, len(torso))]
+    t = aus.shape[0]
+    windows = frame_windows(avatar.audio_features(audio, 16000), t, avatar.fps, 50.0, WINDOW)
+    return (windows, *avatar.track(t))
 
 
 def test_render_frames_is_speak_bit_for_bit(avatar: Avatar):
