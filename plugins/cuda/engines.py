@@ -145,6 +145,14 @@ def _build_serialized(builder, network, config, inputs: dict[str, list], batch: 
     return bytes(memoryview(serialized))
 
 
+def _engine_entry(backend: str, cc: str, trt_version: str, inputs: dict, outputs: dict,
+                  batch: tuple[int, int, int], t0: float, data: bytes) -> dict:
+    """The built engine as `build_engines` returns it (manifest_entry drops `data`)."""
+    return {"backend": backend, "compute_capability": cc, "trt_version": trt_version, "inputs": inputs,
+            "outputs": outputs, "profile": {"batch": list(batch)},
+            "build_seconds": round(time.perf_counter() - t0, 3), "data": data}
+
+
 def build_rtx_engine(onnx_bytes: bytes, target: str | None, batch: tuple[int, int, int] = BATCH_PROFILE) -> dict:
     """One TensorRT-RTX engine of `onnx_bytes` for compute capability `target` ("sm86"), or for
     the GPU of this machine when target is None (ComputeCapability.CURRENT; needs a GPU).
@@ -169,16 +177,8 @@ def build_rtx_engine(onnx_bytes: bytes, target: str | None, batch: tuple[int, in
     config.set_compute_capability(cc, 0)
     data = _build_serialized(builder, network, config, inputs, batch, log,
                              f"TensorRT-RTX could not build for {target or 'this GPU'}")
-    return {
-        "backend": BACKEND_RTX,
-        "compute_capability": normalize_target(target) if target else "current",
-        "trt_version": trt.__version__,
-        "inputs": inputs,
-        "outputs": outputs,
-        "profile": {"batch": list(batch)},
-        "build_seconds": round(time.perf_counter() - t0, 3),
-        "data": data,
-    }
+    cc = normalize_target(target) if target else "current"
+    return _engine_entry(BACKEND_RTX, cc, trt.__version__, inputs, outputs, batch, t0, data)
 
 
 def engine_file(entry: dict) -> str:
@@ -295,16 +295,7 @@ def build_trt_engine(model: Any, batch: tuple[int, int, int] = BATCH_PROFILE) ->
     from embedtalk_sdk.plugins.cuda.driver import get_device
 
     dev = get_device(0)
-    return {
-        "backend": BACKEND_TRT,
-        "compute_capability": dev.compute_capability,
-        "trt_version": trt.__version__,
-        "inputs": inputs,
-        "outputs": outputs,
-        "profile": {"batch": list(batch)},
-        "build_seconds": round(time.perf_counter() - t0, 3),
-        "data": data,
-    }
+    return _engine_entry(BACKEND_TRT, dev.compute_capability, trt.__version__, inputs, outputs, batch, t0, data)
 
 
 # ---------------------------------------------------------------- the exporter's entry point
