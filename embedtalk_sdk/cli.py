@@ -134,8 +134,8 @@ def export_cmd(
                                                "[default: the path recorded at training]"),
     shared_encoder: bool = typer.Option(False, help="HuBERT avatars: write the ONNX audio encoder beside "
                                         "the bundle (one file for many avatars) instead of into it"),
-    track_quality: int = typer.Option(10, min=0, max=51, help="torso track H.264 quality factor: 0 lossless, "
-                                      "10 ~50 dB (default), higher is smaller"),
+    track_quality: int = typer.Option(14, min=0, max=51, help="torso track H.264 quality factor: 0 lossless, "
+                                      "14 ~50 dB (default), higher is smaller"),
     raw_track: bool = typer.Option(False, help="store the torso track as raw frames (tens to hundreds of MB)"),
     table_dtype: str = typer.Option("float16", help="per-Gaussian network table: float16 | float32"),
 ) -> None:

@@ -2,7 +2,7 @@
 camera and torso+background tracks, write everything with `write_bundle` (files and manifest:
 docs/interfaces.md, "Bundle").
 
-Size: the torso/background track is H.264 4:4:4 (runtime/track.py), the baked table fp16 inside
+Size: the torso/background track is H.264 in RGB (runtime/track.py), the baked table fp16 inside
 deform.onnx. The table rather than z [N, embed_dim] + W_z: the same bytes as fp16 z would cost
 about twice, but nothing is computed at load and the engine builders see one constant; the
 measurement behind both choices is in runtime/design.md ("Small bundles").
@@ -24,7 +24,7 @@ from embedtalk_sdk.model.deform import BakedDeform
 from embedtalk_sdk.runtime.aus import AU_NAMES
 from embedtalk_sdk.runtime.backends.base import to_uint8
 from embedtalk_sdk.runtime.bundle import Bundle, bundle_megabytes, bundle_parts, format_parts
-from embedtalk_sdk.runtime.track import DEFAULT_CRF, encode_track, loop_length
+from embedtalk_sdk.runtime.track import DEFAULT_CRF, encode_track
 
 DEFAULT_TRACK_FRAMES = 250  # 10 s at 25 fps: enough variety for idle motion, small enough to ship
 
@@ -94,7 +94,7 @@ def export_bundle(
     hubert_path: the local HuBERT checkpoint of a HuBERT-trained avatar (default: the path recorded
     at training); it becomes the bundle's ONNX audio encoder. shared_encoder: write that file beside
     the bundle (one copy for many avatars, checked by its sha256) instead of into it.
-    track_quality: the torso track's H.264 constant-quality factor (0 lossless ... 51; default 10,
+    track_quality: the torso track's H.264 constant-quality factor (0 lossless ... 51; default 14,
     see runtime/design.md "Small bundles"), or None to store raw uint8 frames (large).
     table_dtype: "float16" (default) or "float32" for the per-Gaussian table in deform.onnx.
     """
@@ -150,6 +150,6 @@ def _torso_track(
     if quality is None:
         arrays["torso_bg"] = images
         return {"file": "torso_bg.npy", "codec": "raw"}
-    log(f"encoding the torso track: {loop_length(len(images))} frames (one ping-pong loop), H.264 crf {quality}")
+    log(f"encoding the torso track: {len(images)} images, H.264 RGB crf {quality}")
     blobs["torso_bg.mp4"] = encode_track(images, crf=quality, fps=fps)
     return {"file": "torso_bg.mp4", "codec": "h264", "crf": int(quality)}
