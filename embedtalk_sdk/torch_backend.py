@@ -8,6 +8,7 @@ import numpy as np
 
 from embedtalk_sdk.runtime.backends.base import background_to_float, deform_io, to_uint8
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
+from embedtalk_sdk.runtime.onnx_check import check_self_contained
 
 
 def _initializers(model_bytes: bytes) -> dict[str, np.ndarray]:
@@ -25,7 +26,7 @@ def load_baked_deform(bundle: Bundle, file: str):
     from embedtalk_sdk.model.deform import BakedDeform, DeformConfig, DeformNet
 
     cfg = DeformConfig.from_dict(bundle.manifest["network"])
-    w = _initializers(bundle.bytes_of(file))
+    w = _initializers(check_self_contained(bundle.bytes_of(file), f"{bundle.path}/{file}"))
     net = DeformNet(cfg)
     state = {
         "audio_net.feature_mean": w["audio.feature_mean"],

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from embedtalk_sdk import __version__
+from embedtalk_sdk.runtime.manifest import seal
 from embedtalk_sdk.runtime.bundle import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -52,7 +53,8 @@ def write_bundle(
     full = dict(manifest)
     full.update(format=FORMAT_NAME, format_version=FORMAT_VERSION, sdk_version=__version__)
     full["files"] = {rel: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)} for rel, d in files.items()}
-    text = json.dumps(full, indent=2, default=_json_default).encode("utf-8")
+    full = seal(json.loads(json.dumps(full, default=_json_default)))  # digest of what a reader will parse
+    text = json.dumps(full, indent=2).encode("utf-8")
     _check_replaceable(out_path)
     if out_path.suffix.lower() == ".zip":
         _write_zip(out_path, text, files)

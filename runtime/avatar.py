@@ -28,6 +28,7 @@ from embedtalk_sdk.runtime.camera import pingpong
 from embedtalk_sdk.runtime.aus import AU_SCALE, BLINK_AU, N_AUS
 from embedtalk_sdk.runtime.backends.base import Backend, create_backend, to_uint8
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
+from embedtalk_sdk.runtime.manifest import check_avatar_manifest
 from embedtalk_sdk.runtime.track import open_track
 
 BLINK_SEED = 0
@@ -107,6 +108,7 @@ class Avatar:
         ValueError (unknown backend), BackendError (the backend cannot run here).
         """
         bundle = Bundle.open(path)
+        check_avatar_manifest(bundle.manifest, str(bundle.path))  # before a backend sizes buffers from it
         return cls(bundle, create_backend(backend, bundle), batch=batch, encoder_file=encoder_file)
 
     # ------------------------------------------------------------ set-up

@@ -17,6 +17,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from embedtalk_sdk.runtime.manifest import DIGEST_KEY, canonical_digest
+
 FORMAT_NAME = "embedtalk-bundle"
 FORMAT_VERSION = 2  # the format this SDK reads and writes (2: the torso track as video, the table in fp16)
 MANIFEST = "manifest.json"
@@ -113,10 +115,14 @@ def open_store(path: Path) -> _Store:
     raise BundleError(f"{path} is not an EmbedTalk bundle (no {MANIFEST} in the zip)")
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number a manifest may hold")
+
+
 def _parse_manifest(path: Path, raw: bytes) -> dict[str, Any]:
     try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        manifest = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
         raise BundleError(f"{path}/{MANIFEST} is not valid JSON: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
@@ -134,6 +140,9 @@ def _parse_manifest(path: Path, raw: bytes) -> dict[str, Any]:
             f"bundle {path} has format version {version}, from an older embedtalk-sdk; this SDK reads "
             f"version {FORMAT_VERSION}: export it again from its checkpoint (embedtalk-sdk export ckpt.pt)"
         )
+    if manifest.get(DIGEST_KEY) != canonical_digest(manifest):
+        raise BundleError(f"{path}/{MANIFEST} is corrupt: its {DIGEST_KEY} does not match its contents (damaged or "
+                          "edited by hand); export the bundle again")
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise BundleError(f"bundle {path}: manifest has no 'files' table")
@@ -227,12 +236,32 @@ class Bundle:
         rel = self._resolve(name)
         if not rel.endswith(".npy"):
             raise BundleError(f"{self._path}/{rel} is not a .npy array")
+        self._check_npy_size(rel)
         try:
             if isinstance(self._store, _FolderStore):
                 return np.load(self._store.root / rel, allow_pickle=False)
             return np.load(io.BytesIO(self._store.read(rel)), allow_pickle=False)
         except ValueError as e:  # pickled object arrays, bad headers
             raise BundleError(f"{self._path}/{rel} cannot be loaded as an array: {e}") from None
+
+    def _check_npy_size(self, rel: str) -> None:
+        """Refuse an array whose header declares more data than the file holds, before np.load
+        allocates it (a header saying 1e12 elements would be a MemoryError, not a message)."""
+        chunks = self._store.chunks(rel)
+        head = next(chunks, b"")
+        chunks.close()
+        f = io.BytesIO(head)
+        try:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+        except (ValueError, OSError) as e:
+            raise BundleError(f"{self._path}/{rel} is not a valid .npy array: {e}") from None
+        declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        stored = self._store.size(rel) - f.tell()
+        if declared != stored:
+            raise BundleError(f"{self._path}/{rel} declares shape {shape} of {dtype} ({declared} bytes) but holds "
+                              f"{stored} bytes of data")
 
     def path_of(self, name: str) -> Path:
         """A filesystem path to a listed file (files of a zipped bundle are extracted to a

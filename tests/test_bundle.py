@@ -10,6 +10,7 @@ import pytest
 
 from embedtalk_sdk.export.bundle import write_bundle
 from embedtalk_sdk.runtime.bundle import FORMAT_VERSION, Bundle, BundleError
+from embedtalk_sdk.runtime.manifest import seal
 
 ARRAYS = {
     "means": np.arange(12, dtype=np.float32).reshape(4, 3),
@@ -82,10 +83,11 @@ def test_missing_file_is_refused_naming_it(bundle_path: Path):
 
 
 def _edit_manifest(path: Path, **changes) -> None:
+    """Change top-level manifest keys, keeping the manifest's digest valid (to test what lies behind it)."""
     def edit(data: bytes) -> bytes:
         m = json.loads(data)
         m.update(changes)
-        return json.dumps(m).encode()
+        return json.dumps(seal(m)).encode()
 
     _rewrite(path, "manifest.json", edit)
 
@@ -174,6 +176,29 @@ def test_manifest_cannot_escape_the_bundle(tmp_path: Path):
     out = write_bundle(tmp_path / "e.etk", {}, ARRAYS, {})
     m = json.loads((out / "manifest.json").read_text())
     m["files"]["../outside.npy"] = {"sha256": "0" * 64, "bytes": 1}
-    (out / "manifest.json").write_text(json.dumps(m))
+    (out / "manifest.json").write_text(json.dumps(seal(m)))
     with pytest.raises(BundleError, match="invalid file name"):
         Bundle.open(out)
+
+
+def test_one_changed_digit_in_the_manifest_is_refused(bundle_path: Path):
+    # The file hashes cannot see the manifest itself: 25 fps -> 35 must not load and play wrong.
+    _rewrite(bundle_path, "manifest.json", lambda d: d.replace(b'"fps": 25', b'"fps": 35'))
+    with pytest.raises(BundleError, match=r"manifest\.json is corrupt: its manifest_sha256 does not match"):
+        Bundle.open(bundle_path)
+
+
+def test_nan_in_the_manifest_is_refused(bundle_path: Path):
+    _rewrite(bundle_path, "manifest.json", lambda d: d.replace(b'"fps": 25', b'"fps": NaN'))
+    with pytest.raises(BundleError, match=r"not valid JSON: NaN is not a number a manifest may hold"):
+        Bundle.open(bundle_path)
+
+
+def test_array_header_larger_than_its_file_is_refused_before_loading(tmp_path: Path):
+    import io as _io
+
+    buf = _io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (10**12, 3)})
+    out = write_bundle(tmp_path / "h.etk", {}, {}, {"means.npy": buf.getvalue() + b"\0" * 48})
+    with pytest.raises(BundleError, match=r"means\.npy declares shape \(1000000000000, 3\) of float32"):
+        Bundle.open(out).array("means")

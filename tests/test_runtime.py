@@ -345,7 +345,7 @@ def test_blink_rate_in_manifest(tmp_path: Path):
     assert avatar._blink == (2.0, 0.2, 3.0)  # period 1/rate, default duration
     assert avatar.speak(speech(0.4), sample_rate=16000).shape == (10, H, W, 3)
     aus.pop("blink_rate_hz")
-    with pytest.raises(BundleError, match="aus.blink_rate_hz"):
+    with pytest.raises(BundleError, match="aus needs blink_rate_hz or blink_period_s"):
         Avatar.load(make_test_bundle(tmp_path / "c.etk", aus=aus))
 
 

@@ -11,6 +11,7 @@ from embedtalk_sdk.export.bundle import write_bundle
 from embedtalk_sdk.runtime.avatar import Avatar
 from embedtalk_sdk.runtime.bundle import MANIFEST, Bundle, BundleError, bundle_parts
 from embedtalk_sdk.runtime.camera import pingpong
+from embedtalk_sdk.runtime.manifest import seal
 from embedtalk_sdk.runtime.track import VideoTrack, encode_track
 
 from test_runtime import make_test_bundle, speech
@@ -112,7 +113,7 @@ def test_format_1_bundles_are_refused_with_what_to_do(tmp_path: Path) -> None:
     path = make_test_bundle(tmp_path / "old.etk")
     manifest = json.loads((path / MANIFEST).read_text())
     manifest["format_version"] = 1
-    (path / MANIFEST).write_text(json.dumps(manifest))
+    (path / MANIFEST).write_text(json.dumps(seal(manifest)))
     with pytest.raises(BundleError, match=r"format version 1, from an older embedtalk-sdk.*export it again"):
         Bundle.open(path)
 

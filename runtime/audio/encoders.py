@@ -24,6 +24,7 @@ import numpy as np
 
 from embedtalk_sdk.runtime.audio.mel import MelSpec, MelStreamer, log_mel
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError, sha256_of
+from embedtalk_sdk.runtime.onnx_check import check_self_contained
 
 __all__ = [
     "AudioEncoder",
@@ -365,8 +366,10 @@ def onnx_runner(path: Path) -> Runner:
     """An onnxruntime session of an encoder ONNX (input "samples" [1, S] -> output "features" [1, M, F])."""
     import onnxruntime as ort
 
+    # From bytes, checked first: a file with external tensor data would read files beside it.
+    data = check_self_contained(Path(path).read_bytes(), str(path))
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for unreadable models
         raise BundleError(f"{path}: not a loadable ONNX audio encoder: {e}") from None
     names = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]

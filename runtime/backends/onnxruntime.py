@@ -19,6 +19,7 @@ from embedtalk_sdk.runtime.backends.base import (
     deform_io,
 )
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
+from embedtalk_sdk.runtime.onnx_check import check_self_contained
 
 
 def _cores() -> int:
@@ -55,9 +56,8 @@ class OnnxRuntimeBackend:
         # same cores, so spinning would only steal its time.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(
-                bundle.bytes_of(self.io.file), sess_options=opts, providers=["CPUExecutionProvider"]
-            )
+            model = check_self_contained(bundle.bytes_of(self.io.file), f"{bundle.path}/{self.io.file}")
+            self.session = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
             raise BundleError(f"{bundle.path}/{self.io.file} is not a usable ONNX model: {e}") from None
         self._check_session(bundle)

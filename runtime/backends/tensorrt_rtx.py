@@ -31,6 +31,7 @@ from embedtalk_sdk.runtime.backends.base import (
 )
 from embedtalk_sdk.plugins.cuda.engines import version_key
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
+from embedtalk_sdk.runtime.onnx_check import check_self_contained
 
 log = logging.getLogger("embedtalk_sdk.runtime")
 
@@ -130,7 +131,7 @@ class TensorRTRTXBackend:
         from embedtalk_sdk.runtime.fileio import atomic_write
         from embedtalk_sdk.plugins.cuda.build import cache_dir
 
-        onnx_bytes = bundle.bytes_of(self.io.file)
+        onnx_bytes = check_self_contained(bundle.bytes_of(self.io.file), f"{bundle.path}/{self.io.file}")
         cc, version = self.device.compute_capability, self.trt.__version__
         key = hashlib.sha256(onnx_bytes).hexdigest()[:16]
         path = cache_dir().parent / "engines" / f"deform-{key}-{cc}-trtrtx{version}.engine"
