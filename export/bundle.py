@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from embedtalk_sdk import __version__
+from embedtalk_sdk.runtime.fileio import remove_stale_temporaries, temp_prefix, umask_mode
 from embedtalk_sdk.runtime.manifest import seal
 from embedtalk_sdk.runtime.bundle import (
     FORMAT_NAME,
@@ -110,8 +111,10 @@ def _check_replaceable(out_path: Path) -> None:
 
 def _write_folder(out_path: Path, manifest: bytes, files: dict[str, bytes]) -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent))
+    remove_stale_temporaries(out_path)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out_path) + "tmp-", dir=out_path.parent))
     try:
+        os.chmod(tmp, umask_mode(directory=True))
         for rel, data in files.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_bytes(data)
@@ -127,7 +130,7 @@ def _swap_in(tmp: Path, out_path: Path) -> None:
     # put it back if the rename fails, delete it only once the new one is in place.
     old = None
     if out_path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.old-", dir=out_path.parent))
+        old = Path(tempfile.mkdtemp(prefix=temp_prefix(out_path) + "old-", dir=out_path.parent))
         old.rmdir()
         os.replace(out_path, old)
     try:
@@ -145,9 +148,11 @@ def _swap_in(tmp: Path, out_path: Path) -> None:
 
 def _write_zip(out_path: Path, manifest: bytes, files: dict[str, bytes]) -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent)
+    remove_stale_temporaries(out_path)
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(out_path) + "tmp-", dir=out_path.parent)
     tmp = Path(name)
     try:
+        os.chmod(tmp, umask_mode())
         with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
             zf.writestr(MANIFEST, manifest)
             for rel, data in files.items():

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from embedtalk_sdk.runtime.audio.encoders import SAMPLE_RATE, AudioEncoder, FeatureStreamer, encoder_from_manifest
-from embedtalk_sdk.runtime.audio.io import AudioError, load_audio, prepare_audio
+from embedtalk_sdk.runtime.audio.io import AudioError, check_finite, full_scale, load_audio, prepare_audio
 from embedtalk_sdk.runtime.audio.mel import frame_windows, n_video_frames, rows_needed, window_bounds
 from embedtalk_sdk.runtime.camera import pingpong
 from embedtalk_sdk.runtime.aus import AU_SCALE, BLINK_AU, N_AUS
@@ -81,13 +82,16 @@ class BlinkSchedule:
 class Avatar:
     """A loaded avatar bundle plus the backend that plays it.
 
-    Create with `Avatar.load(path)`. Not thread-safe: use one Avatar per thread.
+    Create with `Avatar.load(path)`. One clip at a time: a second speak/frames/stream started while
+    one is rendering (from another thread, or before an earlier frames()/stream() iterator is
+    finished or closed) raises RuntimeError; use one Avatar per thread.
     """
 
     def __init__(self, bundle: Bundle, backend: Backend, batch: int = 8,
                  encoder_file: str | os.PathLike | None = None) -> None:
         """Use `Avatar.load`; this wires an already-open bundle to an already-built backend."""
         self._bundle, self._backend, self._batch = bundle, backend, int(batch)
+        self._busy = threading.Lock()  # held while a clip renders: see _render
         self._fps = float(_get(bundle, "fps"))
         self._width, self._height = int(_get(bundle, "width")), int(_get(bundle, "height"))
         self._load_audio_encoder(encoder_file)
@@ -234,8 +238,6 @@ class Avatar:
         if out is not None:
             from embedtalk_sdk.runtime.video import write_mp4  # PyAV: only needed for files
 
-            if t == 0:
-                raise AudioError(f"{audio}: too short for one video frame at {self._fps:g} fps")
             write_mp4(out, (f.copy() for f in frames), fps=self._fps, audio=samples, sample_rate=16000)
             return Path(out)
         video = np.empty((t, self._height, self._width, 3), dtype=np.uint8)
@@ -258,16 +260,26 @@ class Avatar:
     def _prepare(
         self, audio: Any, sample_rate: int | None, features: np.ndarray | None
     ) -> tuple[np.ndarray | None, np.ndarray, int]:
-        """-> (16 kHz mono samples or None, feature rows [M, F], frame count T)."""
+        """-> (16 kHz mono samples or None, feature rows [M, F], frame count T >= 1)."""
         samples = None if audio is None else self._load_samples(audio, sample_rate)
         if features is not None:
             feats = self._check_features(features)
             if samples is None:
-                return None, feats, n_video_frames(feats.shape[0], sample_rate=self._rate, fps=self._fps)
-            return samples, feats, self.n_frames(samples.shape[0])
+                return None, feats, self._at_least_one(n_video_frames(feats.shape[0], sample_rate=self._rate,
+                                                                      fps=self._fps), "features")  # fmt: skip
+            return samples, feats, self._at_least_one(self.n_frames(samples.shape[0]), audio)
         if samples is None:
             raise ValueError("speak: give audio (a path or an array) or features=")
-        return samples, self._encoder.features(samples), self.n_frames(samples.shape[0])
+        t = self._at_least_one(self.n_frames(samples.shape[0]), audio)
+        return samples, self._encoder.features(samples), t
+
+    def _at_least_one(self, t: int, audio: Any) -> int:
+        # One rule for every entry point (array, frames, mp4, CLI): no clip of zero frames.
+        if t == 0:
+            name = audio if isinstance(audio, (str, os.PathLike)) else "the audio"
+            raise AudioError(f"{name}: too short for one video frame at {self._fps:g} fps "
+                             f"(needs at least {0.5 / self._fps * 1000:.0f} ms)")
+        return t
 
     @staticmethod
     def _load_samples(audio: Any, sample_rate: int | None) -> np.ndarray:
@@ -325,17 +337,28 @@ class Avatar:
     ) -> Iterator[np.ndarray]:
         """Frames n0..n1-1, `batch` at a time through the network; yields a reused buffer (copy to keep).
 
+        One clip at a time: the backend's buffers hold a batch in flight, so a second clip started
+        meanwhile (another thread, or an unfinished frames()/stream() iterator) would silently
+        render with the other's offsets. It raises RuntimeError instead.
+
         inputs(a, b): (audio windows float32 [b-a, window, F], network AUs float32 [b-a, 6]) of
         frames a..b-1. scene(n): (viewmat float32 [4, 4], background uint8 [H, W, 3]) of frame n;
         the backend converts the background. report(done): called after each batch.
         """
-        for a in range(n0, n1, self._batch):
-            b = min(a + self._batch, n1)
-            delta_means, delta_opacity = self._backend.deform(*inputs(a, b))
-            for i in range(b - a):
-                viewmat, background = scene(a + i)
-                yield self._backend.render(delta_means[i], delta_opacity[i], viewmat, background, out=self._frame)
-            report(b)
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError(
+                f"{self!r} is already rendering a clip (in another thread, or an unfinished frames()/stream() "
+                "iterator): finish or close() that iterator first, or use one Avatar per thread")
+        try:
+            for a in range(n0, n1, self._batch):
+                b = min(a + self._batch, n1)
+                delta_means, delta_opacity = self._backend.deform(*inputs(a, b))
+                for i in range(b - a):
+                    viewmat, background = scene(a + i)
+                    yield self._backend.render(delta_means[i], delta_opacity[i], viewmat, background, out=self._frame)
+                report(b)
+        finally:
+            self._busy.release()
 
     def track(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         """The cameras and torso/background images `speak` uses for frames 0..t-1:
@@ -426,8 +449,8 @@ class Avatar:
         buf = _RowBuffer(self._feature_dim)
         aus = self._au_source(None, None)
         n = 0  # next frame to yield
-        for chunk in chunks:
-            buf.append(feats.feed(_pcm_to_float(chunk)))
+        for index, chunk in enumerate(chunks):
+            buf.append(feats.feed(_pcm_to_float(chunk, index)))
             ready = self._frames_ready(n, buf.end, self.n_frames(feats.n_samples))
             yield from self._stream_frames(buf, n, ready, aus)
             n = ready
@@ -474,15 +497,17 @@ class _RowBuffer:
             self.start += k
 
 
-def _pcm_to_float(chunk: np.ndarray) -> np.ndarray:
+def _pcm_to_float(chunk: np.ndarray, index: int) -> np.ndarray:
+    """A stream chunk as float32 in [-1, 1], by speak's rules (NaN/Inf refused, beyond full scale clipped)."""
     x = np.asarray(chunk)
+    name = f"stream chunk {index}"
     if x.ndim != 1:
-        raise ValueError(f"stream chunks must be mono 1-D arrays, got shape {x.shape}")
+        raise AudioError(f"{name}: chunks must be mono 1-D arrays, got shape {x.shape}")
     if x.dtype == np.int16:
         return x.astype(np.float32) / 32768.0
     if not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"stream chunks must be float or int16 PCM, got {x.dtype}")
-    return x
+        raise AudioError(f"{name}: chunks must be float or int16 PCM, got {x.dtype}")
+    return full_scale(check_finite(x, name), name).astype(np.float32, copy=False)
 
 
 def _progress_reporter(progress: Progress, total: int) -> Callable[[int], None]:

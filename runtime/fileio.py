@@ -1,11 +1,57 @@
-"""Atomic file writes: a reader sees the old file or the whole new one, never half of one."""
+"""Atomic file writes: a reader sees the old file or the whole new one, never half of one.
+
+Temporaries are hidden siblings named `.NAME.PID.*` (PID: the writing process), so a write that
+was killed (SIGKILL, power loss) leaves one behind, and the next write of NAME in that folder
+removes those whose process is gone. Files and folders get the permissions the umask gives
+(as `open` and `mkdir` would), not mkstemp's private 0600 / 0700.
+"""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+
+def temp_prefix(path: Path) -> str:
+    """Name prefix of this process's temporaries for `path`."""
+    return f".{path.name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove `.NAME.PID.*` temporaries of `path` left by processes that no longer run; return them."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for entry in path.parent.glob(f".{path.name}.*"):
+        pid = entry.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def umask_mode(directory: bool = False) -> int:
+    """The mode a new file (0o666) or folder (0o777) gets under this process's umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
 
 
 @contextmanager
@@ -14,10 +60,12 @@ def atomic_path(path: str | Path, suffix: str = ".part") -> Iterator[Path]:
     to pick its format). On a clean exit it replaces `path` with os.replace; on an error it is
     removed and `path` is untouched. The folder must exist."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

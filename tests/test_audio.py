@@ -89,10 +89,11 @@ def test_silent_audio_is_allowed(tmp_path):
     assert x.shape == (8000,) and not x.any()
 
 
-def test_hot_float_audio_is_scaled_to_full_scale():
-    with pytest.warns(UserWarning, match="peak"):
+def test_hot_float_audio_is_clipped_to_full_scale():
+    # Clipped, not scaled: a stream cannot know its peak in advance, and speak must equal stream.
+    with pytest.warns(UserWarning, match=r"1 samples beyond full scale \(peak 2.000\) were clipped"):
         x = prepare_audio(np.array([0.0, 2.0, -1.0], np.float32), SR)
-    np.testing.assert_allclose(x, [0.0, 1.0, -0.5])
+    np.testing.assert_allclose(x, [0.0, 1.0, -1.0])
 
 
 @pytest.mark.parametrize("placeholder", [0, 0xFFFFFFFF])

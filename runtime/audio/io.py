@@ -72,6 +72,32 @@ def decode_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         return _decode_with_av(p, sf_err)
 
 
+def check_finite(x: np.ndarray, name: str) -> np.ndarray:
+    """`x` if every sample is finite; AudioError naming `name` and the count otherwise."""
+    if not np.all(np.isfinite(x)):
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        raise AudioError(
+            f"{name}: {bad} samples are NaN or Inf; the file is corrupt or was written by a "
+            "broken tool. Re-export the audio."
+        )
+    return x
+
+
+def full_scale(mono: np.ndarray, name: str) -> np.ndarray:
+    """Float samples clipped to [-1, 1], with a warning if any lay beyond.
+
+    The one rule of every audio path (speak, stream, the server): a stream cannot know its peak
+    in advance, so it cannot scale; clipping gives the same samples whichever way they arrive.
+    """
+    beyond = int(np.count_nonzero(np.abs(mono) > 1.0))
+    if beyond:
+        peak = float(np.max(np.abs(mono)))
+        warnings.warn(f"{name}: {beyond} samples beyond full scale (peak {peak:.3f}) were clipped to [-1, 1]; "
+                      "normalise the audio for the best result", stacklevel=3)
+        mono = np.clip(mono, -1.0, 1.0)
+    return mono
+
+
 def prepare_audio(
     samples: np.ndarray,
     source_rate: int,
@@ -88,7 +114,8 @@ def prepare_audio(
         name: how error messages refer to this input (the file path when called by `load_audio`).
 
     Returns:
-        float32 [S'] in [-1, 1], S' = ceil(S * sample_rate / source_rate).
+        float32 [S'] in [-1, 1], S' = ceil(S * sample_rate / source_rate); float samples beyond
+        full scale are clipped (`full_scale`), as `Avatar.stream` does.
 
     Raises:
         AudioError: no samples, NaN/Inf samples, unusable shape, dtype or rate.
@@ -98,18 +125,7 @@ def prepare_audio(
     x = _as_float_frames(np.asarray(samples), name)
     if x.shape[0] == 0:
         raise AudioError(f"{name}: contains no audio samples; give one with at least one sample.")
-    if not np.all(np.isfinite(x)):
-        bad = int(np.count_nonzero(~np.isfinite(x)))
-        raise AudioError(
-            f"{name}: {bad} samples are NaN or Inf; the file is corrupt or was written by a "
-            "broken tool. Re-export the audio."
-        )
-    mono = x.mean(axis=1)
-    peak = float(np.max(np.abs(mono)))
-    if peak > 1.0:
-        # Float files may exceed full scale; scaling keeps the waveform, clipping would not.
-        warnings.warn(f"{name}: peak {peak:.3f} > 1, scaled down to full scale.", stacklevel=2)
-        mono = mono / peak
+    mono = full_scale(check_finite(x, name).mean(axis=1), name)
     mono = _resample(mono, src, dst)
     # Resampling filters ring slightly above full scale on hard transients.
     return np.ascontiguousarray(np.clip(mono, -1.0, 1.0), dtype=np.float32)
