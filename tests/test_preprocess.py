@@ -356,3 +356,20 @@ def test_talkinggaussian_folder_trains_with_its_hubert_features(tiny_dataset, tm
     assert trainer.deform.cfg.feature_dim == 1024 and len(trainer.gaussians) == 800  # random init: no cloud
     result = trainer.run(tmp_path / "run")
     assert result.checkpoint.meta["audio"]["encoder"] == "features" and np.isfinite(result.losses).all()
+
+
+def test_truncated_faststart_video_is_refused(tmp_path):
+    # Before: a faststart mp4 cut at half gave a dataset of 51 of 125 frames, exit 0, no warning.
+    from embedtalk_sdk.preprocess.preprocess import PreprocessError, decode_video
+    from embedtalk_sdk.runtime.video import write_mp4
+
+    yy, xx = np.mgrid[0:64, 0:80]
+    frames = [np.stack([(xx + 5 * k) % 256, (yy * 3 + k) % 256, np.full_like(xx, 90)], -1).astype(np.uint8)
+              for k in range(125)]
+    whole = tmp_path / "whole.mp4"
+    write_mp4(whole, frames, audio=0.3 * np.sin(np.arange(125 * 640) / 9.0))  # faststart: the index comes first
+    assert decode_video(whole, tmp_path / "a", 90, None).frames == 125
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(PreprocessError, match=r"only \d+ of the 125 frames the file declares could be decoded"):
+        decode_video(cut, tmp_path / "b", 90, None)

@@ -186,11 +186,23 @@ def resample_times(times: np.ndarray, fps: float = FPS) -> np.ndarray:
     return np.searchsorted(mids, np.arange(n) / fps + 1e-9, side="right")
 
 
+TRUNCATED_FRACTION = 0.98  # fewer decoded frames than this share of the declared ones: refused
+
+
+def _check_complete(path: Path, decoded: int, declared: int) -> None:
+    """Refuse a video whose stream ends well before its container says (a cut or half-copied file:
+    the index, written first in a faststart mp4, still lists every frame)."""
+    if declared and decoded < TRUNCATED_FRACTION * declared:
+        raise PreprocessError(f"{path}: only {decoded} of the {declared} frames the file declares could be decoded "
+                              "(truncated or damaged); copy or re-export the video")
+
+
 def decode_video(path: Path, out: Path, quality: int, progress: Callable[[int, int], None] | None) -> VideoInfo:
     """Write ori_imgs/{i}.jpg at 25 fps (`resample_times`). Streams: two source frames in memory."""
     container = _open_video(path)
     stream = container.streams.video[0]
-    est = int(stream.frames or 0)
+    declared = int(stream.frames or 0)  # what the container's index promises (0: it does not say)
+    est = declared
     if not est and stream.duration:
         est = int(float(stream.duration * stream.time_base) * FPS)
     container.close()
@@ -232,6 +244,7 @@ def decode_video(path: Path, out: Path, quality: int, progress: Callable[[int, i
             prev = img
         if prev is None:
             raise PreprocessError(f"{path}: no video frames could be decoded; re-export the video")
+        _check_complete(path, len(times) + dropped, declared)
         step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / FPS
         emit(prev, max(int(np.floor((times[-1] + step) * FPS + 0.5)), 1))
         for f in pending:
