@@ -79,8 +79,9 @@ def _train_config(iterations: int, audio_encoder: str, hubert_path: Optional[str
     return cfg if mouth_crops is None else replace(cfg, mouth_crops=mouth_crops)
 
 
-def run_training(data: Path, out: Path, cfg) -> dict:
+def run_training(data: Path, out: Path, cfg, resume: bool = False, checkpoint_seconds: float = 30.0) -> dict:
     """Train with a progress bar; returns the metrics."""
+    from embedtalk_sdk.train.resume import Cadence
     from embedtalk_sdk.train.trainer import Trainer
 
     trainer = Trainer(data, cfg, log=lambda m: console.print(m))
@@ -89,7 +90,7 @@ def run_training(data: Path, out: Path, cfg) -> dict:
         f"{len(trainer.gaussians)} Gaussians, {len(trainer.train)} train / {len(trainer.val)} val frames"
     )
     with progress_bar("train", cfg.iterations) as update:
-        result = trainer.run(out, progress=update)
+        result = trainer.run(out, progress=update, resume=resume, cadence=Cadence(seconds=checkpoint_seconds))
     return result.metrics
 
 
@@ -110,15 +111,27 @@ def train(
     seed: int = typer.Option(0, help="seeds the initial cloud, the network and the frame order"),
     mouth_crops: Optional[int] = typer.Option(
         None, help="extra frames per step trained on their mouth crop alone (default: 4; 0: off)"),
+    resume: bool = typer.Option(False, help="continue the killed run in OUT from OUT/resume.pt (same options)"),
+    checkpoint_seconds: float = typer.Option(30.0, help="write OUT/resume.pt every this many seconds of training"),
 ) -> None:
     """Train an avatar on a dataset folder."""
+    from rich.markup import escape
+
+    from embedtalk_sdk.train.resume import RESUME_FILE, ResumeError, require_state
+
     if not data.is_dir():
         _fail(f"{data}: no such dataset folder")
     if mouth_crops is not None and mouth_crops < 0:
         _fail(f"--mouth-crops {mouth_crops}: give 0 or more")
     cfg = _train_config(iterations, audio_encoder, hubert_path, lpips_weights, init_points, device, seed, rasterizer,
                         max_gaussians, val_every, mouth_crops)
-    metrics = run_training(data, out, cfg)
+    try:
+        if resume:
+            require_state(out / RESUME_FILE)  # before the seconds of set-up
+        metrics = run_training(data, out, cfg, resume=resume, checkpoint_seconds=checkpoint_seconds)
+    except ResumeError as e:
+        console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)  # one line, however long
+        raise typer.Exit(2)
     console.print_json(json.dumps(metrics))
 
 

@@ -2,11 +2,13 @@
 network, jointly, with the loss of eq. 12 and 3DGS density control."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +32,10 @@ from embedtalk_sdk.train.health import HealthInputs, audio_health, audio_ignored
 from embedtalk_sdk.train.lpips import LPIPS, load_lpips
 from embedtalk_sdk.train.render import (
     FrameData, crop_intrinsics, gaussians_touching, pick_rasterizer, render, render_frame,
+)
+from embedtalk_sdk.train.resume import (
+    RESUME_FILE, Cadence, ResumeError, dataset_digest, load_state, remove_partials, restore_rng, rng_state,
+    save_state,
 )
 from embedtalk_sdk.train.strategy import DensifyConfig, GradStats, densify_and_prune
 
@@ -95,6 +101,20 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class LoopState:
+    """What the loop carries from one step to the next besides the model and its optimisers; with
+    them, what resume.pt holds. `step`: the steps done."""
+
+    step: int
+    sampler: np.random.Generator  # the frame order (and the mouth crops' frames)
+    stats: GradStats  # densification's gradient statistics since the last densification
+    neighbours: torch.Tensor | None = None  # L_emb_reg's k nearest neighbours, from the last densification
+    losses: list[float] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # the validations so far
+    train_seconds: float = 0.0  # of the steps done, summed over the runs that did them
 
 
 @dataclass
@@ -270,56 +290,130 @@ class Trainer:
             loss = loss + c.lambda_mouth_l1 * sum(self.mouth_crop_l1(j, k) for j, k in crops) / len(crops)
         return loss, means
 
-    def run(self, out_dir: str | Path, progress: ProgressFn | None = None) -> TrainResult:
+    def run(self, out_dir: str | Path, progress: ProgressFn | None = None, resume: bool = False,
+            cadence: Cadence = Cadence()) -> TrainResult:
+        """Train cfg.iterations steps; write ckpt.pt, train_metrics.json and loss.png into out_dir, and
+        meanwhile out_dir/resume.pt on `cadence` (removed once the run is done). resume: continue from
+        out_dir/resume.pt; ResumeError when it is missing, unreadable or from another config or
+        dataset. Every file is written atomically; a killed run's temporaries are removed first."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in remove_partials(out_dir):
+            self.log(f"removed {stale.name}, left by a killed run")
         c, d = self.cfg, self.densify
-        rng = np.random.default_rng(c.seed)
+        resume_path = out_dir / RESUME_FILE
+        if resume:
+            state = self._restore(resume_path)
+            self.log(f"resuming {resume_path} at step {state.step} of {c.iterations}")
+        else:
+            if resume_path.exists():
+                self.log(f"{resume_path}: from an earlier run, replaced by this one (--resume continues it)")
+            state = LoopState(step=0, sampler=np.random.default_rng(c.seed), stats=GradStats(len(self.gaussians)))
         # The paper computes the k nearest neighbours "only post densification": L_emb_reg starts at
-        # the first densification. From step 0 it collapsed every z (std 0.1 -> 0.005) before the
-        # network had learned anything: Adam moves z a full step along the regulariser's gradient
-        # while the image gradient on z is still ~0 (zero-initialised heads), and the dead network then
-        # never learned the mouth (measured: held-out sync 0.05 vs 0.89 without the term).
-        neighbours = None
-        history: list[dict] = []
-        stats = GradStats(len(self.gaussians))
-        losses: list[float] = []
-        start = time.perf_counter()
-        for step in range(c.iterations):
+        # the first densification (state.neighbours None until then). From step 0 it collapsed every z
+        # (std 0.1 -> 0.005) before the network had learned anything: Adam moves z a full step along
+        # the regulariser's gradient while the image gradient on z is still ~0 (zero-initialised
+        # heads), and the dead network then never learned the mouth (held-out sync 0.05 vs 0.89).
+        rng, stats = state.sampler, state.stats
+        start = last_save = time.perf_counter()
+        seconds_before = state.train_seconds
+        for step in range(state.step, c.iterations):
             self._set_learning_rates(step)
             i = int(rng.integers(len(self.train)))
             crops = []
             if c.mouth_crops:
                 ids = rng.integers(len(self.train), size=(c.mouth_crops, 2))
                 crops = [(int(j), int(k) if c.mouth_crop_shuffle_aus else int(j)) for j, k in ids]
-            loss, means = self.loss(step, i, neighbours, crops)
+            loss, means = self.loss(step, i, state.neighbours, crops)
             self.optimizer.zero_grad(set_to_none=True)
             self.network_opt.zero_grad(set_to_none=True)
             loss.backward()
             self._accumulate_grad_stats(stats, means, i)
             self.optimizer.step()
             self.network_opt.step()
-            losses.append(loss.detach().item())
+            state.losses.append(loss.detach().item())
             if d.start <= step < d.stop and step % d.every == 0 and step > 0:
                 counts = densify_and_prune(self.gaussians, self.optimizer, stats, d)
-                neighbours = knn_indices(self.gaussians.means, c.knn_k)
+                state.neighbours = knn_indices(self.gaussians.means, c.knn_k)
                 if progress is None:
                     self.log(f"step {step}: {counts}")
+            state.step = step + 1
+            state.train_seconds = seconds_before + time.perf_counter() - start
             if progress is not None:
-                progress(step + 1, c.iterations, {"loss": losses[-1], "gaussians": len(self.gaussians)})
-            if c.val_every and (step + 1) % c.val_every == 0 and step + 1 < c.iterations:
-                history.append(self.validate(step + 1))
-                self._write_metrics(out_dir, {"validations": history, "finished": False})
-        train_seconds = time.perf_counter() - start
+                progress(state.step, c.iterations, {"loss": state.losses[-1], "gaussians": len(self.gaussians)})
+            if state.step == c.iterations:
+                break
+            validated = bool(c.val_every) and state.step % c.val_every == 0
+            if validated:
+                state.history.append(self.validate(state.step))
+                self._write_metrics(out_dir, {"validations": state.history, "finished": False})
+            # After a validation too, so that a kill does not cost its renders.
+            if validated or cadence.due(state.step, time.perf_counter() - last_save):
+                self.save_resume(resume_path, state)
+                last_save = time.perf_counter()
         final = self.validate(c.iterations)
         metrics = {k: v for k, v in final.items() if k != "step"}
-        metrics.update(train_seconds=round(train_seconds, 1), iterations=c.iterations, gaussians=len(self.gaussians),
-                       validations=history + [final], finished=True)
+        metrics.update(train_seconds=round(state.train_seconds, 1), iterations=c.iterations,
+                       gaussians=len(self.gaussians), validations=state.history + [final], finished=True)
         ckpt = Checkpoint(self.gaussians.cpu(), self.deform.cpu(), self._meta(metrics))
         ckpt.save(out_dir / "ckpt.pt")
         self._write_metrics(out_dir, metrics)
-        save_loss_plot(losses, out_dir / "loss.png")
-        return TrainResult(ckpt, metrics, losses)
+        save_loss_plot(state.losses, out_dir / "loss.png")
+        resume_path.unlink(missing_ok=True)  # last: a kill before it leaves a run that --resume finishes
+        return TrainResult(ckpt, metrics, state.losses)
+
+    def run_config(self) -> dict:
+        """TrainConfig.to_dict with the densification schedule this run follows (resolved when None):
+        what a resumed run must share with the one that wrote resume.pt."""
+        return {**self.cfg.to_dict(), "densify": asdict(self.densify)}
+
+    @cached_property
+    def dataset_digest(self) -> str:
+        """resume.dataset_digest of this run's dataset."""
+        return dataset_digest(self.train.dataset, self.val.dataset, self.features)
+
+    def save_resume(self, path: Path, state: LoopState) -> None:
+        """Write the run's whole state after `state.step` steps to `path` (resume.py), atomically."""
+        save_state(path, {
+            "config": json.dumps(self.run_config()),
+            "dataset_digest": self.dataset_digest,
+            "data_dir": str(self.data_dir.resolve()),
+            "step": state.step,
+            "gaussians": {k: v.detach() for k, v in self.gaussians.params.items()},
+            "deform": self.deform.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "network_opt": self.network_opt.state_dict(),
+            "grad_sum": state.stats.grad_sum,
+            "grad_count": state.stats.count,
+            "neighbours": state.neighbours,
+            "losses": torch.tensor(state.losses, dtype=torch.float64),
+            "history": json.dumps(state.history),
+            "train_seconds": state.train_seconds,
+            "rng": rng_state(state.sampler, self.device),
+        })  # fmt: skip
+
+    def _restore(self, path: Path) -> LoopState:
+        """Load `path` (checked against this run) into the model and optimisers; -> the loop's state."""
+        saved = load_state(path, self.run_config(), self.dataset_digest)
+        try:
+            self.gaussians = GaussianModel(saved["gaussians"]).to(self.device)
+            self.deform.load_state_dict(saved["deform"])
+            # Densification changed the Gaussians' count: a fresh optimiser on the loaded rows.
+            self.optimizer = self._make_optimizer()
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.network_opt.load_state_dict(saved["network_opt"])
+            stats = GradStats(len(self.gaussians))
+            stats.grad_sum, stats.count = saved["grad_sum"], saved["grad_count"]
+            state = LoopState(
+                step=int(saved["step"]), sampler=restore_rng(saved["rng"], self.device), stats=stats,
+                neighbours=saved["neighbours"],
+                losses=saved["losses"].tolist(), history=json.loads(saved["history"]),
+                train_seconds=float(saved["train_seconds"]),
+            )  # fmt: skip
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ResumeError(f"{path}: does not fit this model ({reason})") from None
+        return state
 
     def _accumulate_grad_stats(self, stats: GradStats, means: torch.Tensor, i: int) -> None:
         """View-space positional gradient per Gaussian, in the units 3DGS thresholds (NDC)."""
@@ -428,5 +522,7 @@ def save_loss_plot(losses: list[float], path: Path) -> None:
     ax.set_ylabel("loss (eq. 12)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
+    atomic_write(path, png.getvalue())
