@@ -55,7 +55,7 @@ def _checkpoint_frames(ckpt_path: Path, data: Path | None,
     from embedtalk_sdk.train.trainer import pick_device
 
     ckpt = Checkpoint.load(ckpt_path)
-    meta = ckpt.meta
+    meta = ckpt.require_meta(ckpt_path, ("aus",))
     root = Path(data) if data else Path(meta.get("data_dir", ""))
     if not root.is_dir():
         raise EvalError(f"{ckpt_path}: its dataset {root} is not there; pass --data DATASET")

@@ -19,7 +19,7 @@ from embedtalk_sdk.data.dataset import TalkingDataset
 from embedtalk_sdk.export.audio_encoder import encoder_files
 from embedtalk_sdk.export.bundle import write_bundle
 from embedtalk_sdk.export.onnx_graph import build_deform_onnx, io_spec
-from embedtalk_sdk.model.checkpoint import Checkpoint
+from embedtalk_sdk.model.checkpoint import PLAYBACK_META, Checkpoint
 from embedtalk_sdk.model.deform import BakedDeform
 from embedtalk_sdk.runtime.aus import AU_NAMES
 from embedtalk_sdk.runtime.backends.base import to_uint8
@@ -99,7 +99,7 @@ def export_bundle(
     table_dtype: "float16" (default) or "float32" for the per-Gaussian table in deform.onnx.
     """
     ckpt = Checkpoint.load(ckpt_path)
-    meta = ckpt.meta
+    meta = ckpt.require_meta(ckpt_path, (*PLAYBACK_META, "data_dir") if data_dir is None else PLAYBACK_META)
     data_dir = Path(data_dir or meta["data_dir"])
     if not data_dir.is_dir():
         raise FileNotFoundError(

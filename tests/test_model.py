@@ -96,7 +96,7 @@ def _gaussians(n: int = 400, seed: int = 0) -> GaussianModel:
 
 
 def test_checkpoint_round_trip_and_refusals(tmp_path):
-    ckpt = Checkpoint(_gaussians(), random_net(DeformConfig(feature_dim=8)), {"fps": 25})
+    ckpt = Checkpoint(_gaussians(), random_net(DeformConfig(feature_dim=8, embed_dim=8)), {"fps": 25})
     path = ckpt.save(tmp_path / "run" / "ckpt.pt")
     back = Checkpoint.load(path)
     for k, v in ckpt.gaussians.params.items():
@@ -164,3 +164,65 @@ def test_densify_and_prune_keep_every_tensor_and_optimizer_state_in_step():
     # The optimiser still steps after the topology change.
     sum(p.pow(2).sum() for p in g.params.values()).backward()
     opt.step()
+
+
+def _payload_edits():
+    def means_2d(p):
+        p["gaussians"]["means"] = p["gaussians"]["means"][:, :2]
+
+    def sh0_rows(p):
+        p["gaussians"]["sh0"] = torch.zeros(100, 3)
+
+    def nan_scale(p):
+        p["gaussians"]["log_scales"][0, 0] = float("nan")
+
+    def no_meta(p):
+        del p["meta"]
+
+    def no_embeddings(p):
+        del p["gaussians"]["embeddings"]
+
+    def narrow_embeddings(p):
+        p["gaussians"]["embeddings"] = p["gaussians"]["embeddings"][:, :4]
+
+    def wrong_layer(p):
+        key = next(k for k in p["deform"] if k.endswith("weight"))
+        p["deform"][key] = torch.zeros(1, 1)
+
+    def bad_config(p):
+        p["deform_config"] = "{not json"
+
+    def meta_list(p):
+        p["meta"] = "[1, 2]"
+
+    return [
+        (means_2d, r"gaussians\.means is \(400, 2\), expected \(400, 3\)"),
+        (sh0_rows, r"gaussians\.sh0 is \(100, 3\), expected \(400, 3\)"),
+        (nan_scale, r"gaussians\.log_scales holds non-finite"),
+        (no_meta, r"lacks meta"),
+        (no_embeddings, r"lacks the Gaussians' embeddings"),
+        (narrow_embeddings, r"gaussians\.embeddings is \(400, 4\), expected \(400, 8\)"),
+        (wrong_layer, r"network weights do not fit its config"),
+        (bad_config, r"unreadable network config or meta"),
+        (meta_list, r"meta is list, expected an object"),
+    ]
+
+
+@pytest.mark.parametrize("edit, message", _payload_edits(), ids=lambda v: getattr(v, "__name__", ""))
+def test_damaged_checkpoints_are_refused_with_one_clear_error(tmp_path, edit, message):
+    # Before: RuntimeError / KeyError tracebacks in export and eval, or a bundle Avatar.load rejects.
+    path = Checkpoint(_gaussians(), random_net(DeformConfig(feature_dim=8, embed_dim=8)), {"fps": 25}).save(tmp_path / "c.pt")
+    payload = torch.load(path, weights_only=True)
+    edit(payload)
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=message):
+        Checkpoint.load(path)
+
+
+def test_checkpoint_without_playback_meta_is_refused_by_export(tmp_path):
+    from embedtalk_sdk.export.exporter import export_bundle
+
+    path = Checkpoint(_gaussians(), random_net(DeformConfig(feature_dim=8, embed_dim=8)), {"fps": 25}).save(tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match=r"meta lacks width, height, K, audio, aus, data_dir"):
+        export_bundle(path, tmp_path / "x.etk", log=lambda m: None)
+    assert not (tmp_path / "x.etk").exists()

@@ -15,8 +15,34 @@ CHECKPOINT_FORMAT = "embedtalk-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
+PLAYBACK_META = ("fps", "width", "height", "K", "audio", "aus")
+# Per-Gaussian tensors and their trailing shape (None: the embedding width, from the network config).
+GAUSSIAN_SHAPES: dict[str, tuple[int | None, ...]] = {
+    "means": (3,), "quats": (4,), "log_scales": (3,), "sh0": (3,), "opacity_logits": (), "embeddings": (None,),
+}
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read; the message names the file and what to do."""
+
+
+def _check_gaussians(path: Path, params: object, embed_dim: int) -> dict[str, torch.Tensor]:
+    """The Gaussian tensors if they are all there, float, finite, with one row per Gaussian."""
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{path}: gaussians is {type(params).__name__}, expected tensors by name")
+    missing = [k for k in GAUSSIAN_SHAPES if k not in params]
+    if missing:
+        raise CheckpointError(f"{path}: the checkpoint lacks the Gaussians' {', '.join(missing)}")
+    n = params["means"].shape[0] if isinstance(params["means"], torch.Tensor) and params["means"].ndim else -1
+    for name, tail in GAUSSIAN_SHAPES.items():
+        t = params[name]
+        want = (n, *(embed_dim if d is None else d for d in tail))
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != want or n < 1:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise CheckpointError(f"{path}: gaussians.{name} is {got}, expected {want} (N = rows of means)")
+        if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{path}: gaussians.{name} holds non-finite or non-float values")
+    return params
 
 
 @dataclass
@@ -66,6 +92,29 @@ class Checkpoint:
                 f"{path}: checkpoint version {payload['version']} is newer than this SDK reads "
                 f"({CHECKPOINT_VERSION}): upgrade embedtalk-sdk"
             )
-        deform = DeformNet(DeformConfig.from_dict(json.loads(payload["deform_config"])))
-        deform.load_state_dict(payload["deform"])
-        return cls(GaussianModel(payload["gaussians"]), deform, json.loads(payload["meta"]))
+        missing = [k for k in ("gaussians", "deform", "deform_config", "meta") if k not in payload]
+        if missing:
+            raise CheckpointError(f"{path}: the checkpoint lacks {', '.join(missing)}; it is damaged or not from `train`")
+        try:
+            cfg = DeformConfig.from_dict(json.loads(payload["deform_config"]))
+            meta = json.loads(payload["meta"])
+        except (TypeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{path}: unreadable network config or meta ({type(e).__name__}: {e})") from None
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{path}: meta is {type(meta).__name__}, expected an object")
+        gaussians = _check_gaussians(path, payload["gaussians"], cfg.embed_dim)
+        deform = DeformNet(cfg)
+        try:
+            deform.load_state_dict(payload["deform"])
+        except (RuntimeError, TypeError, AttributeError) as e:
+            first = str(e).strip().splitlines()[:3]
+            raise CheckpointError(f"{path}: the network weights do not fit its config: {' '.join(first)}") from None
+        return cls(GaussianModel(gaussians), deform, meta)
+
+    def require_meta(self, path: str | Path, keys: tuple[str, ...] = PLAYBACK_META) -> dict:
+        """The meta, if it has `keys` (what export and eval read); CheckpointError naming the missing ones."""
+        missing = [k for k in keys if k not in self.meta]
+        if missing:
+            raise CheckpointError(f"{path}: the checkpoint's meta lacks {', '.join(missing)}; train it again with "
+                                  "this SDK (`embedtalk-sdk train`)")
+        return self.meta
