@@ -1,15 +1,17 @@
 """`embedtalk-sdk`: the command line. Each command is a thin shell over a library function."""
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 app = typer.Typer(
@@ -45,7 +47,8 @@ def progress_bar(description: str, total: int) -> Iterator:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    one_line = " ".join(message.split())  # library messages may carry newlines (torch's do)
+    console.print(f"[red]error:[/red] {escape(one_line)}", soft_wrap=True, highlight=False)
     raise typer.Exit(2)
 
 
@@ -315,6 +318,32 @@ def eval_cmd(
     if report["metrics"]["lpips"] is None:
         console.print(f"note: {report['notes']['lpips']}")
     console.print(f"wrote {report['files']['json']} and {report['files']['video']}")
+
+
+def _one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Every command ends a failure it can name with one line: what, which file, what to do.
+
+    The SDK's errors (BundleError, AudioError, CheckpointError, ... all ValueErrors) and the
+    operating system's (a missing folder, no permission, a full disk) become `error: ...` and exit
+    code 2; anything else is a bug and keeps its traceback."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ValueError as e:
+            _fail(str(e))
+        except OSError as e:
+            where = e.filename if e.filename is not None else ""
+            _fail(f"{where}: {e.strerror or e}" if where else str(e))
+        except MemoryError:
+            _fail("out of memory: the input is larger than this machine can hold")
+
+    return run
+
+
+for _info in app.registered_commands:
+    _info.callback = _one_line_errors(_info.callback)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -11,12 +11,15 @@ from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 from embedtalk_sdk.runtime.onnx_check import check_self_contained
 
 
-def _initializers(model_bytes: bytes) -> dict[str, np.ndarray]:
+def _initializers(model_bytes: bytes, where: str) -> dict[str, np.ndarray]:
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load_from_string(model_bytes)
-    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    try:
+        model = onnx.load_from_string(model_bytes)
+        return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    except Exception as e:  # noqa: BLE001 - protobuf and onnx raise their own types for damaged models
+        raise BundleError(f"{where} is not a readable ONNX model ({type(e).__name__}: {e})") from None
 
 
 def load_baked_deform(bundle: Bundle, file: str):
@@ -25,37 +28,45 @@ def load_baked_deform(bundle: Bundle, file: str):
 
     from embedtalk_sdk.model.deform import BakedDeform, DeformConfig, DeformNet
 
-    cfg = DeformConfig.from_dict(bundle.manifest["network"])
-    w = _initializers(check_self_contained(bundle.bytes_of(file), f"{bundle.path}/{file}"))
+    try:
+        cfg = DeformConfig.from_dict(bundle.manifest["network"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"bundle {bundle.path}: the manifest's network block is missing or malformed ({e})") from None
+    where = f"{bundle.path}/{file}"
+    w = _initializers(check_self_contained(bundle.bytes_of(file), where), where)
     net = DeformNet(cfg)
-    state = {
-        "audio_net.feature_mean": w["audio.feature_mean"],
-        "audio_net.feature_std": w["audio.feature_std"],
-        "audio_net.fc1.weight": w["audio.fc1.weight_t"].T,
-        "audio_net.fc1.bias": w["audio.fc1.bias"],
-        "audio_net.fc2.weight": w["audio.fc2.weight_t"].T,
-        "audio_net.fc2.bias": w["audio.fc2.bias"],
-        "audio_proj.weight": w["audio_proj.weight_t"].T,
-        "audio_proj.bias": w["audio_proj.bias"],
-        "au_proj.weight": w["au_proj.weight_t"].T,
-        "mu_head.weight": w["mu_head.weight_t"].T,
-        "mu_head.bias": w["mu_head.bias"],
-        "alpha_head.weight": w["alpha_head.weight_t"].T,
-        "alpha_head.bias": w["alpha_head.bias"],
-    }
-    for i in range(cfg.n_convs):
-        state[f"audio_net.convs.{i}.weight"] = w[f"audio.conv{i}.weight"]
-        state[f"audio_net.convs.{i}.bias"] = w[f"audio.conv{i}.bias"]
-    for i in range(cfg.trunk_layers):
-        state[f"trunk.{i}.weight"] = w[f"trunk{i}.weight_t"].T
-        state[f"trunk.{i}.bias"] = w[f"trunk{i}.bias"]
+    try:
+        state = {
+            "audio_net.feature_mean": w["audio.feature_mean"],
+            "audio_net.feature_std": w["audio.feature_std"],
+            "audio_net.fc1.weight": w["audio.fc1.weight_t"].T,
+            "audio_net.fc1.bias": w["audio.fc1.bias"],
+            "audio_net.fc2.weight": w["audio.fc2.weight_t"].T,
+            "audio_net.fc2.bias": w["audio.fc2.bias"],
+            "audio_proj.weight": w["audio_proj.weight_t"].T,
+            "audio_proj.bias": w["audio_proj.bias"],
+            "au_proj.weight": w["au_proj.weight_t"].T,
+            "mu_head.weight": w["mu_head.weight_t"].T,
+            "mu_head.bias": w["mu_head.bias"],
+            "alpha_head.weight": w["alpha_head.weight_t"].T,
+            "alpha_head.bias": w["alpha_head.bias"],
+        }
+        for i in range(cfg.n_convs):
+            state[f"audio_net.convs.{i}.weight"] = w[f"audio.conv{i}.weight"]
+            state[f"audio_net.convs.{i}.bias"] = w[f"audio.conv{i}.bias"]
+        for i in range(cfg.trunk_layers):
+            state[f"trunk.{i}.weight"] = w[f"trunk{i}.weight_t"].T
+            state[f"trunk.{i}.bias"] = w[f"trunk{i}.bias"]
+        table = w["gaussian_table"]
+    except KeyError as e:
+        raise BundleError(f"{where} lacks the weight {e} the manifest's network needs") from None
     # embed_proj is baked into the table; the rebuilt net never uses it.
     state["embed_proj.weight"] = net.embed_proj.weight.detach().numpy()
     try:
         net.load_state_dict({k: torch.as_tensor(np.array(v, dtype=np.float32)) for k, v in state.items()})
     except RuntimeError as e:
         raise BundleError(f"{bundle.path}/{file} does not fit the manifest's network: {e}") from None
-    return BakedDeform(net, torch.as_tensor(np.array(w["gaussian_table"], dtype=np.float32))).eval()
+    return BakedDeform(net, torch.as_tensor(np.array(table, dtype=np.float32))).eval()
 
 
 class TorchBackend:

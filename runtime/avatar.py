@@ -231,13 +231,22 @@ class Avatar:
                 T = round(M * fps / rate) and the MP4 is silent.
 
         Returns:
-            uint8 [T, H, W, 3] with T = round(duration * fps), or the Path of `out`.
+            uint8 [T, H, W, 3] with T = round(duration * fps), or the Path of `out`. The array form
+            holds every frame in memory (T x H x W x 3 bytes: 10 minutes at 25 fps and 512² is
+            11.8 GB); for long clips write to `out`, or iterate `frames()` / `stream()`, which keep
+            only a batch.
+
+        Raises:
+            AudioError: unreadable, empty, NaN/Inf or too-short audio. FileNotFoundError /
+            IsADirectoryError: `out`'s folder is missing or `out` is a folder (before any work).
         """
+        if out is not None:
+            from embedtalk_sdk.runtime.video import check_output_path, write_mp4  # PyAV: only needed for files
+
+            check_output_path(out)
         samples, feats, t = self._prepare(audio, sample_rate, features)
         frames = self._frames(feats, t, self._au_source(aus, t), progress)
         if out is not None:
-            from embedtalk_sdk.runtime.video import write_mp4  # PyAV: only needed for files
-
             write_mp4(out, (f.copy() for f in frames), fps=self._fps, audio=samples, sample_rate=16000)
             return Path(out)
         video = np.empty((t, self._height, self._width, 3), dtype=np.uint8)

@@ -16,7 +16,7 @@ import numpy as np
 from embedtalk_sdk.runtime.audio.io import decode_audio
 from embedtalk_sdk.runtime.fileio import atomic_path
 
-__all__ = ["write_mp4", "read_video", "read_audio_track"]
+__all__ = ["write_mp4", "check_output_path", "read_video", "read_audio_track"]
 
 _BT601_TAGS = "colorprim=smpte170m:transfer=smpte170m:colormatrix=smpte170m"
 
@@ -51,9 +51,7 @@ def write_mp4(
     Raises:
         ValueError: no frames, a frame with the wrong dtype/shape/size, bad audio.
     """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"write_mp4: folder {path.parent} does not exist")
+    path = check_output_path(path)
     samples = None if audio is None else _check_audio(audio)
     it = iter(frames)
     first = next(it, None)
@@ -62,6 +60,17 @@ def write_mp4(
     with atomic_path(path) as tmp:
         n = _encode(str(tmp), first, it, fps, samples, sample_rate, crf)
     return n
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """`path` as a Path if a video can be written there (its folder exists, it is not a folder);
+    called before any work so that a bad `-o` fails at once, not after rendering."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name, e.g. {path / 'speech.mp4'}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"write_mp4: folder {path.parent} does not exist; create it first")
+    return path
 
 
 def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:

@@ -120,3 +120,35 @@ def test_temporaries_of_killed_writers_are_removed_by_the_next_write(tmp_path: P
     live = tmp_path / f".out.json.{os.getpid()}.x.part"  # this process's own are never touched
     live.write_bytes(b"")
     assert remove_stale_temporaries(tmp_path / "out.json") == [] and live.exists()
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from embedtalk_sdk.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_cli_failures_end_in_one_line_naming_the_problem(tmp_path: Path) -> None:
+    # Before: `speak -o /nonexistent/dir/x.mp4` ended in a FileNotFoundError traceback.
+    bundle = make_test_bundle(tmp_path / "a.etk")
+    wav = tmp_path / "hello.wav"
+    import soundfile as sf
+
+    sf.write(wav, speech(0.5), 16000)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\0" * 100)
+    cases = [
+        (("speak", str(bundle), str(wav), "-o", str(tmp_path / "no" / "dir" / "x.mp4")), "does not exist"),
+        (("speak", str(bundle), str(wav), "-o", str(tmp_path)), "is a folder"),
+        (("speak", str(tmp_path / "none.etk"), str(wav)), "no such bundle"),
+        (("speak", str(bundle), str(tmp_path / "none.wav")), "audio file not found"),
+        (("export", str(junk), "-o", str(tmp_path / "x.etk")), "not a readable checkpoint"),
+        (("bench", str(tmp_path / "none.etk")), "no such bundle"),
+    ]
+    for args, message in cases:
+        result = _cli(*args)
+        last = result.output.strip().splitlines()[-1]
+        assert result.exit_code == 2 and "Traceback" not in result.output, (args, result.output)
+        assert last.startswith("error:") and message in result.output, (args, result.output)

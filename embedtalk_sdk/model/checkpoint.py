@@ -81,8 +81,9 @@ class Checkpoint:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises several types for truncated or foreign files
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             raise CheckpointError(
-                f"{path}: not a readable checkpoint ({type(err).__name__}: {err}); "
+                f"{path}: not a readable checkpoint ({type(err).__name__}: {first}); "
                 "it may be truncated or corrupt — re-run `embedtalk-sdk train` or copy it again"
             ) from None
         if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
