@@ -26,7 +26,7 @@ from embedtalk_sdk.runtime.audio.encoders import SAMPLE_RATE, AudioEncoder, Feat
 from embedtalk_sdk.runtime.audio.io import AudioError, check_finite, full_scale, load_audio, prepare_audio
 from embedtalk_sdk.runtime.audio.mel import frame_windows, n_video_frames, rows_needed, window_bounds
 from embedtalk_sdk.runtime.camera import pingpong
-from embedtalk_sdk.runtime.aus import AU_SCALE, BLINK_AU, N_AUS
+from embedtalk_sdk.runtime.aus import AU_NAMES, AU_SCALE, BLINK_AU, N_AUS
 from embedtalk_sdk.runtime.backends.base import Backend, create_backend, to_uint8
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 from embedtalk_sdk.runtime.manifest import check_avatar_manifest
@@ -125,8 +125,10 @@ class Avatar:
     def _load_aus(self) -> None:
         names = list(_get(self._bundle, "aus.names"))
         neutral = np.asarray(_get(self._bundle, "aus.neutral"), dtype=np.float32)
-        if len(names) != N_AUS or neutral.shape != (N_AUS,):
-            raise BundleError(f"bundle {self._bundle.path}: aus.names/neutral must have {N_AUS} entries")
+        if names != list(AU_NAMES) or neutral.shape != (N_AUS,):
+            # The network's AU inputs are in AU_NAMES order; another order would feed it the wrong units.
+            raise BundleError(f"bundle {self._bundle.path}: aus.names must be {list(AU_NAMES)} and aus.neutral "
+                              f"have {N_AUS} entries; got {names}, {neutral.shape[0] if neutral.ndim else 0}")
         self._neutral = neutral
         self._blink_index = names.index(BLINK_AU) if BLINK_AU in names else None
         self._blink = self._blink_params(_get(self._bundle, "aus"))
@@ -144,8 +146,9 @@ class Avatar:
         b = self._bundle
         self._viewmats = np.ascontiguousarray(b.array("viewmats"), dtype=np.float32)
         k, kb = int(_get(b, "tracks.frames")), int(_get(b, "tracks.torso_frames"))
-        if self._viewmats.shape != (k, 4, 4) or k < 1:
-            raise BundleError(f"{b.path}/viewmats.npy has shape {self._viewmats.shape}, expected ({k}, 4, 4)")
+        if self._viewmats.shape != (k, 4, 4) or k < 1 or not np.isfinite(self._viewmats).all():
+            raise BundleError(f"{b.path}/viewmats.npy has shape {self._viewmats.shape}, expected ({k}, 4, 4) "
+                              "finite floats")
         self._torso = open_track(b, _get(b, "tracks.torso"), kb, self._height, self._width)
         self._frame = np.empty((self._height, self._width, 3), dtype=np.uint8)  # reused per frame
 
@@ -327,6 +330,8 @@ class Avatar:
 
             return generated
         a = np.asarray(aus, dtype=np.float32)
+        if not np.isfinite(a).all():
+            raise ValueError("aus contain NaN or Inf")
         if a.shape == (N_AUS,):
             a = a[None]
             return lambda n0, n1: np.repeat(a / AU_SCALE, n1 - n0, axis=0)

@@ -152,6 +152,10 @@ class CpuRenderer:
         arr = bundle.array(name)
         if arr.shape != shape:
             raise BundleError(f"{bundle.path}/{name}.npy has shape {arr.shape}, expected {shape}")
+        if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
+            raise BundleError(f"{bundle.path}/{name}.npy must hold finite floats ({arr.dtype}, "
+                              f"{int(np.count_nonzero(~np.isfinite(arr))) if np.issubdtype(arr.dtype, np.floating) else 'n/a'} "
+                              "non-finite)")
         return np.ascontiguousarray(arr, dtype=np.float32)
 
     def render(
