@@ -364,3 +364,16 @@ def test_streamed_windows_equal_offline_windows(seed):
 def test_frame_windows_refuses_dropped_rows():
     with pytest.raises(ValueError, match="buffer"):
         frame_windows(np.zeros((20, 2)), 1, first_frame=10, row_offset=15)
+
+
+@pytest.mark.parametrize("n", [0, 1, 199, 200, 321, 2048 * 320 - 1, 2048 * 320, 2048 * 320 + 200, 16000 * 65 + 7])
+def test_log_mel_in_blocks_equals_the_whole_clip_padded(n):
+    # log_mel computes rows in blocks from slices (bounded memory on long clips): the same bytes as
+    # padding the whole clip once and framing it.
+    from embedtalk_sdk.runtime.audio.mel import _frames_log_mel
+
+    x = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    spec = MelSpec()
+    pad = spec.n_fft // 2
+    whole = _frames_log_mel(np.pad(x.astype(np.float64), (pad, pad)), n // spec.hop + 1, spec)
+    assert np.array_equal(log_mel(x, spec), whole)

@@ -94,10 +94,20 @@ def log_mel(samples: np.ndarray, spec: MelSpec = MelSpec()) -> np.ndarray:
     Returns:
         float32 [M, n_mels], M = S // hop + 1; row k describes the n_fft samples centred on k*hop.
     """
-    x = _as_mono(samples)
-    pad = spec.n_fft // 2
-    padded = np.pad(x, (pad, pad))
-    return _frames_log_mel(padded, x.shape[0] // spec.hop + 1, spec)
+    x = np.asarray(samples)
+    if x.ndim != 1:
+        raise ValueError(f"expected mono samples [S], got shape {x.shape}")
+    pad, n_rows = spec.n_fft // 2, x.shape[0] // spec.hop + 1
+    out = np.empty((n_rows, spec.n_mels), dtype=np.float32)
+    # Rows in blocks, each from its own float64 slice of the zero-padded signal: the same numbers as
+    # padding the whole clip, without two float64 copies of it (10 min of audio: ~150 MB less).
+    for a in range(0, n_rows, _BLOCK):
+        b = min(a + _BLOCK, n_rows)
+        start, end = a * spec.hop - pad, (b - 1) * spec.hop - pad + spec.n_fft  # in unpadded samples
+        piece = _as_mono(x[max(start, 0):min(end, x.shape[0])])  # start <= len(x): rows <= len // hop
+        piece = np.pad(piece, (max(-start, 0), max(end - x.shape[0], 0)))
+        out[a:b] = _frames_log_mel(piece, b - a, spec)
+    return out
 
 
 class MelStreamer:
