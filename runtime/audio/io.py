@@ -72,14 +72,23 @@ def decode_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         return _decode_with_av(p, sf_err)
 
 
+PREP_BLOCK = 1 << 20  # samples converted at a time: a long clip is not copied whole in float64
+
+
+def _non_finite_error(name: str, bad: int) -> AudioError:
+    return AudioError(f"{name}: {bad} samples are NaN or Inf; the file is corrupt or was written by a "
+                      "broken tool. Re-export the audio.")
+
+
+def _clipped_warning(name: str, beyond: int, peak: float) -> None:
+    warnings.warn(f"{name}: {beyond} samples beyond full scale (peak {peak:.3f}) were clipped to [-1, 1]; "
+                  "normalise the audio for the best result", stacklevel=4)
+
+
 def check_finite(x: np.ndarray, name: str) -> np.ndarray:
     """`x` if every sample is finite; AudioError naming `name` and the count otherwise."""
     if not np.all(np.isfinite(x)):
-        bad = int(np.count_nonzero(~np.isfinite(x)))
-        raise AudioError(
-            f"{name}: {bad} samples are NaN or Inf; the file is corrupt or was written by a "
-            "broken tool. Re-export the audio."
-        )
+        raise _non_finite_error(name, int(np.count_nonzero(~np.isfinite(x))))
     return x
 
 
@@ -91,9 +100,7 @@ def full_scale(mono: np.ndarray, name: str) -> np.ndarray:
     """
     beyond = int(np.count_nonzero(np.abs(mono) > 1.0))
     if beyond:
-        peak = float(np.max(np.abs(mono)))
-        warnings.warn(f"{name}: {beyond} samples beyond full scale (peak {peak:.3f}) were clipped to [-1, 1]; "
-                      "normalise the audio for the best result", stacklevel=3)
+        _clipped_warning(name, beyond, float(np.max(np.abs(mono))))
         mono = np.clip(mono, -1.0, 1.0)
     return mono
 
@@ -122,13 +129,31 @@ def prepare_audio(
     """
     src = _check_rate(source_rate, name, "source_rate")
     dst = _check_rate(sample_rate, name, "sample_rate")
-    x = _as_float_frames(np.asarray(samples), name)
+    x = _frames_2d(np.asarray(samples), name)
     if x.shape[0] == 0:
         raise AudioError(f"{name}: contains no audio samples; give one with at least one sample.")
-    mono = full_scale(check_finite(x, name).mean(axis=1), name)
-    mono = _resample(mono, src, dst)
+    # Block by block (same numbers as the whole clip at once): float64, channel mean, full scale.
+    mono = np.empty(x.shape[0], np.float32 if src == dst else np.float64)
+    bad = beyond = 0
+    peak = 0.0
+    for a in range(0, x.shape[0], PREP_BLOCK):
+        block = _to_float64(x[a:a + PREP_BLOCK], name)
+        bad += int(np.count_nonzero(~np.isfinite(block)))
+        if bad:
+            continue
+        m = block.mean(axis=1)
+        over = np.abs(m) > 1.0
+        if over.any():
+            beyond, peak = beyond + int(np.count_nonzero(over)), max(peak, float(np.max(np.abs(m))))
+        mono[a:a + PREP_BLOCK] = np.clip(m, -1.0, 1.0)
+    if bad:
+        raise _non_finite_error(name, bad)
+    if beyond:
+        _clipped_warning(name, beyond, peak)
+    if src == dst:
+        return mono
     # Resampling filters ring slightly above full scale on hard transients.
-    return np.ascontiguousarray(np.clip(mono, -1.0, 1.0), dtype=np.float32)
+    return np.ascontiguousarray(np.clip(_resample(mono, src, dst), -1.0, 1.0), dtype=np.float32)
 
 
 def _check_file(p: Path) -> None:
@@ -197,8 +222,8 @@ def _decode_with_av(p: Path, sf_err: object) -> tuple[np.ndarray, int]:
     return np.concatenate(chunks, axis=1).T.astype(np.float32, copy=False), int(rate)
 
 
-def _as_float_frames(x: np.ndarray, name: str) -> np.ndarray:
-    """[S] or [S, C] of any real dtype -> float64 [S, C] scaled to [-1, 1]."""
+def _frames_2d(x: np.ndarray, name: str) -> np.ndarray:
+    """[S] or [S, C] -> a [S, C] view, with its shape and dtype checked."""
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim != 2:
@@ -207,6 +232,13 @@ def _as_float_frames(x: np.ndarray, name: str) -> np.ndarray:
         raise AudioError(f"{name}: shape {x.shape} looks like [C, S]; pass samples.T ([S, C]).")
     if x.shape[1] == 0:
         raise AudioError(f"{name}: audio has no channels (shape {x.shape}).")
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)) or x.dtype == np.bool_:
+        raise AudioError(f"{name}: unsupported sample type {x.dtype}; give float or integer PCM.")
+    return x
+
+
+def _to_float64(x: np.ndarray, name: str) -> np.ndarray:
+    """[S, C] of any real dtype -> float64 [S, C] scaled to [-1, 1]."""
     if np.issubdtype(x.dtype, np.signedinteger):
         return x.astype(np.float64) / float(2 ** (8 * x.dtype.itemsize - 1))
     if np.issubdtype(x.dtype, np.unsignedinteger):  # unsigned PCM is offset binary (8-bit WAV)
