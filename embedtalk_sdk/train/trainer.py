@@ -297,60 +297,76 @@ class Trainer:
         out_dir/resume.pt; ResumeError when it is missing, unreadable or from another config or
         dataset. Every file is written atomically; a killed run's temporaries are removed first."""
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in remove_partials(out_dir):
-            self.log(f"removed {stale.name}, left by a killed run")
-        c, d = self.cfg, self.densify
-        resume_path = out_dir / RESUME_FILE
-        if resume:
-            state = self._restore(resume_path)
-            self.log(f"resuming {resume_path} at step {state.step} of {c.iterations}")
-        else:
-            if resume_path.exists():
-                self.log(f"{resume_path}: from an earlier run, replaced by this one (--resume continues it)")
-            state = LoopState(step=0, sampler=np.random.default_rng(c.seed), stats=GradStats(len(self.gaussians)))
-        # The paper computes the k nearest neighbours "only post densification": L_emb_reg starts at
-        # the first densification (state.neighbours None until then). From step 0 it collapsed every z
-        # (std 0.1 -> 0.005) before the network had learned anything: Adam moves z a full step along
-        # the regulariser's gradient while the image gradient on z is still ~0 (zero-initialised
-        # heads), and the dead network then never learned the mouth (held-out sync 0.05 vs 0.89).
-        rng, stats = state.sampler, state.stats
+        state = self._start(out_dir, resume)
         start = last_save = time.perf_counter()
         seconds_before = state.train_seconds
-        for step in range(state.step, c.iterations):
-            self._set_learning_rates(step)
-            i = int(rng.integers(len(self.train)))
-            crops = []
-            if c.mouth_crops:
-                ids = rng.integers(len(self.train), size=(c.mouth_crops, 2))
-                crops = [(int(j), int(k) if c.mouth_crop_shuffle_aus else int(j)) for j, k in ids]
-            loss, means = self.loss(step, i, state.neighbours, crops)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.network_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self._accumulate_grad_stats(stats, means, i)
-            self.optimizer.step()
-            self.network_opt.step()
-            state.losses.append(loss.detach().item())
-            if d.start <= step < d.stop and step % d.every == 0 and step > 0:
-                counts = densify_and_prune(self.gaussians, self.optimizer, stats, d)
-                state.neighbours = knn_indices(self.gaussians.means, c.knn_k)
-                if progress is None:
-                    self.log(f"step {step}: {counts}")
-            state.step = step + 1
+        for step in range(state.step, self.cfg.iterations):
+            counts = self.train_step(step, state)
+            if counts and progress is None:
+                self.log(f"step {step}: {counts}")
             state.train_seconds = seconds_before + time.perf_counter() - start
             if progress is not None:
-                progress(state.step, c.iterations, {"loss": state.losses[-1], "gaussians": len(self.gaussians)})
-            if state.step == c.iterations:
+                progress(state.step, self.cfg.iterations, {"loss": state.losses[-1], "gaussians": len(self.gaussians)})
+            if state.step == self.cfg.iterations:
                 break
-            validated = bool(c.val_every) and state.step % c.val_every == 0
+            validated = bool(self.cfg.val_every) and state.step % self.cfg.val_every == 0
             if validated:
                 state.history.append(self.validate(state.step))
                 self._write_metrics(out_dir, {"validations": state.history, "finished": False})
             # After a validation too, so that a kill does not cost its renders.
             if validated or cadence.due(state.step, time.perf_counter() - last_save):
-                self.save_resume(resume_path, state)
+                self.save_resume(out_dir / RESUME_FILE, state)
                 last_save = time.perf_counter()
+        return self._finish(out_dir, state)
+
+    def _start(self, out_dir: Path, resume: bool) -> LoopState:
+        """Ready out_dir (a killed run's temporaries removed); -> the loop's state, fresh or resumed."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in remove_partials(out_dir):
+            self.log(f"removed {stale.name}, left by a killed run")
+        path = out_dir / RESUME_FILE
+        if resume:
+            state = self._restore(path)
+            self.log(f"resuming {path} at step {state.step} of {self.cfg.iterations}")
+            return state
+        if path.exists():
+            self.log(f"{path}: from an earlier run, replaced by this one (--resume continues it)")
+        return LoopState(step=0, sampler=np.random.default_rng(self.cfg.seed), stats=GradStats(len(self.gaussians)))
+
+    def train_step(self, step: int, state: LoopState) -> dict[str, int] | None:
+        """One optimisation step (and the densification due at it) from `state`, which it advances;
+        -> densify_and_prune's counts when it densified."""
+        c, d, rng = self.cfg, self.densify, state.sampler
+        self._set_learning_rates(step)
+        i = int(rng.integers(len(self.train)))
+        crops = []
+        if c.mouth_crops:
+            ids = rng.integers(len(self.train), size=(c.mouth_crops, 2))
+            crops = [(int(j), int(k) if c.mouth_crop_shuffle_aus else int(j)) for j, k in ids]
+        loss, means = self.loss(step, i, state.neighbours, crops)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.network_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self._accumulate_grad_stats(state.stats, means, i)
+        self.optimizer.step()
+        self.network_opt.step()
+        state.losses.append(loss.detach().item())
+        state.step = step + 1
+        if not (d.start <= step < d.stop and step % d.every == 0 and step > 0):
+            return None
+        counts = densify_and_prune(self.gaussians, self.optimizer, state.stats, d)
+        # The paper computes the k nearest neighbours "only post densification": L_emb_reg starts at
+        # the first densification (state.neighbours None until then). From step 0 it collapsed every z
+        # (std 0.1 -> 0.005) before the network had learned anything: Adam moves z a full step along
+        # the regulariser's gradient while the image gradient on z is still ~0 (zero-initialised
+        # heads), and the dead network then never learned the mouth (held-out sync 0.05 vs 0.89).
+        state.neighbours = knn_indices(self.gaussians.means, c.knn_k)
+        return counts
+
+    def _finish(self, out_dir: Path, state: LoopState) -> TrainResult:
+        """Final validation, then ckpt.pt, train_metrics.json, loss.png; resume.pt removed last (a kill
+        before that leaves a run that --resume finishes)."""
+        c = self.cfg
         final = self.validate(c.iterations)
         metrics = {k: v for k, v in final.items() if k != "step"}
         metrics.update(train_seconds=round(state.train_seconds, 1), iterations=c.iterations,
@@ -359,7 +375,7 @@ class Trainer:
         ckpt.save(out_dir / "ckpt.pt")
         self._write_metrics(out_dir, metrics)
         save_loss_plot(state.losses, out_dir / "loss.png")
-        resume_path.unlink(missing_ok=True)  # last: a kill before it leaves a run that --resume finishes
+        (out_dir / RESUME_FILE).unlink(missing_ok=True)
         return TrainResult(ckpt, metrics, state.losses)
 
     def run_config(self) -> dict:
