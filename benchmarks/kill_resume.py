@@ -1,7 +1,8 @@
 """Does a training run that is SIGKILLed and resumed end where an uninterrupted one does?
 
-    python benchmarks/kill_resume.py [--data DATASET] [--iterations 900] [--kills 5] [--seed 0]
-        [--checkpoint-seconds 10] [--work DIR] [-o kill_resume.json] [-- extra train options]
+    python benchmarks/kill_resume.py [--data DATASET | --seconds 40 --size 256] [--iterations 900]
+        [--kills 5] [--seed 0] [--checkpoint-seconds 10] [--work DIR] [-o kill_resume.json]
+        [-- extra train options]
 
 Runs `embedtalk-sdk train` as a subprocess: once uninterrupted, and once SIGKILLed `--kills` times,
 each attempt killed a random (seeded) number of seconds after its launch, in [--min-delay,
@@ -9,7 +10,8 @@ each attempt killed a random (seeded) number of seconds after its launch, in [--
 the end it compares the two runs' final validation PSNR (issue 12's bar: within 0.3 dB) and checks
 the killed run's folder: no 0-byte files, no temporaries left. Prints a table, writes JSON.
 
-Without --data it synthesises the demo's speaker (`embedtalk-sdk synth`, 40 s at 256²) and trains
+Without --data it synthesises the demo's speaker (`embedtalk-sdk synth`, 40 s at 256² unless --seconds
+/ --size say otherwise) and trains
 with the demo's options (6000 initial points, 12k cap, no mouth crops). The checkpoint cadence is
 10 s here, not train's 30 s: with kills 10-30 s after launch most attempts would otherwise die
 before their first write and the benchmark would mostly time restarts; the mechanism is the same.
@@ -103,7 +105,8 @@ def saved_step(run: Path) -> int | None:
 def folder_faults(run: Path) -> tuple[list[str], list[str]]:
     """(0-byte files, temporaries) in a run folder."""
     files = [p for p in run.iterdir() if p.is_file()] if run.is_dir() else []
-    return sorted(p.name for p in files if p.stat().st_size == 0), sorted(p.name for p in files if p.name.endswith(".part"))
+    zero = sorted(p.name for p in files if p.stat().st_size == 0)
+    return zero, sorted(p.name for p in files if p.name.endswith(".part"))
 
 
 def final_psnr(run: Path) -> dict:
@@ -134,6 +137,8 @@ def run_killed(train: list[str], run: Path, delays: list[float], log: Path) -> t
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, help="dataset folder (default: synthesise the demo's speaker)")
+    p.add_argument("--seconds", type=float, default=40.0, help="synthetic clip length (without --data)")
+    p.add_argument("--size", type=int, default=256, help="synthetic frame size (without --data)")
     p.add_argument("--iterations", type=int, default=900)
     p.add_argument("--kills", type=int, default=5)
     p.add_argument("--seed", type=int, default=0, help="seeds the kill moments")
@@ -151,7 +156,8 @@ def main() -> None:
     if data is None:
         data, options = work / "data", DEMO_TRAIN_OPTIONS + options
         if not (data / "transforms_train.json").is_file():
-            subprocess.run(cli() + ["synth", "-o", str(data), "--seconds", "40", "--size", "256", "--seed", "0"],
+            subprocess.run(cli() + ["synth", "-o", str(data), "--seconds", str(args.seconds), "--size", str(args.size),
+                                    "--seed", "0"],
                            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
     def train(run: Path) -> list[str]:
@@ -180,7 +186,8 @@ def main() -> None:
         "killed_and_resumed": {**resumed, "wall_s": round(killed_wall, 1)},
         "psnr_difference_db": round(diff, 3),
         "within_bar": abs(diff) <= PSNR_BAR_DB,
-        "final_folder": {"files": sorted(q.name for q in killed_run.iterdir()), "zero_byte": zero, "temporaries": parts},
+        "final_folder": {"files": sorted(q.name for q in killed_run.iterdir()), "zero_byte": zero,
+                         "temporaries": parts},
     }  # fmt: skip
     args.out.write_text(json.dumps(report, indent=2))
 
@@ -192,7 +199,8 @@ def main() -> None:
               f"{k.step_at_kill} | {k.step_saved} | {len(k.zero_byte_files)} | {len(k.temporaries)} |")
     print(f"\nfinal val PSNR: uninterrupted {full['psnr_val']:.3f} dB ({full_wall:.0f} s), killed {len(kills)}x and "
           f"resumed {resumed['psnr_val']:.3f} dB ({killed_wall:.0f} s): difference {diff:+.3f} dB "
-          f"({'within' if report['within_bar'] else 'OUTSIDE'} {PSNR_BAR_DB} dB); final folder {report['final_folder']['files']}")
+          f"({'within' if report['within_bar'] else 'OUTSIDE'} {PSNR_BAR_DB} dB); "
+          f"final folder {report['final_folder']['files']}")
     print(f"wrote {args.out}")
 
 

@@ -107,9 +107,12 @@ def load_state(path: Path, config: dict, digest: str) -> dict:
         raise ResumeError(f"{path}: not an EmbedTalk resume state")
     if state.get("version") != RESUME_VERSION:
         raise ResumeError(f"{path}: resume state version {state.get('version')}, this SDK reads {RESUME_VERSION}")
+    missing = [k for k in ("config", "dataset_digest", "data_dir", "step") if k not in state]
+    if missing:
+        raise ResumeError(f"{path}: incomplete resume state (no {', '.join(missing)})")
     saved, current = _flatten(json.loads(state["config"])), _flatten(json.loads(json.dumps(config)))
-    changed = [f"{k} {saved.get(k)!r} there, {current.get(k)!r} here" for k in [*current, *(k for k in saved if k not in current)]
-               if saved.get(k) != current.get(k)]  # fmt: skip
+    keys = [*current, *(k for k in saved if k not in current)]
+    changed = [f"{k} {saved.get(k)!r} there, {current.get(k)!r} here" for k in keys if saved.get(k) != current.get(k)]
     if changed:
         raise ResumeError(f"{path}: made with a different config ({'; '.join(changed)})")
     if state["dataset_digest"] != digest:
