@@ -162,3 +162,19 @@ def test_plugin_classes_subclass_tensorrts_ipluginv3():
     assert plugin.fields == {"fx": 60.0, "fy": 61.0, "cx": 32.0, "cy": 24.0} == plugin.clone().fields
     assert plugin.get_output_data_types([trt.DataType.FLOAT] * 9) == [trt.DataType.UINT8]
     assert [f.name for f in plugin.get_fields_to_serialize()] == list(FIELDS)
+
+
+@needs_rtx
+def test_plugin_fields_survive_serialisation():
+    # Before: get_fields_to_serialize built PluginFields over temporary arrays; once that memory was
+    # reused, fx read back as junk and an engine would serialise wrong intrinsics with no error.
+    from embedtalk_sdk.plugins.cuda.trt_plugin import plugin_classes
+
+    trt = engines.import_rtx()
+    plugin_cls, creator_cls = plugin_classes(trt)
+    fields = {"fx": 211.5, "fy": 212.25, "cx": 128.0, "cy": 127.5}
+    plugin = plugin_cls(fields)  # alive, as TensorRT keeps it while it serialises
+    collection = plugin.get_fields_to_serialize()
+    junk = [np.full(1000, 7.0, np.float32) for _ in range(2000)]  # reuse freed memory
+    back = creator_cls().create_plugin("x", collection, trt.TensorRTPhase.RUNTIME)
+    assert back.fields == fields and len(junk) == 2000

@@ -87,8 +87,11 @@ def plugin_classes(trt) -> tuple[type, type]:
             pass
 
         def get_fields_to_serialize(self):
+            # PluginField keeps a pointer, not the array: the buffers must outlive this call (TensorRT
+            # reads them later), or the engine serialises whatever reused that memory.
+            self._serialized = [np.array([self.fields[k]], np.float32) for k in FIELDS]
             return trt.PluginFieldCollection(
-                [trt.PluginField(k, np.array([self.fields[k]], np.float32), trt.PluginFieldType.FLOAT32) for k in FIELDS]
+                [trt.PluginField(k, buf, trt.PluginFieldType.FLOAT32) for k, buf in zip(FIELDS, self._serialized)]
             )
 
         def get_workspace_size(self, inputs, outputs):
