@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from embedtalk_sdk.plugins.cuda import build
-from embedtalk_sdk.plugins.cuda.rasterizer import EtkCamera, plan, tile_bits
+from embedtalk_sdk.plugins.cuda.rasterizer import EtkCamera, plan, radix_shifts, tile_bits
 from embedtalk_sdk.plugins.cuda.shared_lib import EtkRasterArgs
 
 def _has(module: str) -> bool:
@@ -160,6 +160,9 @@ def test_workspace_plan_is_aligned_and_disjoint():
     # 2**bits > n_tiles, so the CUB path's all-ones padding keys sort after every real tile.
     for n_tiles in (1, 255, 256, 1024, 4095):
         assert 2 ** tile_bits(n_tiles) > n_tiles
+    # Our own radix passes sort only real pairs: tile ids up to n_tiles - 1. Before: one pass more
+    # whenever n_tiles was a power of two (256 tiles: 6 passes over 41 bits instead of 5 over 40).
+    assert [len(radix_shifts(n)) for n in (1, 2, 255, 256, 257, 1024, 1025)] == [4, 5, 5, 5, 6, 6, 6]
 
 
 @pytest.mark.skipif(not HAS_CUDA_PYTHON or GPU, reason="needs cuda-python and no GPU")

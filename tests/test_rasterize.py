@@ -460,3 +460,24 @@ def test_numba_converts_inputs():
 def test_cpu_plugin_does_not_import_torch():
     code = "import sys, embedtalk_sdk.plugins.cpu as m; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_culling_radius_has_no_cancellation_for_near_isotropic_footprints():
+    # Before: mid*mid - det in float32 cancelled for large, near-isotropic footprints (lambda_max too
+    # low, radius a pixel short, a tile missed). The float32 radius must match float64's.
+    from embedtalk_sdk.functional.rasterize import culling_radius
+
+    rng = np.random.default_rng(0)
+    a = rng.uniform(1e3, 5e4, 4000)
+    c = a * (1 + rng.uniform(-1e-4, 1e-4, a.size))
+    b = rng.uniform(-5, 5, a.size)
+    o = rng.uniform(0.05, 1.0, a.size)
+    cov = np.stack([np.stack([a, b], -1), np.stack([b, c], -1)], -2)
+
+    def radius(dtype):
+        cov_t = torch.as_tensor(cov, dtype=dtype)
+        det = cov_t[:, 0, 0] * cov_t[:, 1, 1] - cov_t[:, 0, 1] ** 2
+        return culling_radius(cov_t, det, torch.as_tensor(o, dtype=dtype))
+
+    exact = radius(torch.float64)
+    assert (radius(torch.float32) >= exact).all()

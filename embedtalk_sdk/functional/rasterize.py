@@ -78,8 +78,10 @@ def projection_jacobian(p: Tensor, K: Tensor, width: int, height: int) -> Tensor
 def culling_radius(cov2d: Tensor, det: Tensor, opacities: Tensor) -> Tensor:
     """Step 5: integer pixel radius outside which alpha < 1/255. cov2d [N,2,2], det, opacities [N]
     -> radius [N] int64 (garbage where o < 1/255 or det <= 0; callers mask)."""
-    mid = 0.5 * (cov2d[:, 0, 0] + cov2d[:, 1, 1])
-    lam = mid + torch.sqrt(torch.clamp(mid * mid - det, min=0.1))
+    a, b, c = cov2d[:, 0, 0], cov2d[:, 0, 1], cov2d[:, 1, 1]
+    mid = 0.5 * (a + c)
+    # mid^2 - det written without the cancellation (float32 lost it for near-isotropic footprints)
+    lam = mid + torch.sqrt(torch.clamp(0.25 * (a - c) ** 2 + b * b, min=0.1))
     log_term = torch.log(torch.clamp(255.0 * opacities, min=1.0))
     return torch.ceil(torch.sqrt(2.0 * log_term * lam)).to(torch.int64)
 

@@ -88,7 +88,7 @@ def _project_one(g, means, quats, scales, opacities, viewmat, K, width, height, 
     support[g, 3] = math.sqrt(2.0 * s_max * c)  # sqrt(P/Q): the largest |dy|
 
     mid = 0.5 * (a + c)
-    lam = mid + math.sqrt(max(0.1, mid * mid - det))
+    lam = mid + math.sqrt(max(0.1, 0.25 * (a - c) * (a - c) + b * b))  # mid^2 - det, no cancellation
     r = math.ceil(math.sqrt(2.0 * log_o * lam))
     tiles_x, tiles_y = (width + TILE - 1) // TILE, (height + TILE - 1) // TILE
     # clamp in float first: mx can be huge next to the near plane

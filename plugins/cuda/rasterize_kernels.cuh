@@ -131,7 +131,8 @@ extern "C" __global__ void __launch_bounds__(ETK_PROJECT_THREADS) etk_project(
     // 5. Culling radius, exact for the 1/255 threshold (o >= 1/255 here, so log >= ~0).
     const float log_o = logf(fmaxf(255.0f * o, 1.0f));
     const float mid = 0.5f * (a + c);
-    const float lam = mid + sqrtf(fmaxf(0.1f, mid * mid - det));
+    // mid^2 - det without its cancellation (float32 lost it for near-isotropic footprints)
+    const float lam = mid + sqrtf(fmaxf(0.1f, 0.25f * (a - c) * (a - c) + b * b));
     const float r = ceilf(sqrtf(2.0f * log_o * lam) * (1.0f + ETK_RADIUS_MARGIN));
 
     // 6. Tile box, clamped in float first (mx can be huge next to the near plane).

@@ -44,6 +44,12 @@ def tile_bits(n_tiles: int) -> int:
     return int(n_tiles).bit_length()
 
 
+def radix_shifts(n_tiles: int) -> range:
+    """Bit offsets of the radix passes over (tile << 32 | depth) keys of the pairs themselves (no padding:
+    the kernels read the pair count): 32 depth bits + the bits of the largest tile id, n_tiles - 1."""
+    return range(0, 32 + (int(n_tiles) - 1).bit_length(), RADIX_BITS)
+
+
 def _blocks(n: int, per: int) -> int:
     return (int(n) + per - 1) // per
 
@@ -166,7 +172,7 @@ class CudaRasterizer:
             k.etk_pair_count((1, 1, 1), (32, 1, 1), stream, i32(n), ptr(at["offsets"]), ptr(pc))
             keys, values, keys_alt, values_alt = at["keys"], at["values"], at["keys_alt"], at["values_alt"]
             nb, hist_len = L.radix_blocks, 256 * L.radix_blocks
-            for shift in range(0, 32 + tile_bits(L.n_tiles), RADIX_BITS):
+            for shift in radix_shifts(L.n_tiles):
                 k.etk_radix_histogram(
                     (nb, 1, 1), (RADIX_THREADS, 1, 1), stream,
                     ptr(keys), ptr(pc), u32(max_pairs), i32(shift), ptr(at["hist"]), u32(nb),
