@@ -143,6 +143,9 @@ def test_kernels_compile_through_nvrtc_without_a_driver(tmp_path, monkeypatch):
     path = build.nvrtc_cache_path("sm_89")
     assert path.is_file() and path.parent == tmp_path / "cuda"
     assert build.nvrtc_cached("sm_89") == first
+    # A damaged entry is rebuilt (before: handed to the driver as it was, failing every load).
+    path.write_bytes(first[0][: len(first[0]) // 2])
+    assert build.nvrtc_cached("sm_89") == first and path.read_bytes() == first[0]
 
 
 # ---------------------------------------------------------------- host-side logic

@@ -227,12 +227,16 @@ def nvrtc_cached(arch: str) -> tuple[bytes, str]:
     meta = path.with_suffix(".json")
     if path.is_file() and meta.is_file():
         try:
-            return path.read_bytes(), json.loads(meta.read_text())["kind"]
-        except (OSError, ValueError, KeyError):
+            image, info = path.read_bytes(), json.loads(meta.read_text())
+            # The digest catches a truncated or overwritten image, which cuModuleLoadData would
+            # only refuse later, with nothing left to rebuild it.
+            if hashlib.sha256(image).hexdigest() == info["sha256"]:
+                return image, info["kind"]
+        except (OSError, ValueError, KeyError, TypeError):
             pass  # a damaged cache entry is rebuilt
     image, kind = nvrtc_compile(arch)
     atomic_write(path, image)
-    atomic_write(meta, json.dumps({"kind": kind, "arch": arch}).encode())
+    atomic_write(meta, json.dumps({"kind": kind, "arch": arch, "sha256": hashlib.sha256(image).hexdigest()}).encode())
     return image, kind
 
 
