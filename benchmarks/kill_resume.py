@@ -6,14 +6,16 @@
 
 Runs `embedtalk-sdk train` as a subprocess: once uninterrupted, and once SIGKILLed `--kills` times,
 each attempt killed a random (seeded) number of seconds after its launch, in [--min-delay,
---max-delay], then started again with `--resume` (or afresh when no resume.pt was written yet). At
+--max-delay] (default: 5% to 30% of the uninterrupted run's time, so that the kills spread over
+the run: start-up, densification, validation), then started again with `--resume` (or afresh when
+no resume.pt was written yet). At
 the end it compares the two runs' final validation PSNR (issue 12's bar: within 0.3 dB) and checks
 the killed run's folder: no 0-byte files, no temporaries left. Prints a table, writes JSON.
 
 Without --data it synthesises the demo's speaker (`embedtalk-sdk synth`, 40 s at 256² unless --seconds
 / --size say otherwise) and trains
 with the demo's options (6000 initial points, 12k cap, no mouth crops). The checkpoint cadence is
-10 s here, not train's 30 s: with kills 10-30 s after launch most attempts would otherwise die
+10 s here, not train's 30 s: with kills 10-60 s after launch most attempts would otherwise die
 before their first write and the benchmark would mostly time restarts; the mechanism is the same.
 """
 from __future__ import annotations
@@ -142,8 +144,9 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=900)
     p.add_argument("--kills", type=int, default=5)
     p.add_argument("--seed", type=int, default=0, help="seeds the kill moments")
-    p.add_argument("--min-delay", type=float, default=10.0, help="earliest kill, s after an attempt's launch")
-    p.add_argument("--max-delay", type=float, default=30.0, help="latest kill, s after an attempt's launch")
+    p.add_argument("--min-delay", type=float, help="earliest kill, s after an attempt's launch "
+                   "(default: 5%% of the uninterrupted run's time)")
+    p.add_argument("--max-delay", type=float, help="latest kill (default: 30%% of the uninterrupted run's time)")
     p.add_argument("--checkpoint-seconds", type=float, default=10.0)
     p.add_argument("--work", type=Path, help="folder for the dataset and both runs (default: a temporary one)")
     p.add_argument("-o", "--out", type=Path, default=Path("kill_resume.json"))
@@ -167,12 +170,13 @@ def main() -> None:
     full_run, killed_run, log = work / "uninterrupted", work / "killed", work / "train.log"
     for folder in (full_run, killed_run):
         shutil.rmtree(folder, ignore_errors=True)
-    delays = np.random.default_rng(args.seed).uniform(args.min_delay, args.max_delay, args.kills).tolist()
-
     t0 = time.perf_counter()
     if Attempt(train(full_run), log).finish() != 0:
         raise SystemExit(f"the uninterrupted run failed: see {log}")
     full_wall = time.perf_counter() - t0
+    lo = 0.05 * full_wall if args.min_delay is None else args.min_delay
+    hi = 0.3 * full_wall if args.max_delay is None else args.max_delay
+    delays = np.random.default_rng(args.seed).uniform(lo, hi, args.kills).tolist()
     kills, killed_wall = run_killed(train(killed_run), killed_run, delays, log)
 
     full, resumed = final_psnr(full_run), final_psnr(killed_run)
