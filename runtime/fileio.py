@@ -1,6 +1,7 @@
 """Atomic file writes: a reader sees the old file or the whole new one, never half of one.
 
-Temporaries are hidden siblings named `.NAME.PID.*` (PID: the writing process), so a write that
+The temporary is fsync'ed before the rename and the folder after it, so a power loss too leaves
+the old file or the new one. Temporaries are hidden siblings named `.NAME.PID.*` (PID: the writing process), so a write that
 was killed (SIGKILL, power loss) leaves one behind, and the next write of NAME in that folder
 removes those whose process is gone. Files and folders get the permissions the umask gives
 (as `open` and `mkdir` would), not mkstemp's private 0600 / 0700.
@@ -47,6 +48,19 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     return removed
 
 
+def _fsync(path: str | Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems cannot sync a folder
+        pass
+    finally:
+        os.close(fd)
+
+
 def umask_mode(directory: bool = False) -> int:
     """The mode a new file (0o666) or folder (0o777) gets under this process's umask."""
     mask = os.umask(0)
@@ -66,7 +80,9 @@ def atomic_path(path: str | Path, suffix: str = ".part") -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, umask_mode())
+        _fsync(tmp)  # the data on disk before the name points at it: a power loss leaves old or new
         os.replace(tmp, path)
+        _fsync(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -6,7 +6,7 @@ working directory when the model is given as bytes — a file that no bundle man
 hashes. Bundles never need that (the exporter writes every tensor inline), so any tensor with
 external data is refused before a session is made.
 
-The runtime has no `onnx` package, so this reads the protobuf wire format directly, following only
+The runtime has no `onnx` package, so this reads the protobuf wire format (runtime/protobuf.py), following only
 the fields that can hold tensors (field numbers from onnx.proto; tests/test_trust.py checks the
 table against the onnx package): model -> graph, functions; graph -> node, initializer,
 sparse_initializer; node -> attribute; attribute -> t, tensors, g, graphs, sparse_tensor(s);
@@ -16,6 +16,7 @@ file cannot exhaust the stack.
 from __future__ import annotations
 
 from embedtalk_sdk.runtime.bundle import BundleError
+from embedtalk_sdk.runtime.protobuf import fields
 
 MODEL, GRAPH, NODE, ATTRIBUTE, FUNCTION, SPARSE, TENSOR = range(7)
 # message kind -> {field number: kind of the message in that field}
@@ -32,48 +33,6 @@ TENSOR_NAME, TENSOR_EXTERNAL_DATA, TENSOR_DATA_LOCATION = 8, 13, 14
 EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 
 
-class _Malformed(Exception):
-    pass
-
-
-def _varint(buf: bytes, i: int, end: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if i >= end or shift > 63:
-            raise _Malformed("truncated varint")
-        byte = buf[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return value, i
-
-
-def _fields(buf: bytes, start: int, end: int):
-    """(field number, wire type, value or (start, end) of a length-delimited field)."""
-    i = start
-    while i < end:
-        key, i = _varint(buf, i, end)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, i = _varint(buf, i, end)
-            yield number, wire, value
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        elif wire == 2:
-            length, i = _varint(buf, i, end)
-            if i + length > end:
-                raise _Malformed("field runs past its message")
-            yield number, wire, (i, i + length)
-            i += length
-        else:
-            raise _Malformed(f"wire type {wire}")
-        if i > end:
-            raise _Malformed("field runs past its message")
-
-
 def external_tensors(data: bytes) -> list[str]:
     """Names of the tensors in an ONNX model whose data lives outside it (empty: self-contained).
 
@@ -85,7 +44,7 @@ def external_tensors(data: bytes) -> list[str]:
         while stack:
             kind, start, end = stack.pop()
             name, external = "", False
-            for number, wire, value in _fields(data, start, end):
+            for number, wire, value in fields(data, start, end):
                 if kind == TENSOR:
                     if number == TENSOR_DATA_LOCATION and wire == 0 and value == EXTERNAL:
                         external = True
@@ -97,7 +56,7 @@ def external_tensors(data: bytes) -> list[str]:
                     stack.append((CHILDREN[kind][number], *value))
             if external:
                 found.append(name or "<unnamed>")
-    except _Malformed as e:
+    except ValueError as e:
         raise ValueError(f"not a well-formed ONNX (protobuf) file: {e}") from None
     return found
 

@@ -33,6 +33,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from embedtalk_sdk.runtime.aus import CSV_COLUMNS
+from embedtalk_sdk.runtime.protobuf import VARINT, fields, read_varint
 
 MEDIAPIPE_FOV_DEG = 63.0
 N_LANDMARKS = 478
@@ -117,36 +118,9 @@ def aus_from_blendshapes(scores: np.ndarray, names: list[str],
 # The canonical face mesh inside the .task bundle (a protobuf, read without protobuf classes).
 
 
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        byte = buf[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return value, i
-
-
 def _proto_fields(buf: bytes) -> list[tuple[int, int, object]]:
     """(field number, wire type, value) of a protobuf message: ints, or bytes for types 1, 2, 5."""
-    out, i = [], 0
-    while i < len(buf):
-        key, i = _varint(buf, i)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value, i = _varint(buf, i)
-        elif wire == 2:
-            size, i = _varint(buf, i)
-            value, i = buf[i:i + size], i + size
-        elif wire == 5:
-            value, i = buf[i:i + 4], i + 4
-        elif wire == 1:
-            value, i = buf[i:i + 8], i + 8
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        out.append((field, wire, value))
-    return out
+    return [(n, w, v if w == VARINT else buf[v[0]:v[1]]) for n, w, v in fields(buf)]
 
 
 def canonical_face_mesh(task_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -172,7 +146,7 @@ def canonical_face_mesh(task_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             elif f == 4 and w == 2:
                 j = 0
                 while j < len(v):
-                    x, j = _varint(v, j)
+                    x, j = read_varint(v, j, len(v))
                     indices.append(x)
     except (zipfile.BadZipFile, KeyError, StopIteration, ValueError, IndexError) as e:
         raise FaceModelError(f"{task_path}: not a MediaPipe Face Landmarker .task with a face geometry "
