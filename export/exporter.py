@@ -3,9 +3,9 @@ camera and torso+background tracks, write everything with `write_bundle` (files 
 docs/interfaces.md, "Bundle").
 
 Size: the torso/background track is H.264 in RGB (runtime/track.py), the baked table fp16 inside
-deform.onnx. The table rather than z [N, embed_dim] + W_z: the same bytes as fp16 z would cost
-about twice, but nothing is computed at load and the engine builders see one constant; the
-measurement behind both choices is in runtime/design.md ("Small bundles").
+deform.onnx. The table [N, hidden] rather than z [N, embed_dim] (fp16) + W_z: twice those bytes
+(+0.9 MB at 15k Gaussians), but nothing is computed at load and the engine builders see one
+constant; the measurements behind both choices are in runtime/design.md ("Small bundles").
 """
 from __future__ import annotations
 

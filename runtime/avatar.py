@@ -10,7 +10,7 @@ Audio becomes feature rows through the bundle's encoder (runtime/audio/encoders.
 or features the app supplies). Frame n uses the feature window of `frame_windows`
 (docs/interfaces.md), AUs for frame n (given, or neutral + generated blinks), camera
 viewmats[pingpong(n, K)] and torso/background image pingpong(n, Kb) of the torso track
-(runtime/track.py: H.264, decoded in playback order). The network runs on batches of `batch` frames.
+(runtime/track.py: H.264, decoded once into memory from load on). The network runs on batches of `batch` frames.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from embedtalk_sdk.runtime.audio.encoders import SAMPLE_RATE, AudioEncoder, Feat
 from embedtalk_sdk.runtime.audio.io import AudioError, check_finite, full_scale, load_audio, prepare_audio
 from embedtalk_sdk.runtime.audio.mel import frame_windows, n_video_frames, rows_needed, window_bounds
 from embedtalk_sdk.runtime.camera import pingpong
-from embedtalk_sdk.runtime.aus import AU_NAMES, AU_SCALE, BLINK_AU, N_AUS
+from embedtalk_sdk.runtime.aus import AU_NAMES, AU_SCALE, BLINK_INDEX, N_AUS
 from embedtalk_sdk.runtime.backends.base import Backend, create_backend, to_uint8
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 from embedtalk_sdk.runtime.manifest import check_avatar_manifest
@@ -130,7 +130,6 @@ class Avatar:
             raise BundleError(f"bundle {self._bundle.path}: aus.names must be {list(AU_NAMES)} and aus.neutral "
                               f"have {N_AUS} entries; got {names}, {neutral.shape[0] if neutral.ndim else 0}")
         self._neutral = neutral
-        self._blink_index = names.index(BLINK_AU) if BLINK_AU in names else None
         self._blink = self._blink_params(_get(self._bundle, "aus"))
 
     def _blink_params(self, aus: dict) -> tuple[float, float, float]:
@@ -323,9 +322,7 @@ class Avatar:
 
             def generated(n0: int, n1: int) -> np.ndarray:
                 out = np.repeat(base[None], n1 - n0, axis=0)
-                if self._blink_index is not None:
-                    i = self._blink_index
-                    out[:, i] = np.maximum(out[:, i], blinks.values(n0, n1) / AU_SCALE)
+                out[:, BLINK_INDEX] = np.maximum(out[:, BLINK_INDEX], blinks.values(n0, n1) / AU_SCALE)
                 return out
 
             return generated

@@ -173,8 +173,9 @@ class Bundle:
         """Open the bundle at `path` (folder or zip) and check it.
 
         Checks: format name; format_version is the one this SDK reads (older: export again,
-        newer: upgrade); every file listed in the manifest exists with the listed size and sha256
-        (`verify=False` skips the hashing, not the existence and size checks). Raises BundleError naming the problem and the file.
+        newer: upgrade); the manifest's own digest; every file listed in the manifest exists with
+        the listed size and sha256 (`verify=False` skips the hashing, not the existence and size
+        checks). Raises BundleError naming the problem and the file.
         """
         path = Path(path)
         if path.name == MANIFEST and path.is_file():  # the manifest itself: open its folder

@@ -119,7 +119,7 @@ def problems(manifest: dict[str, Any]) -> list[str]:
         want = check(value)
         if want is not None:
             found.append(f"{dotted} is {json.dumps(value)[:60]}, must be {want}")
-    if "aus.blink_rate_hz" not in _flat_keys(manifest) and "aus.blink_period_s" not in _flat_keys(manifest):
+    if not _lookup(manifest, "aus.blink_rate_hz")[0] and not _lookup(manifest, "aus.blink_period_s")[0]:
         found.append("aus needs blink_rate_hz or blink_period_s")
     ok_k, k = _lookup(manifest, "K")
     if ok_k and _intrinsics(k) is None:
@@ -140,8 +140,3 @@ def check_avatar_manifest(manifest: dict[str, Any], where: str) -> None:
     bad = problems(manifest)
     if bad:
         raise BundleError(f"bundle {where}: invalid manifest: " + "; ".join(bad))
-
-
-def _flat_keys(manifest: dict[str, Any]) -> set[str]:
-    aus = manifest.get("aus")
-    return {f"aus.{k}" for k in aus} if isinstance(aus, dict) else set()

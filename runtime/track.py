@@ -84,7 +84,6 @@ class VideoTrack:
     """
 
     def __init__(self, data: bytes, where: str, images: int, height: int, width: int) -> None:
-        self._where = where
         _check_stream(data, where, images, (height, width))
         self._decoded = _Decoded(images, height, width)
         self.images = self._decoded.images.view()
