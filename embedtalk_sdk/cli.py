@@ -118,9 +118,7 @@ def train(
     checkpoint_seconds: float = typer.Option(30.0, help="write OUT/resume.pt every this many seconds of training"),
 ) -> None:
     """Train an avatar on a dataset folder."""
-    from rich.markup import escape
-
-    from embedtalk_sdk.train.resume import RESUME_FILE, ResumeError, require_state
+    from embedtalk_sdk.train.resume import RESUME_FILE, require_state
 
     if not data.is_dir():
         _fail(f"{data}: no such dataset folder")
@@ -128,13 +126,9 @@ def train(
         _fail(f"--mouth-crops {mouth_crops}: give 0 or more")
     cfg = _train_config(iterations, audio_encoder, hubert_path, lpips_weights, init_points, device, seed, rasterizer,
                         max_gaussians, val_every, mouth_crops)
-    try:
-        if resume:
-            require_state(out / RESUME_FILE)  # before the seconds of set-up
-        metrics = run_training(data, out, cfg, resume=resume, checkpoint_seconds=checkpoint_seconds)
-    except ResumeError as e:
-        console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)  # one line, however long
-        raise typer.Exit(2)
+    if resume:
+        require_state(out / RESUME_FILE)  # before the seconds of set-up; a ResumeError ends in one line
+    metrics = run_training(data, out, cfg, resume=resume, checkpoint_seconds=checkpoint_seconds)
     console.print_json(json.dumps(metrics))
 
 
@@ -158,14 +152,13 @@ def export_cmd(
     """Bake a checkpoint into a portable bundle (its size by part is printed at the end)."""
     from embedtalk_sdk.plugins.cuda.engines import EngineBuildError, parse_targets
     from embedtalk_sdk.export.exporter import export_bundle
-    from embedtalk_sdk.model.checkpoint import CheckpointError
 
     try:
         export_bundle(ckpt, out, data, track_frames, log=lambda m: console.print(m),
                       engine=engine, targets=parse_targets(target), hubert_path=hubert_path,
                       shared_encoder=shared_encoder, track_quality=None if raw_track else track_quality,
                       table_dtype=table_dtype)  # fmt: skip
-    except (CheckpointError, FileNotFoundError, EngineBuildError, ValueError) as e:
+    except EngineBuildError as e:  # a RuntimeError: the other failures end in _one_line_errors
         _fail(str(e))
 
 
@@ -179,17 +172,12 @@ def speak(
                                                 "--shared-encoder) [default: the one beside the bundle]"),
 ) -> None:
     """Render a talking video of an avatar saying AUDIO."""
-    from embedtalk_sdk.runtime.audio.io import AudioError
     from embedtalk_sdk.runtime.avatar import Avatar
-    from embedtalk_sdk.runtime.bundle import BundleError
 
-    try:
-        avatar = Avatar.load(bundle, backend=backend, encoder_file=encoder_file)
-        console.print(f"backend: {avatar.backend_name}")
-        with progress_bar("speak", 1) as update:
-            avatar.speak(audio, out=out, progress=lambda done, total: update(done, total))
-    except (AudioError, BundleError, ValueError) as e:
-        _fail(str(e))
+    avatar = Avatar.load(bundle, backend=backend, encoder_file=encoder_file)
+    console.print(f"backend: {avatar.backend_name}")
+    with progress_bar("speak", 1) as update:
+        avatar.speak(audio, out=out, progress=lambda done, total: update(done, total))
     console.print(f"wrote {out}")
 
 
@@ -273,8 +261,7 @@ def preprocess(
     pose_smoothing: float = typer.Option(1.0, help="temporal smoothing of the head pose (Gaussian sigma, frames)"),
 ) -> None:
     """Turn a talking-portrait video into a dataset folder (TalkingGaussian layout), offline."""
-    from embedtalk_sdk.preprocess.face import FaceModelError
-    from embedtalk_sdk.preprocess.preprocess import PreprocessError, PreprocessOptions
+    from embedtalk_sdk.preprocess.preprocess import PreprocessOptions
     from embedtalk_sdk.preprocess.preprocess import preprocess as run_preprocess
 
     opts = PreprocessOptions(audio=str(audio) if audio else None, audio_shift=audio_shift, hubert_path=hubert_path,
@@ -283,11 +270,8 @@ def preprocess(
         opts.face_model = str(face_model)
     if segmentation_model:
         opts.segmentation_model = str(segmentation_model)
-    try:
-        with _step_bars() as update:
-            record = run_preprocess(video, out, opts, progress=update, log=lambda m: console.print(m))
-    except (PreprocessError, FaceModelError, FileNotFoundError) as e:
-        _fail(str(e))
+    with _step_bars() as update:
+        record = run_preprocess(video, out, opts, progress=update, log=lambda m: console.print(m))
     for warning in record["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     steps = {k: f"{v['status']}, {v['seconds']} s" for k, v in record["steps"].items()}
@@ -306,14 +290,11 @@ def eval_cmd(
     frames: int = typer.Option(0, help="evaluate only the first N validation frames (0: all)"),
 ) -> None:
     """PSNR / SSIM / LPIPS / LMD / audio-visual sync on the validation split, plus a side-by-side video."""
-    from embedtalk_sdk.eval import EvalError, evaluate
+    from embedtalk_sdk.eval import evaluate
 
-    try:
-        with progress_bar("eval", 1) as update:
-            report = evaluate(model, data=data, out=out, face_model=face_model, lpips_weights=lpips_weights,
-                              backend=backend, max_frames=frames, progress=lambda d, t: update(d, t))  # fmt: skip
-    except (EvalError, FileNotFoundError, ValueError) as e:
-        _fail(str(e))
+    with progress_bar("eval", 1) as update:
+        report = evaluate(model, data=data, out=out, face_model=face_model, lpips_weights=lpips_weights,
+                          backend=backend, max_frames=frames, progress=lambda d, t: update(d, t))  # fmt: skip
     console.print_json(json.dumps(report["metrics"]))
     if report["metrics"]["lpips"] is None:
         console.print(f"note: {report['notes']['lpips']}")
