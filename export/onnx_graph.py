@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from embedtalk_sdk.model.deform import BakedDeform
 from embedtalk_sdk.runtime.aus import N_AUS
+from embedtalk_sdk.runtime.network import LEAKY_SLOPE
 
 OPSET = 18
 INPUTS = ("audio_window", "aus")
@@ -91,9 +92,9 @@ def build_deform_onnx(baked: BakedDeform, table_dtype: str = "float16") -> onnx.
     for i, conv in enumerate(an.convs):
         w, b = g.const(f"audio.conv{i}.weight", _np(conv.weight)), g.const(f"audio.conv{i}.bias", _np(conv.bias))
         x = g.op("Conv", [x, w, b], f"audio.conv{i}", kernel_shape=[3], strides=[2], pads=[1, 1])
-        x = g.op("LeakyRelu", [x], f"audio.conv{i}.act", alpha=0.02)
+        x = g.op("LeakyRelu", [x], f"audio.conv{i}.act", alpha=LEAKY_SLOPE)
     x = g.op("Flatten", [x], "audio.flat", axis=1)
-    x = g.op("LeakyRelu", [g.linear(x, an.fc1, "audio.fc1")], "audio.fc1.act", alpha=0.02)
+    x = g.op("LeakyRelu", [g.linear(x, an.fc1, "audio.fc1")], "audio.fc1.act", alpha=LEAKY_SLOPE)
     code = g.linear(x, an.fc2, "audio.fc2")
     # Shared per-frame vector W_a a + W_e gamma(e) + b.
     pe = _positional_encoding(g, "aus", N_AUS, cfg.au_freqs, "au_pe")
