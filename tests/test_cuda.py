@@ -183,6 +183,7 @@ def test_gpu_runtime_modules_never_import_torch():
         "import sys\n"
         "import embedtalk_sdk.plugins.cuda, embedtalk_sdk.plugins.cuda.rasterizer\n"
         "import embedtalk_sdk.runtime.backends.tensorrt_rtx, embedtalk_sdk.runtime.backends.tensorrt\n"
+        "import embedtalk_sdk.runtime.backends.cuda, embedtalk_sdk.runtime.backends.cuda_frames\n"
         "from embedtalk_sdk.runtime.backends.base import available_backends\n"
         "available_backends()\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
@@ -216,9 +217,11 @@ def test_without_a_gpu_auto_falls_back_to_the_cpu(tmp_path, caplog):
     from embedtalk_sdk.runtime.bundle import Bundle
 
     bundle = make_test_bundle(tmp_path / "a.etk")
-    if "tensorrt-rtx" in __import__("embedtalk_sdk.runtime.backends.base", fromlist=["x"]).available_backends():
-        with pytest.raises(BackendError, match="tensorrt-rtx"):
-            create_backend("tensorrt-rtx", Bundle.open(bundle))
+    available = __import__("embedtalk_sdk.runtime.backends.base", fromlist=["x"]).available_backends()
+    for name in ("tensorrt-rtx", "cuda"):
+        if name in available:
+            with pytest.raises(BackendError, match=f"backend {name}"):
+                create_backend(name, Bundle.open(bundle))
     with caplog.at_level("INFO", logger="embedtalk_sdk.runtime"):
         avatar = Avatar.load(bundle)
     assert avatar.backend_name == "onnxruntime"
@@ -227,8 +230,8 @@ def test_without_a_gpu_auto_falls_back_to_the_cpu(tmp_path, caplog):
 def test_backends_are_registered():
     from embedtalk_sdk.runtime.backends import base
 
-    assert {"tensorrt-rtx", "tensorrt"} <= set(base._REGISTRY)
-    assert base.AUTO_ORDER.index("tensorrt-rtx") < base.AUTO_ORDER.index("onnxruntime")
+    assert {"tensorrt-rtx", "tensorrt", "cuda"} <= set(base._REGISTRY)
+    assert base.AUTO_ORDER[:4] == ("tensorrt", "tensorrt-rtx", "cuda", "onnxruntime")
 
 
 # ---------------------------------------------------------------- on a GPU
@@ -311,24 +314,24 @@ def _c_abi_frame(library: Path, scene: dict) -> np.ndarray:
         "background_f32": scene["background"],
     }  # fmt: skip
     host = {k: np.ascontiguousarray(v, np.float32) for k, v in host.items()}
+    stream = Stream()
     bufs = {k: DeviceBuffer(v.nbytes) for k, v in host.items()}
     for k, v in host.items():
-        upload(bufs[k].ptr, v)
+        upload(bufs[k].ptr, v, stream)
     n, (H, W) = len(host["means"]), host["background_f32"].shape[:2]
     image = np.empty((H, W, 3), np.float32)
     d_image, d_count, count = DeviceBuffer(image.nbytes), DeviceBuffer(4), np.zeros(1, np.uint32)
-    max_pairs, stream = 1 << 18, Stream()
+    max_pairs = 1 << 18
     while True:
         ws_bytes = lib.workspace_size(n, W, H, max_pairs)
         ws = DeviceBuffer(ws_bytes)
         lib.forward(stream, ws, ws_bytes, n_gaussians=n, width=W, height=H, K=scene["K"], max_pairs=max_pairs,
                     pair_count=d_count, image_f32=d_image, **bufs)  # fmt: skip
-        stream.synchronize()
-        download(count, d_count.ptr)
+        download(count, d_count.ptr, stream)
         if count[0] <= max_pairs:
             break
         max_pairs = int(count[0]) + 1
-    download(image, d_image.ptr)
+    download(image, d_image.ptr, stream)
     return image
 
 

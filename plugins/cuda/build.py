@@ -26,6 +26,7 @@ from embedtalk_sdk.runtime.fileio import atomic_path, atomic_write
 
 HERE = Path(__file__).resolve().parent
 KERNELS = HERE / "rasterize_kernels.cuh"
+DEFORM_KERNELS = HERE / "deform_kernels.cuh"  # the `cuda` backend's network
 C_ABI_SOURCE = HERE / "rasterize.cu"
 C_ABI_HEADER = HERE / "embedtalk_raster.h"
 
@@ -38,6 +39,7 @@ NVCC_FLAGS = ("-O3", *COMMON_FLAGS)
 NVRTC_FLAGS = (*COMMON_FLAGS, "-default-device")
 
 FATBIN_NAME = "embedtalk_raster_kernels"
+DEFORM_FATBIN_NAME = "embedtalk_deform_kernels"
 LIBRARY_NAME = "libembedtalk_raster"
 
 
@@ -45,13 +47,13 @@ class BuildError(RuntimeError):
     """A compiler is missing or rejected the source; the message carries its log."""
 
 
-def kernel_source() -> str:
-    return KERNELS.read_text()
+def kernel_source(source: Path = KERNELS) -> str:
+    return source.read_text()
 
 
-def source_sha256(extra: tuple[str, ...] = ()) -> str:
-    """Hash of the kernel source and the given compiler facts (flags, versions)."""
-    h = hashlib.sha256(KERNELS.read_bytes())
+def source_sha256(extra: tuple[str, ...] = (), source: Path = KERNELS) -> str:
+    """Hash of a kernels source and the given compiler facts (flags, versions)."""
+    h = hashlib.sha256(source.read_bytes())
     for item in extra:
         h.update(b"\0" + item.encode())
     return h.hexdigest()
@@ -92,9 +94,10 @@ def gencode_flags(archs: tuple[str, ...] = ARCHS, ptx_arch: str | None = PTX_ARC
     return flags
 
 
-def nvcc_fatbin_command(out: Path, archs: tuple[str, ...] = ARCHS, nvcc: str | None = None) -> list[str]:
+def nvcc_fatbin_command(out: Path, archs: tuple[str, ...] = ARCHS, nvcc: str | None = None,
+                        source: Path = KERNELS) -> list[str]:  # fmt: skip
     return [nvcc or find_nvcc() or "nvcc", "-x", "cu", "-fatbin", *NVCC_FLAGS, *gencode_flags(archs),
-            "-o", str(out), str(KERNELS)]  # fmt: skip
+            "-o", str(out), str(source)]  # fmt: skip
 
 
 def nvcc_library_command(out: Path, archs: tuple[str, ...] = ARCHS, nvcc: str | None = None) -> list[str]:
@@ -118,15 +121,22 @@ def prebuilt_names() -> tuple[str, str]:
     return f"{FATBIN_NAME}-{tag}.fatbin", f"{LIBRARY_NAME}-{lib_tag}.so"
 
 
-def build_fatbin(out_dir: Path | None = None, archs: tuple[str, ...] = ARCHS) -> Path:
-    """nvcc the kernels into a fatbin in `out_dir` (default: the user cache); returns its path."""
+def fatbin_name(source: Path = KERNELS) -> str:
+    """The fatbin file name of a kernels source (rasteriser or network) for its sha256 and flags."""
+    if source == KERNELS:
+        return prebuilt_names()[0]
+    return f"{DEFORM_FATBIN_NAME}-{source_sha256(NVCC_FLAGS, source)[:16]}.fatbin"
+
+
+def build_fatbin(out_dir: Path | None = None, archs: tuple[str, ...] = ARCHS, source: Path = KERNELS) -> Path:
+    """nvcc a kernels source into a fatbin in `out_dir` (default: the user cache); returns its path."""
     nvcc = find_nvcc()
     if nvcc is None:
         raise BuildError("nvcc not found (install a CUDA toolkit, or let NVRTC compile at first use)")
-    out = Path(out_dir or cache_dir()) / prebuilt_names()[0]
+    out = Path(out_dir or cache_dir()) / fatbin_name(source)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out, suffix=".tmp") as tmp:
-        _run(nvcc_fatbin_command(tmp, archs, nvcc))
+        _run(nvcc_fatbin_command(tmp, archs, nvcc, source))
     return out
 
 
@@ -173,8 +183,8 @@ def nvrtc_supported_archs() -> list[int]:
     return sorted(int(a) for a in archs)
 
 
-def nvrtc_compile(arch: str) -> tuple[bytes, str]:
-    """Compile the kernels for `arch` ("sm_86") with NVRTC.
+def nvrtc_compile(arch: str, source: Path = KERNELS) -> tuple[bytes, str]:
+    """Compile a kernels source (default: the rasteriser's) for `arch` ("sm_86") with NVRTC.
 
     Returns (image, kind): a cubin when NVRTC knows the arch, else PTX for the newest virtual
     arch it knows that is <= the GPU's (the driver JIT-compiles it). Needs no GPU and no driver.
@@ -190,7 +200,7 @@ def nvrtc_compile(arch: str) -> tuple[bytes, str]:
             raise BuildError(f"NVRTC {nvrtc_version()} cannot target {arch} (supports {supported})")
         target, kind = f"compute_{older[-1]}", "ptx"
     options = [f"--gpu-architecture={target}".encode(), *[f.encode() for f in NVRTC_FLAGS]]
-    err, prog = nvrtc.nvrtcCreateProgram(kernel_source().encode(), b"rasterize_kernels.cu", 0, [], [])
+    err, prog = nvrtc.nvrtcCreateProgram(kernel_source(source).encode(), source.with_suffix(".cu").name.encode(), 0, [], [])
     if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
         raise BuildError(f"nvrtcCreateProgram failed: {err}")
     try:
@@ -215,15 +225,15 @@ def nvrtc_compile(arch: str) -> tuple[bytes, str]:
     return bytes(image), kind
 
 
-def nvrtc_cache_path(arch: str) -> Path:
+def nvrtc_cache_path(arch: str, source: Path = KERNELS) -> Path:
     major, minor = nvrtc_version()
-    tag = source_sha256((*NVRTC_FLAGS, f"nvrtc-{major}.{minor}"))[:16]
-    return cache_dir() / f"nvrtc-{tag}-{arch}.bin"
+    tag = source_sha256((*NVRTC_FLAGS, f"nvrtc-{major}.{minor}"), source)[:16]
+    return cache_dir() / f"nvrtc-{source.stem}-{tag}-{arch}.bin"
 
 
-def nvrtc_cached(arch: str) -> tuple[bytes, str]:
-    """`nvrtc_compile(arch)` through the per-arch cache (the first call per GPU takes ~1-2 s)."""
-    path = nvrtc_cache_path(arch)
+def nvrtc_cached(arch: str, source: Path = KERNELS) -> tuple[bytes, str]:
+    """`nvrtc_compile(arch, source)` through the per-arch cache (the first call per GPU takes ~1-2 s)."""
+    path = nvrtc_cache_path(arch, source)
     meta = path.with_suffix(".json")
     if path.is_file() and meta.is_file():
         try:
@@ -234,7 +244,7 @@ def nvrtc_cached(arch: str) -> tuple[bytes, str]:
                 return image, info["kind"]
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a damaged cache entry is rebuilt
-    image, kind = nvrtc_compile(arch)
+    image, kind = nvrtc_compile(arch, source)
     atomic_write(path, image)
     atomic_write(meta, json.dumps({"kind": kind, "arch": arch, "sha256": hashlib.sha256(image).hexdigest()}).encode())
     return image, kind
@@ -251,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     archs = tuple(a.strip() for a in args.archs.split(",") if a.strip())
     t = time.perf_counter()
-    print(f"fatbin: {build_fatbin(args.out, archs)} ({time.perf_counter() - t:.1f} s)")
+    for source in (KERNELS, DEFORM_KERNELS):
+        print(f"fatbin: {build_fatbin(args.out, archs, source)} ({time.perf_counter() - t:.1f} s)")
+        t = time.perf_counter()
     if not args.no_library:
         t = time.perf_counter()
         print(f"library: {build_shared_library(args.out, archs)} ({time.perf_counter() - t:.1f} s)")

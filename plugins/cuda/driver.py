@@ -188,24 +188,23 @@ class PinnedBuffer:
             pass
 
 
-def upload(dst_ptr: int, host: np.ndarray, stream: Stream | None = None) -> None:
-    """Copy a contiguous host array to device memory; synchronous unless `host` is pinned and a
-    stream is given (then ordered on that stream)."""
+def upload(dst_ptr: int, host: np.ndarray, stream: Stream) -> None:
+    """Copy a host array to device memory, ordered on `stream` (the stream the kernels that read
+    it run on: a plain cuMemcpyHtoD runs on the legacy stream, which does not order against our
+    non-blocking streams). From pageable memory the driver stages the bytes before returning, so
+    `host` may be reused at once; from pinned memory the copy is truly async (keep it alive)."""
     host = np.ascontiguousarray(host)
-    drv = driver_api()
-    if stream is None:
-        check(drv.cuMemcpyHtoD(dst_ptr, host.ctypes.data, host.nbytes))
-    else:
-        check(drv.cuMemcpyHtoDAsync(dst_ptr, host.ctypes.data, host.nbytes, stream.handle))
+    check(driver_api().cuMemcpyHtoDAsync(dst_ptr, host.ctypes.data, host.nbytes, stream.handle))
 
 
-def download(host: np.ndarray, src_ptr: int, stream: Stream | None = None) -> None:
-    """Copy device memory into a contiguous host array (async on `stream` if given)."""
-    drv = driver_api()
-    if stream is None:
-        check(drv.cuMemcpyDtoH(host.ctypes.data, src_ptr, host.nbytes))
-    else:
-        check(drv.cuMemcpyDtoHAsync(host.ctypes.data, src_ptr, host.nbytes, stream.handle))
+def download(host: np.ndarray, src_ptr: int, stream: Stream, wait: bool = True) -> None:
+    """Copy device memory into a contiguous host array after the work queued on `stream`;
+    `wait=False` leaves the copy in flight (pinned `host` only; synchronise before reading)."""
+    if not host.flags.c_contiguous:
+        raise ValueError("download needs a C-contiguous host array")
+    check(driver_api().cuMemcpyDtoHAsync(host.ctypes.data, src_ptr, host.nbytes, stream.handle))
+    if wait:
+        stream.synchronize()
 
 
 def memset_async(ptr: int, value: int, nbytes: int, stream: Stream) -> None:
@@ -253,11 +252,12 @@ class DeviceArray:
         return DeviceArray(self.ptr + i * row, self.shape[1:], self.dtype, self.owner, self.stream, self.device_id)
 
     def copy_to_host(self, out: np.ndarray | None = None) -> np.ndarray:
-        """Synchronous copy to a new (or the given) host array; waits for the stream first."""
-        if self.stream is not None:
-            self.stream.synchronize()
+        """Synchronous copy to a new (or the given) host array, after the work on its stream."""
         out = np.empty(self.shape, self.dtype) if out is None else out
-        download(out, self.ptr)
+        if self.stream is not None:
+            download(out, self.ptr, self.stream)
+        else:  # memory no stream writes: nothing to order against
+            check(driver_api().cuMemcpyDtoH(out.ctypes.data, self.ptr, out.nbytes))
         return out
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
@@ -320,11 +320,25 @@ _DLManagedTensor._fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_
 
 _DL_CODES = {"i": 0, "u": 1, "f": 2, "b": 6}
 _ALIVE: dict[int, tuple] = {}  # managed-tensor address -> (struct, shape array, owner): freed by the deleter
+_DLTENSOR = ctypes.c_char_p(b"dltensor")  # the capsule keeps a pointer to its name: it must live on
+_CAPSULE_DESTRUCTOR = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_capsule_is_valid = ctypes.pythonapi.PyCapsule_IsValid
+_capsule_is_valid.restype, _capsule_is_valid.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p]
+_capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+_capsule_pointer.restype, _capsule_pointer.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_char_p]
 
 
 @_DELETER
-def _dl_deleter(managed) -> None:  # pragma: no cover - called by the consumer
+def _dl_deleter(managed) -> None:
     _ALIVE.pop(ctypes.addressof(managed.contents), None)
+
+
+@_CAPSULE_DESTRUCTOR
+def _dl_capsule_destructor(capsule: int) -> None:
+    # A consumer renames the capsule "used_dltensor" and calls the deleter when it is done; a capsule
+    # still named "dltensor" when it dies was never consumed, so nobody else will free the tensor.
+    if _capsule_is_valid(capsule, _DLTENSOR):
+        _ALIVE.pop(_capsule_pointer(capsule, _DLTENSOR), None)
 
 
 def _dlpack_capsule(arr: DeviceArray):
@@ -341,8 +355,8 @@ def _dlpack_capsule(arr: DeviceArray):
     managed.deleter = _dl_deleter
     _ALIVE[ctypes.addressof(managed)] = (managed, shape, arr.owner)
     new = ctypes.pythonapi.PyCapsule_New
-    new.restype, new.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
-    return new(ctypes.addressof(managed), b"dltensor", None)
+    new.restype, new.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, _CAPSULE_DESTRUCTOR]
+    return new(ctypes.addressof(managed), _DLTENSOR, _dl_capsule_destructor)
 
 
 # ---------------------------------------------------------------- kernel launches

@@ -22,10 +22,16 @@ from embedtalk_sdk.plugins.cuda.driver import CudaError, Device, Kernel, driver_
 
 log = logging.getLogger("embedtalk_sdk.plugins.cuda")
 
-KERNEL_NAMES = (
+RASTER_KERNELS = (
     "etk_project", "etk_emit_pairs", "etk_pair_count", "etk_pad_keys", "etk_tile_ranges", "etk_blend",
     "etk_scan_blocks", "etk_scan_totals", "etk_scan_add", "etk_radix_histogram", "etk_radix_scatter",
 )  # fmt: skip
+DEFORM_KERNELS = ("etk_deform_h32", "etk_deform_h64", "etk_deform_h128", "etk_deform_any")
+# source file -> (environment variable naming a fatbin, kernel names)
+SOURCES = {
+    build.KERNELS: ("EMBEDTALK_CUDA_FATBIN", RASTER_KERNELS),
+    build.DEFORM_KERNELS: ("EMBEDTALK_CUDA_DEFORM_FATBIN", DEFORM_KERNELS),
+}
 
 
 @dataclass
@@ -44,39 +50,42 @@ class KernelModule:
             raise AttributeError(name) from None
 
 
-def fatbin_candidates() -> list[Path]:
-    name = build.prebuilt_names()[0]
+def fatbin_candidates(source: Path = build.KERNELS) -> list[Path]:
+    name, env = build.fatbin_name(source), SOURCES[source][0]
     paths = []
-    if os.environ.get("EMBEDTALK_CUDA_FATBIN"):
-        paths.append(Path(os.environ["EMBEDTALK_CUDA_FATBIN"]))
+    if os.environ.get(env):
+        paths.append(Path(os.environ[env]))
     paths += [build.HERE / "prebuilt" / name, build.cache_dir() / name]
     return [p for p in paths if p.is_file()]
 
 
-def _load_image(device: Device, image: bytes, origin: str) -> KernelModule:
+def _load_image(device: Device, image: bytes, origin: str, names: tuple[str, ...]) -> KernelModule:
     device.make_current()
     module = check(driver_api().cuModuleLoadData(image))
-    kernels = {name: Kernel(module, name) for name in KERNEL_NAMES}
+    kernels = {name: Kernel(module, name) for name in names}
     return KernelModule(device, module, kernels, origin)
 
 
-_MODULES: dict[tuple[int, bool, bool], KernelModule] = {}
+_MODULES: dict[tuple[int, bool, bool, Path], KernelModule] = {}
 
 
-def load_kernels(device: Device | None = None, allow_nvrtc: bool = True, allow_prebuilt: bool = True) -> KernelModule:
-    """The rasteriser kernels on `device` (default: GPU 0), loaded once per device.
+def load_kernels(device: Device | None = None, allow_nvrtc: bool = True, allow_prebuilt: bool = True,
+                 source: Path = build.KERNELS) -> KernelModule:  # fmt: skip
+    """The kernels of `source` (default: the rasteriser's; `build.DEFORM_KERNELS`: the `cuda`
+    backend's network) on `device` (default: GPU 0), loaded once per device.
 
     Raises CudaError if no GPU is usable or no image could be loaded (the message lists why each
     source failed)."""
     device = device or get_device(0)
-    key = (device.ordinal, allow_nvrtc, allow_prebuilt)
+    key = (device.ordinal, allow_nvrtc, allow_prebuilt, source)
     if key in _MODULES:
         return _MODULES[key]
+    names = SOURCES[source][1]
     failures = []
     if allow_prebuilt:
-        for path in fatbin_candidates():
+        for path in fatbin_candidates(source):
             try:
-                mod = _load_image(device, path.read_bytes(), f"fatbin:{path}")
+                mod = _load_image(device, path.read_bytes(), f"fatbin:{path}", names)
                 break
             except CudaError as e:
                 failures.append(f"{path}: {e}")
@@ -86,15 +95,15 @@ def load_kernels(device: Device | None = None, allow_nvrtc: bool = True, allow_p
         mod = None
     if mod is None and allow_nvrtc:
         try:
-            image, kind = build.nvrtc_cached(device.arch)
-            mod = _load_image(device, image, f"nvrtc:{device.arch}:{kind}")
+            image, kind = build.nvrtc_cached(device.arch, source)
+            mod = _load_image(device, image, f"nvrtc:{device.arch}:{kind}", names)
         except (build.BuildError, CudaError) as e:
             failures.append(f"NVRTC: {e}")
     if mod is None:
         raise CudaError(
-            f"could not load the rasteriser kernels on {device.name} ({device.arch}): "
+            f"could not load the {source.stem} on {device.name} ({device.arch}): "
             + ("; ".join(failures) or "no prebuilt fatbin and NVRTC disabled")
         )
-    log.info("rasteriser kernels on %s (%s) from %s", device.name, device.arch, mod.origin)
+    log.info("%s on %s (%s) from %s", source.stem, device.name, device.arch, mod.origin)
     _MODULES[key] = mod
     return mod

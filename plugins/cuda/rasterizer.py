@@ -141,6 +141,7 @@ class CudaRasterizer:
         the frame is incomplete: grow max_pairs and the workspace, and render again."""
         if (background_f32 is None) == (background_u8 is None):
             raise ValueError("give exactly one of background_f32, background_u8")
+        self.kernels.device.make_current()  # the caller's thread may not have our context current
         L = plan(n, width, height, max_pairs)
         if workspace_bytes < L.total:
             raise ValueError(f"workspace has {workspace_bytes} bytes, {L.total} needed")
@@ -230,12 +231,12 @@ def rasterize_cuda(
     }  # fmt: skip
     n = host["means"].shape[0]
     H, W = host["background_f32"].shape[:2]
+    stream = Stream()
     bufs = {k: DeviceBuffer(v.nbytes) for k, v in host.items()}
     for k, v in host.items():
-        upload(bufs[k].ptr, v)
+        upload(bufs[k].ptr, v, stream)
     image, alpha = np.empty((H, W, 3), np.float32), np.empty((H, W), np.float32)
     d_image, d_alpha, d_count = DeviceBuffer(image.nbytes), DeviceBuffer(alpha.nbytes), DeviceBuffer(4)
-    stream = Stream()
     max_pairs = estimate_pairs(n, W, H)
     count = np.zeros(1, np.uint32)
     while True:
@@ -245,12 +246,11 @@ def rasterize_cuda(
             stream, n=n, width=W, height=H, K=K, max_pairs=max_pairs, workspace=ws, workspace_bytes=ws_bytes,
             pair_count=d_count, image_f32=d_image, alpha=d_alpha, **bufs,
         )  # fmt: skip
-        stream.synchronize()
-        download(count, d_count.ptr)
+        download(count, d_count.ptr, stream)
         if int(count[0]) <= max_pairs:
             break
         max_pairs = int(count[0] * 1.25) + 1
-    download(image, d_image.ptr)
-    download(alpha, d_alpha.ptr)
+    download(image, d_image.ptr, stream)
+    download(alpha, d_alpha.ptr, stream)
     stream.close()
     return image, alpha

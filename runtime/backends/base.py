@@ -221,9 +221,13 @@ _REGISTRY: dict[str, _Entry] = {
                            ("tensorrt_rtx_bindings", "cuda.bindings"), "pip install 'embedtalk-sdk[gpu]'"),
     "tensorrt": _Entry("embedtalk_sdk.runtime.backends.tensorrt", "TensorRTBackend",
                        ("tensorrt", "cuda.bindings"), "install TensorRT 10+ and pip install cuda-python"),
+    # Any NVIDIA GPU without TensorRT: our deform kernel + rasteriser (runtime/backends/cuda.py).
+    "cuda": _Entry("embedtalk_sdk.runtime.backends.cuda", "CudaBackend", ("cuda.bindings",),
+                   "pip install 'embedtalk-sdk[gpu]'"),
 }
 # Fastest first; `auto` takes the first that loads, then the plugged-in backends in their order.
-AUTO_ORDER = ("tensorrt", "tensorrt-rtx", "onnxruntime")
+# tensorrt-rtx refuses GPUs it does not support (Hopper), which then get `cuda`.
+AUTO_ORDER = ("tensorrt", "tensorrt-rtx", "cuda", "onnxruntime")
 # Backends other packages provide (the training side's `torch` reference and `gsplat-torch` bench
 # baseline): entry points naming a class with REQUIRES and INSTALL, so the runtime never names them.
 ENTRY_POINT_GROUP = "embedtalk_sdk.backends"

@@ -2,17 +2,18 @@
 rasteriser, on one CUDA stream. Never imports torch.
 
 Per batch, `deform` copies the audio windows and AUs to the GPU and enqueues the engine; its
-outputs stay on the device (returned as `DeviceArray`s). Per frame, `render` uploads the viewmat
-and the uint8 background (the blend kernel converts it, x / 255), enqueues the rasteriser on the
-engine's outputs (no host round trip in between) and copies back only the finished uint8 frame
-(plus the 4-byte pair count, in the same synchronisation). `render_device` leaves the frame on
-the GPU (DLPack / __cuda_array_interface__).
+outputs stay on the device (returned as `DeviceArray`s). The engine always runs at one batch size
+(the profile's optimum, `FIXED_BATCH`; a shorter last batch is padded, a longer one chunked), so
+TensorRT-RTX specialises its kernels for one shape only. Those JIT-compiled kernels are kept in a
+runtime cache beside the engine cache, so a second process start compiles nothing. Per frame,
+`render` is `CudaFrames` (runtime/backends/cuda_frames.py), shared with the `cuda` backend.
 
 Engine choice: the bundle's `engines` entry whose backend is "tensorrt-rtx", whose
 compute_capability is this GPU's and whose trt_version is the installed TensorRT-RTX's, if its
 header is VALID for this GPU; otherwise (and it says why, at WARNING) an engine is built from
-deform.onnx for this GPU and cached in the user cache dir. If that fails too, the backend fails
-with BackendError and `auto` moves on to the next backend (onnxruntime).
+deform.onnx for this GPU and cached in the user cache dir. A GPU that TensorRT-RTX does not
+support at all (Hopper, sm_90; Blackwell datacentre, sm_100) fails at once with BackendError
+saying so, and `auto` moves on to the `cuda` backend.
 """
 from __future__ import annotations
 
@@ -68,6 +69,11 @@ class _TrtLogger:
         self.logger = Logger()
 
 
+def supported_compute_capabilities(trt) -> list[str]:
+    """The GPUs this TensorRT-RTX builds for, as "sm86" (from its ComputeCapability enum)."""
+    return sorted((m.lower() for m in dir(trt.ComputeCapability) if m.startswith("SM")), key=lambda c: int(c[2:]))
+
+
 class TensorRTRTXBackend:
     """`Backend` on an NVIDIA GPU with TensorRT-RTX and our CUDA rasteriser.
 
@@ -82,23 +88,30 @@ class TensorRTRTXBackend:
         self.io = deform_io(bundle)
         from embedtalk_sdk.plugins.cuda.engines import EngineBuildError, import_rtx  # numpy only, no torch
         from embedtalk_sdk.plugins.cuda.driver import CudaError, Stream, get_device
+        from embedtalk_sdk.runtime.backends.cuda_frames import CudaFrames
 
         try:
             self.device = get_device(device)  # first: cheap, and the usual failure (no GPU)
             self.trt = trt = import_rtx()
         except (EngineBuildError, CudaError) as e:
             raise BackendError(f"backend {BACKEND}: {e}") from None
+        supported = supported_compute_capabilities(trt)
+        if self.device.compute_capability not in supported:
+            raise BackendError(
+                f"backend {BACKEND}: TensorRT-RTX {trt.__version__} does not support {self.device.name} "
+                f"({self.device.compute_capability}; it supports {', '.join(supported)}); the cuda backend runs it"
+            )
         self.stream = Stream()
         self._logger = _TrtLogger(trt).logger
         self.runtime = trt.Runtime(self._logger)
-        self.engine, self.engine_origin = self._load_engine(bundle)
-        self.context = self.engine.create_execution_context()
-        if self.context is None:
-            raise BackendError(f"backend {BACKEND}: TensorRT-RTX could not create an execution context")
+        self.engine, self.engine_origin, engine_key = self._load_engine(bundle)
         self._check_engine(bundle)
-        self._setup_buffers(bundle)
-        log.info("%s on %s (%s): engine %s, rasteriser kernels %s", BACKEND, self.device.name,
-                 self.device.compute_capability, self.engine_origin, self.rasterizer.origin)  # fmt: skip
+        self.context = self._create_context(engine_key)
+        self._setup_buffers()
+        self.frames = CudaFrames(bundle, self.device, self.stream, BACKEND)
+        log.info("%s on %s (%s): engine %s, batch %d, runtime cache %s, rasteriser kernels %s", BACKEND,
+                 self.device.name, self.device.compute_capability, self.engine_origin, self.batch,
+                 self._cache_path, self.frames.origin)  # fmt: skip
 
     # ------------------------------------------------------------ engines
 
@@ -112,7 +125,8 @@ class TensorRTRTXBackend:
                  and int(diag) & int(getattr(self.trt.EngineInvalidityDiagnostics, m))]  # fmt: skip
         return ok, f"{validity.name}{' (' + ', '.join(flags) + ')' if flags else ''}"
 
-    def _load_engine(self, bundle: Bundle) -> tuple[Any, str]:
+    def _load_engine(self, bundle: Bundle) -> tuple[Any, str, str]:
+        """(engine, where it came from, a key naming its runtime cache)."""
         cc, version = self.device.compute_capability, self.trt.__version__
         entry, reasons = select_engine(list(bundle.manifest.get("engines") or []), cc, version)
         if entry is not None:
@@ -120,28 +134,31 @@ class TensorRTRTXBackend:
             ok, why = self._valid(data)
             engine = self.runtime.deserialize_cuda_engine(data) if ok else None
             if engine is not None:
-                return engine, entry["file"]
+                return engine, entry["file"], hashlib.sha256(data).hexdigest()[:16]
             reasons.append(f"{entry['file']} does not load here ({why})")
         log.warning("%s: no usable engine in %s (%s); building one from %s for %s (TensorRT-RTX %s)",
                     BACKEND, bundle.path, "; ".join(reasons), self.io.file, cc, version)  # fmt: skip
         return self._engine_from_onnx(bundle)
 
-    def _engine_from_onnx(self, bundle: Bundle) -> tuple[Any, str]:
+    def _engine_dir(self):
+        from embedtalk_sdk.plugins.cuda.build import cache_dir
+
+        return cache_dir().parent / "engines"
+
+    def _engine_from_onnx(self, bundle: Bundle) -> tuple[Any, str, str]:
         from embedtalk_sdk.plugins.cuda.engines import EngineBuildError, build_rtx_engine
         from embedtalk_sdk.runtime.fileio import atomic_write
-        from embedtalk_sdk.plugins.cuda.build import cache_dir
 
         onnx_bytes = check_self_contained(bundle.bytes_of(self.io.file), f"{bundle.path}/{self.io.file}")
         cc, version = self.device.compute_capability, self.trt.__version__
         key = hashlib.sha256(onnx_bytes).hexdigest()[:16]
-        path = cache_dir().parent / "engines" / f"deform-{key}-{cc}-trtrtx{version}.engine"
+        path = self._engine_dir() / f"deform-{key}-{cc}-trtrtx{version}.engine"
         if path.is_file():
             engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
             if engine is not None:
-                return engine, f"cache:{path}"
+                return engine, f"cache:{path}", key
         try:
-            known = hasattr(self.trt.ComputeCapability, "SM" + cc[2:])
-            data = build_rtx_engine(onnx_bytes, cc if known else None)["data"]
+            data = build_rtx_engine(onnx_bytes, cc)["data"]
         except EngineBuildError as e:
             raise BackendError(f"backend {BACKEND}: cannot build an engine for {cc}: {e}") from None
         engine = self.runtime.deserialize_cuda_engine(data)
@@ -151,7 +168,42 @@ class TensorRTRTXBackend:
             atomic_write(path, data)
         except OSError as e:  # a read-only home is no reason to fail
             log.warning("%s: could not cache the engine at %s (%s)", BACKEND, path, e)
-        return engine, f"built:{cc}"
+        return engine, f"built:{cc}", key
+
+    def _create_context(self, engine_key: str):
+        """An execution context with a runtime cache loaded from (and later saved to) the user cache."""
+        cc, version = self.device.compute_capability, self.trt.__version__
+        self._cache_path = self._engine_dir() / f"deform-{engine_key}-{cc}-trtrtx{version}.runtime-cache"
+        self._runtime_cache = None
+        config = self.engine.create_runtime_config()
+        cache = config.create_runtime_cache()
+        if cache is not None:
+            if self._cache_path.is_file():
+                try:
+                    cache.deserialize(self._cache_path.read_bytes())
+                except Exception as e:  # noqa: BLE001 - a stale or damaged cache is rebuilt
+                    log.warning("%s: ignoring the runtime cache %s (%s)", BACKEND, self._cache_path, e)
+            config.set_runtime_cache(cache)
+            self._runtime_cache = cache
+        self._cache_saved = False
+        context = self.engine.create_execution_context(config)
+        if context is None:
+            raise BackendError(f"backend {BACKEND}: TensorRT-RTX could not create an execution context")
+        return context
+
+    def save_runtime_cache(self) -> None:
+        """Write the kernels TensorRT-RTX compiled so far to the runtime cache file (done after the
+        first batch and at close; a failure to write is logged, not raised)."""
+        from embedtalk_sdk.runtime.fileio import atomic_write
+
+        if self._runtime_cache is None:
+            return
+        try:
+            blob = self._runtime_cache.serialize()
+            atomic_write(self._cache_path, bytes(memoryview(blob)))
+            self._cache_saved = True
+        except Exception as e:  # noqa: BLE001 - a read-only home is no reason to fail
+            log.warning("%s: could not save the runtime cache %s (%s)", BACKEND, self._cache_path, e)
 
     def _check_engine(self, bundle: Bundle) -> None:
         trt, e = self.trt, self.engine
@@ -167,63 +219,37 @@ class TensorRTRTXBackend:
                 raise BundleError(f"{bundle.path}: engine tensor {name} is {e.get_tensor_dtype(name)}, expected float32")
             shape = [d if d >= 0 else None for d in e.get_tensor_shape(name)]
             check_shape(f"engine {self.engine_origin} {name}", shape, expected[name], bundle)
-        self.max_batch = int(e.get_tensor_profile_shape("audio_window", 0)[2][0])
+        _, opt, _ = (int(d[0]) for d in e.get_tensor_profile_shape("audio_window", 0))
+        self.batch = opt  # the one shape the engine runs at
 
     # ------------------------------------------------------------ buffers
 
-    def _setup_buffers(self, bundle: Bundle) -> None:
-        from embedtalk_sdk.plugins.cuda.driver import DeviceBuffer, PinnedBuffer, upload
-        from embedtalk_sdk.plugins.cuda.loader import load_kernels
-        from embedtalk_sdk.plugins.cuda.rasterizer import CudaRasterizer, estimate_pairs
+    def _setup_buffers(self) -> None:
+        from embedtalk_sdk.plugins.cuda.driver import DeviceBuffer, PinnedBuffer
 
-        m = bundle.manifest
-        n, w, f = self.io.n_gaussians, self.io.window, self.io.feature_dim
-        self.width, self.height = int(m["width"]), int(m["height"])
-        self.K = np.asarray(m["K"], dtype=np.float64).reshape(3, 3)
-        self.n = n
-        # The canonical Gaussians, uploaded once.
-        self._gauss = {}
-        for name, shape in (("means", (n, 3)), ("quats", (n, 4)), ("scales", (n, 3)), ("opacity_logits", (n,)),
-                            ("colors", (n, 3))):  # fmt: skip
-            arr = np.ascontiguousarray(bundle.array(name), dtype=np.float32)
-            if arr.shape != shape:
-                raise BundleError(f"{bundle.path}/{name}.npy has shape {arr.shape}, expected {shape}")
-            self._gauss[name] = DeviceBuffer(arr.nbytes)
-            upload(self._gauss[name].ptr, arr)
-        # Network I/O for up to max_batch frames per launch (larger batches run in chunks).
+        w, f, b = self.io.window, self.io.feature_dim, self.batch
+        self._in_audio = DeviceBuffer(b * w * f * 4)
+        self._in_aus = DeviceBuffer(b * 6 * 4)
+        self._stage_audio = PinnedBuffer((b, w, f), np.float32)
+        self._stage_aus = PinnedBuffer((b, 6), np.float32)
+        self._stage_audio.array[:] = 0
+        self._stage_aus.array[:] = 0
         self._batch_cap = 0
-        self._in_audio = DeviceBuffer(self.max_batch * w * f * 4)
-        self._in_aus = DeviceBuffer(self.max_batch * 6 * 4)
-        self._stage_audio = PinnedBuffer((self.max_batch, w, f), np.float32)
-        self._stage_aus = PinnedBuffer((self.max_batch, 6), np.float32)
-        self._alloc_outputs(self.max_batch)
-        # Rasteriser state.
-        self.rasterizer = CudaRasterizer(load_kernels(self.device))
-        self._max_pairs = estimate_pairs(n, self.width, self.height)
-        self._alloc_workspace()
-        hw3 = (self.height, self.width, 3)
-        self._pair_count = DeviceBuffer(4)
-        self._pair_count_host = PinnedBuffer((1,), np.uint32)
-        self._frame = DeviceBuffer(int(np.prod(hw3)))
-        self._frame_host = PinnedBuffer(hw3, np.uint8)
-        self._bg = DeviceBuffer(int(np.prod(hw3)))  # uint8: the kernel converts it (x / 255)
-        self._bg_host = PinnedBuffer(hw3, np.uint8)
-        self._viewmat = DeviceBuffer(64)
-        self._viewmat_host = PinnedBuffer((4, 4), np.float32)
-        self._scratch_dm: Any = None  # for host-side delta arrays handed to render()
+        self._alloc_outputs(b)
+        ctx = self.context
+        ctx.set_input_shape("audio_window", (b, w, f))
+        ctx.set_input_shape("aus", (b, 6))
+        ctx.set_tensor_address("audio_window", self._in_audio.ptr)
+        ctx.set_tensor_address("aus", self._in_aus.ptr)
 
-    def _alloc_outputs(self, batch: int) -> None:
+    def _alloc_outputs(self, frames: int) -> None:
+        """Room for `frames` rounded up to whole engine batches (a padded last batch writes there too)."""
         from embedtalk_sdk.plugins.cuda.driver import DeviceBuffer
 
-        self._out_dm = DeviceBuffer(batch * self.io.n_gaussians * 3 * 4)
-        self._out_do = DeviceBuffer(batch * self.io.n_gaussians * 4)
-        self._batch_cap = batch
-
-    def _alloc_workspace(self) -> None:
-        from embedtalk_sdk.plugins.cuda.driver import DeviceBuffer
-
-        self._ws_bytes = self.rasterizer.workspace_size(self.n, self.width, self.height, self._max_pairs)
-        self._ws = DeviceBuffer(self._ws_bytes)
+        rows = -(-frames // self.batch) * self.batch
+        self._out_dm = DeviceBuffer(rows * self.io.n_gaussians * 3 * 4)
+        self._out_do = DeviceBuffer(rows * self.io.n_gaussians * 4)
+        self._batch_cap = rows
 
     # ------------------------------------------------------------ Backend
 
@@ -237,112 +263,45 @@ class TensorRTRTXBackend:
             raise ValueError(f"aus has shape {aus.shape}, expected ({b}, 6)")
         if audio_window.shape[1:] != (self.io.window, self.io.feature_dim):
             raise ValueError(f"audio_window has shape {audio_window.shape}, expected (B, {self.io.window}, {self.io.feature_dim})")
+        self.device.make_current()
         if b > self._batch_cap:
             self._alloc_outputs(b)
-        drv, n = driver_api(), self.io.n_gaussians
-        for s in range(0, b, self.max_batch):
-            c = min(self.max_batch, b - s)
+        drv, n, ctx = driver_api(), self.io.n_gaussians, self.context
+        for s in range(0, b, self.batch):
+            c = min(self.batch, b - s)
             self.stream.synchronize()  # the staging buffers may still feed the previous copy
             np.copyto(self._stage_audio.array[:c], audio_window[s:s + c], casting="same_kind")
             np.copyto(self._stage_aus.array[:c], aus[s:s + c], casting="same_kind")
-            check(drv.cuMemcpyHtoDAsync(self._in_audio.ptr, self._stage_audio.ptr, self._stage_audio.array[:c].nbytes, self.stream.handle))
-            check(drv.cuMemcpyHtoDAsync(self._in_aus.ptr, self._stage_aus.ptr, c * 24, self.stream.handle))
-            ctx = self.context
-            ctx.set_input_shape("audio_window", (c, self.io.window, self.io.feature_dim))
-            ctx.set_input_shape("aus", (c, 6))
-            ctx.set_tensor_address("audio_window", self._in_audio.ptr)
-            ctx.set_tensor_address("aus", self._in_aus.ptr)
+            # Rows past c hold an earlier chunk's inputs: their outputs land in padding nobody reads.
+            check(drv.cuMemcpyHtoDAsync(self._in_audio.ptr, self._stage_audio.ptr, self._stage_audio.nbytes, self.stream.handle))
+            check(drv.cuMemcpyHtoDAsync(self._in_aus.ptr, self._stage_aus.ptr, self._stage_aus.nbytes, self.stream.handle))
             ctx.set_tensor_address("delta_means", self._out_dm.ptr + s * n * 12)
             ctx.set_tensor_address("delta_opacity", self._out_do.ptr + s * n * 4)
             if not ctx.execute_async_v3(int(self.stream)):
                 raise RuntimeError(f"{BACKEND}: TensorRT-RTX failed to enqueue the network")
+        if not self._cache_saved:
+            self.stream.synchronize()
+            self.save_runtime_cache()
         dm = DeviceArray(self._out_dm.ptr, (b, n, 3), np.float32, owner=self, stream=self.stream, device_id=self.device.ordinal)
         do = DeviceArray(self._out_do.ptr, (b, n), np.float32, owner=self, stream=self.stream, device_id=self.device.ordinal)
         return dm, do
 
-    def _device_ptr(self, x: Any, shape: tuple[int, ...], slot: str) -> int:
-        """A device pointer for delta input `x`: a DeviceArray as is, a host array uploaded."""
-        from embedtalk_sdk.plugins.cuda.driver import DeviceBuffer, upload
-
-        if hasattr(x, "__cuda_array_interface__") and hasattr(x, "ptr"):
-            if tuple(x.shape) != shape:
-                raise ValueError(f"{slot} has shape {tuple(x.shape)}, expected {shape}")
-            return int(x.ptr)
-        host = np.ascontiguousarray(x, dtype=np.float32)
-        if host.shape != shape:
-            raise ValueError(f"{slot} has shape {host.shape}, expected {shape}")
-        buf = getattr(self, f"_scratch_{slot}", None)
-        if buf is None or buf.nbytes < host.nbytes:
-            buf = DeviceBuffer(host.nbytes)
-            setattr(self, f"_scratch_{slot}", buf)
-        upload(buf.ptr, host)
-        return buf.ptr
-
-    def _enqueue_frame(self, delta_means: Any, delta_opacity: Any, viewmat: np.ndarray, background: np.ndarray) -> None:
-        """Upload viewmat + background, run the rasteriser into the device frame, fetch the pair
-        count; grows the pair capacity and redraws while a frame needed more pairs."""
-        from embedtalk_sdk.plugins.cuda.driver import driver_api, check
-
-        drv, h = driver_api(), self.stream.handle
-        dm = self._device_ptr(delta_means, (self.n, 3), "dm")
-        do = self._device_ptr(delta_opacity, (self.n,), "do")
-        self.stream.synchronize()  # staging buffers are free
-        np.copyto(self._viewmat_host.array, viewmat, casting="same_kind")
-        np.copyto(self._bg_host.array, background, casting="no")  # uint8 only (Backend.render)
-        check(drv.cuMemcpyHtoDAsync(self._viewmat.ptr, self._viewmat_host.ptr, 64, h))
-        check(drv.cuMemcpyHtoDAsync(self._bg.ptr, self._bg_host.ptr, self._bg_host.nbytes, h))
-        while True:
-            self.rasterizer.forward(
-                self.stream, n=self.n, width=self.width, height=self.height, K=self.K,
-                means=self._gauss["means"], quats=self._gauss["quats"], scales=self._gauss["scales"],
-                opacity_logits=self._gauss["opacity_logits"], colors=self._gauss["colors"],
-                delta_means=dm, delta_opacity=do, viewmat=self._viewmat, background_u8=self._bg,
-                image_u8=self._frame, max_pairs=self._max_pairs, workspace=self._ws,
-                workspace_bytes=self._ws_bytes, pair_count=self._pair_count,
-            )  # fmt: skip
-            check(drv.cuMemcpyDtoHAsync(self._pair_count_host.ptr, self._pair_count.ptr, 4, h))
-            self.stream.synchronize()
-            needed = int(self._pair_count_host.array[0])
-            if needed <= self._max_pairs:
-                return
-            log.info("%s: frame needs %d tile pairs (room for %d): growing and redrawing", BACKEND, needed, self._max_pairs)
-            self._max_pairs = int(needed * 1.25) + 1
-            self._alloc_workspace()
-
-    def render(
-        self,
-        delta_means: Any,
-        delta_opacity: Any,
-        viewmat: np.ndarray,
-        background: np.ndarray,
-        out: np.ndarray | None = None,
-    ) -> np.ndarray:
+    def render(self, delta_means: Any, delta_opacity: Any, viewmat: np.ndarray, background: np.ndarray,
+               out: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
         """See `Backend.render`; the deltas may be `deform`'s device rows or host arrays."""
-        from embedtalk_sdk.plugins.cuda.driver import driver_api, check
-
-        self._enqueue_frame(delta_means, delta_opacity, viewmat, background)
-        check(driver_api().cuMemcpyDtoHAsync(self._frame_host.ptr, self._frame.ptr, self._frame_host.nbytes, self.stream.handle))
-        self.stream.synchronize()
-        if out is None:
-            return self._frame_host.array.copy()
-        np.copyto(out, self._frame_host.array)
-        return out
+        return self.frames.render(delta_means, delta_opacity, viewmat, background, out)
 
     def render_device(self, delta_means: Any, delta_opacity: Any, viewmat: np.ndarray, background: np.ndarray):
         """Like `render`, but the uint8 [H,W,3] frame stays on the GPU: a `DeviceArray`
         (`torch.from_dlpack(frame)`, `cupy.asarray(frame)`, `frame.ptr`). Finished when this
         returns; overwritten by the next render."""
-        from embedtalk_sdk.plugins.cuda.driver import DeviceArray
-
-        self._enqueue_frame(delta_means, delta_opacity, viewmat, background)
-        return DeviceArray(self._frame.ptr, (self.height, self.width, 3), np.uint8, owner=self, stream=self.stream,
-                           device_id=self.device.ordinal)  # fmt: skip
+        return self.frames.render_device(delta_means, delta_opacity, viewmat, background, owner=self)
 
     def close(self) -> None:
-        """Free the GPU memory now (otherwise when the backend is garbage-collected)."""
+        """Save the runtime cache and free the GPU memory now (otherwise at garbage collection)."""
+        self.device.make_current()
         self.stream.synchronize()
-        for name, value in list(vars(self).items()):
-            if hasattr(value, "free"):
-                value.free()
-        for buf in self._gauss.values():
-            buf.free()
+        self.save_runtime_cache()
+        self.frames.close()
+        for value in (self._in_audio, self._in_aus, self._stage_audio, self._stage_aus, self._out_dm, self._out_do):
+            value.free()
