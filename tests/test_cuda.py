@@ -227,6 +227,37 @@ def test_without_a_gpu_auto_falls_back_to_the_cpu(tmp_path, caplog):
     assert avatar.backend_name == "onnxruntime"
 
 
+def test_an_unconsumed_dlpack_capsule_frees_its_tensor():
+    # Before: the capsule had no destructor, so a capsule nobody consumed kept its managed tensor
+    # (and the device array's owner, i.e. the backend's GPU memory) alive forever.
+    import ctypes
+    import gc
+
+    from embedtalk_sdk.plugins.cuda import driver
+
+    before = len(driver._ALIVE)
+    arr = driver.DeviceArray(0x1000, (2, 3), np.float32)
+    capsule = arr.__dlpack__()
+    assert len(driver._ALIVE) == before + 1
+    del capsule
+    gc.collect()
+    assert len(driver._ALIVE) == before
+    # A consumer renames the capsule and calls the deleter itself: freed once, not twice.
+    capsule = arr.__dlpack__()
+    get = ctypes.pythonapi.PyCapsule_GetPointer
+    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    rename = ctypes.pythonapi.PyCapsule_SetName
+    rename.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    managed = driver._DLManagedTensor.from_address(get(capsule, b"dltensor"))
+    used = ctypes.c_char_p(b"used_dltensor")
+    rename(capsule, used)
+    del capsule
+    gc.collect()
+    assert len(driver._ALIVE) == before + 1  # the consumer owns it now
+    managed.deleter(ctypes.pointer(managed))
+    assert len(driver._ALIVE) == before
+
+
 def test_backends_are_registered():
     from embedtalk_sdk.runtime.backends import base
 

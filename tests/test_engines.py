@@ -178,3 +178,47 @@ def test_plugin_fields_survive_serialisation():
     junk = [np.full(1000, 7.0, np.float32) for _ in range(2000)]  # reuse freed memory
     back = creator_cls().create_plugin("x", collection, trt.TensorRTPhase.RUNTIME)
     assert back.fields == fields and len(junk) == 2000
+
+
+@needs_rtx
+def test_plugin_workspace_has_a_pair_count_per_frame():
+    # Before: one pair count for the whole batch (only the last frame's overflow was seen) and a
+    # stream synchronisation inside enqueue.
+    from types import SimpleNamespace
+
+    from embedtalk_sdk.plugins.cuda.rasterizer import plan
+    from embedtalk_sdk.plugins.cuda.trt_plugin import max_pairs_for, plugin_classes
+
+    trt = engines.import_rtx()
+    plugin = plugin_classes(trt)[0]({"fx": 1.0, "fy": 1.0, "cx": 0.0, "cy": 0.0})
+    n, h, w = 5000, 64, 48
+
+    def desc(*dims):
+        return SimpleNamespace(max=dims)
+
+    def workspace(batch: int) -> int:
+        inputs = [desc(batch, n, 3), desc(batch, n), desc(batch, 4, 4), desc(batch, h, w, 3), desc(n, 3)]
+        return plugin.get_workspace_size(inputs, [])
+
+    raster = plan(n, w, h, max_pairs_for(n)).total
+    assert workspace(1) >= raster + 4 and workspace(200) >= raster + 4 * 200 > workspace(1)
+    source = Path(engines.__file__).with_name("trt_plugin.py").read_text()
+    enqueue = source[source.index("def enqueue"):source.index("def attach_to_context")]
+    assert "Synchronize" not in enqueue and "synchronize" not in enqueue
+
+
+@needs_rtx
+def test_tensorrt_rtx_runtime_api_we_call_exists():
+    """The runtime-cache and compute-capability API the tensorrt-rtx backend uses, against the
+    installed bindings (the backend itself needs a GPU)."""
+    from embedtalk_sdk.runtime.backends.tensorrt_rtx import supported_compute_capabilities
+
+    trt = engines.import_rtx()
+    for name in ("create_runtime_config", "create_execution_context", "get_tensor_profile_shape"):
+        assert hasattr(trt.ICudaEngine, name), name
+    for name in ("create_runtime_cache", "set_runtime_cache"):
+        assert hasattr(trt.IRuntimeConfig, name), name
+    for name in ("serialize", "deserialize"):
+        assert hasattr(trt.IRuntimeCache, name), name
+    supported = supported_compute_capabilities(trt)
+    assert {"sm86", "sm89", "sm120"} <= set(supported) and "sm90" not in supported  # no Hopper

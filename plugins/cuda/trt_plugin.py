@@ -9,7 +9,10 @@ Inputs: 0 delta_means [B,N,3] f32, 1 delta_opacity [B,N] f32, 2 viewmat [B,4,4] 
 3 background [B,H,W,3] u8, 4..8 means [N,3], quats [N,4], scales [N,3], opacity_logits [N],
 colors [N,3] (f32 constants). Output: frames [B,H,W,3] u8. Fields: fx, fy, cx, cy.
 The pair capacity is fixed at build time (workspace size): EMBEDTALK_TRT_MAX_PAIRS, default
-16 per Gaussian; a frame that needs more is drawn incompletely and logged (warning).
+16 per Gaussian; a frame that needs more is drawn incompletely and logged (warning). Each frame
+of a batch writes its pair count to its own slot; `enqueue` never synchronises (it must not, for
+CUDA graphs): the counts travel to pinned host memory behind the frames, and are read at the next
+`enqueue` once their event has completed (`PairCountCheck`).
 
 TensorRT's Python plugin classes must subclass the `tensorrt` module's types, so they are made
 by `plugin_classes(trt)` once `tensorrt` is importable; nothing here imports it at module load.
@@ -37,6 +40,63 @@ def max_pairs_for(n: int) -> int:
     return int(os.environ.get("EMBEDTALK_TRT_MAX_PAIRS", max(65536, per * n)))
 
 
+class PairCountCheck:
+    """Per-frame pair counts brought back without a synchronisation.
+
+    `after_batch(stream, counts_ptr, frames)` queues a copy of `frames` u32 counts into pinned
+    memory and records an event behind it, in a ring of RING slots (the host may enqueue several
+    batches ahead of the GPU); `poll()` (called at the next enqueue) returns the overflowing frames
+    of every slot whose event has completed. While the stream is being captured into a CUDA graph
+    nothing is recorded or queried (the copy becomes part of the graph and goes unchecked).
+    """
+
+    RING = 4
+
+    def __init__(self, max_frames: int, max_pairs: int) -> None:
+        from embedtalk_sdk.plugins.cuda.driver import PinnedBuffer, check, driver_api
+
+        drv = driver_api()
+        self.max_pairs = int(max_pairs)
+        self.max_frames = max(int(max_frames), 1)
+        self.hosts = [PinnedBuffer((self.max_frames,), np.uint32) for _ in range(self.RING)]
+        self.events = [check(drv.cuEventCreate(drv.CUevent_flags.CU_EVENT_DISABLE_TIMING)) for _ in range(self.RING)]
+        self.pending = [0] * self.RING  # frames whose counts are in flight, per slot
+        self.next = 0
+
+    def after_batch(self, stream: Any, counts_ptr: int, frames: int) -> None:
+        from embedtalk_sdk.plugins.cuda.driver import check, driver_api
+
+        drv = driver_api()
+        status = check(drv.cuStreamIsCapturing(stream.handle))
+        if status != drv.CUstreamCaptureStatus.CU_STREAM_CAPTURE_STATUS_NONE:
+            return
+        slot, frames = self.next, min(int(frames), self.max_frames)
+        self.next = (slot + 1) % self.RING
+        check(drv.cuMemcpyDtoHAsync(self.hosts[slot].ptr, counts_ptr, 4 * frames, stream.handle))
+        check(drv.cuEventRecord(self.events[slot], stream.handle))
+        self.pending[slot] = frames
+
+    def poll(self) -> list[tuple[int, int]]:
+        """[(frame index in its batch, pairs needed)] for the overflowing frames of the batches
+        whose counts have landed since the last poll."""
+        from embedtalk_sdk.plugins.cuda.driver import driver_api
+
+        drv, found = driver_api(), []
+        for slot in range(self.RING):
+            if not self.pending[slot]:
+                continue
+            (err,) = drv.cuEventQuery(self.events[slot])
+            if err == drv.CUresult.CUDA_ERROR_NOT_READY:
+                continue
+            counts, self.pending[slot] = self.hosts[slot].array[: self.pending[slot]].copy(), 0
+            found += [(i, int(c)) for i, c in enumerate(counts) if int(c) > self.max_pairs]
+        return found
+
+
+def _align(nbytes: int, to: int = 256) -> int:
+    return (int(nbytes) + to - 1) // to * to
+
+
 class _RawStream:
     """TensorRT hands enqueue a raw cudaStream_t; CudaRasterizer wants an object with `.handle`."""
 
@@ -62,6 +122,7 @@ def plugin_classes(trt) -> tuple[type, type]:
             self.fields = dict(fields or {})
             self.phase = phase
             self._rasterizer = None
+            self._counts: PairCountCheck | None = None
 
         # ---- core / build
         def get_capability_interface(self, kind):
@@ -97,12 +158,12 @@ def plugin_classes(trt) -> tuple[type, type]:
         def get_workspace_size(self, inputs, outputs):
             from embedtalk_sdk.plugins.cuda.rasterizer import plan
 
-            n, h, w = int(inputs[4].max[0]), int(inputs[3].max[1]), int(inputs[3].max[2])
-            return plan(n, w, h, max_pairs_for(n)).total + 256  # + the pair count
+            b, n = int(inputs[3].max[0]), int(inputs[4].max[0])
+            h, w = int(inputs[3].max[1]), int(inputs[3].max[2])
+            return _align(plan(n, w, h, max_pairs_for(n)).total) + _align(4 * b)  # + one pair count per frame
 
         # ---- runtime
         def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream):
-            from embedtalk_sdk.plugins.cuda.driver import driver_api, check
             from embedtalk_sdk.plugins.cuda.rasterizer import CudaRasterizer, plan
 
             if self._rasterizer is None:
@@ -112,7 +173,13 @@ def plugin_classes(trt) -> tuple[type, type]:
             n = int(input_desc[4].dims[0])
             max_pairs = max_pairs_for(n)
             ws_bytes = plan(n, w, h, max_pairs).total
-            pair_count = int(workspace) + ws_bytes
+            counts = int(workspace) + _align(ws_bytes)
+            if self._counts is None or self._counts.max_frames < b:
+                self._counts = PairCountCheck(b, max_pairs)
+            for frame, needed in self._counts.poll():
+                log.warning("%s: frame %d of a batch needed %d tile pairs, room for %d and drawn incompletely "
+                            "(set EMBEDTALK_TRT_MAX_PAIRS and rebuild the engine)", PLUGIN_NAME, frame, needed,
+                            max_pairs)  # fmt: skip
             K = [[self.fields["fx"], 0, self.fields["cx"]], [0, self.fields["fy"], self.fields["cy"]], [0, 0, 1]]
             s = _RawStream(stream)
             for i in range(b):
@@ -122,15 +189,9 @@ def plugin_classes(trt) -> tuple[type, type]:
                     delta_means=int(inputs[0]) + i * n * 12, delta_opacity=int(inputs[1]) + i * n * 4,
                     viewmat=int(inputs[2]) + i * 64, background_u8=int(inputs[3]) + i * h * w * 3,
                     image_u8=int(outputs[0]) + i * h * w * 3, max_pairs=max_pairs,
-                    workspace=int(workspace), workspace_bytes=ws_bytes, pair_count=pair_count,
+                    workspace=int(workspace), workspace_bytes=ws_bytes, pair_count=counts + 4 * i,
                 )  # fmt: skip
-            if self.phase == trt.TensorRTPhase.RUNTIME:  # overflow check costs a sync: only then
-                count = np.zeros(1, np.uint32)
-                check(driver_api().cuMemcpyDtoHAsync(count.ctypes.data, pair_count, 4, s.handle))
-                check(driver_api().cuStreamSynchronize(s.handle))
-                if int(count[0]) > max_pairs:
-                    log.warning("%s: a frame needed %d tile pairs, room for %d (set EMBEDTALK_TRT_MAX_PAIRS)",
-                                PLUGIN_NAME, int(count[0]), max_pairs)  # fmt: skip
+            self._counts.after_batch(s, counts, b)
             return 0
 
         def attach_to_context(self, context):
