@@ -301,6 +301,32 @@ def eval_cmd(
     console.print(f"wrote {report['files']['json']} and {report['files']['video']}")
 
 
+@app.command()
+def serve(
+    avatars: Path = typer.Argument(..., help="one bundle, or a folder of bundles (clients choose by id)"),
+    host: str = typer.Option("127.0.0.1", help="address to bind; 0.0.0.0 exposes the server to the network"),
+    port: int = typer.Option(8000, help="TCP port"),
+    max_sessions: Optional[int] = typer.Option(None, help="sessions at once [default: what this machine "
+                                               "holds at the avatars' fps, measured at start-up]"),
+    backend: str = typer.Option("auto", help="auto | onnxruntime | torch"),
+    tts: str = typer.Option("espeak", help="espeak (offline, espeakng-loader) | none"),
+    max_upload_mb: float = typer.Option(10.0, help="largest audio upload"),
+    max_upload_seconds: float = typer.Option(60.0, help="longest audio upload"),
+) -> None:
+    """Live avatars in the browser over WebRTC: a web page at /, a session API, GET /metrics."""
+    try:
+        from embedtalk_sdk.serve.app import Limits, run
+    except ImportError as e:
+        _fail(f"serve needs the serve extra ({e.name} is missing): pip install -e \".[serve]\"")
+    if tts not in ("espeak", "none"):
+        _fail(f"--tts {tts!r}: choose espeak or none")
+    if max_sessions is not None and max_sessions < 1:
+        _fail("--max-sessions must be at least 1")
+    limits = Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_upload_s=float(max_upload_seconds))
+    run(str(avatars), host=host, port=port, max_sessions=max_sessions, backend=backend, tts=tts, limits=limits,
+        log_fn=lambda m: console.print(m, markup=False))
+
+
 def _one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Every command ends a failure it can name with one line: what, which file, what to do.
 

@@ -169,6 +169,11 @@ class Avatar:
         return self._height
 
     @property
+    def window(self) -> int:
+        """Feature rows in one frame's audio window (the network's audio input is [window, F])."""
+        return self._window
+
+    @property
     def backend_name(self) -> str:
         """The backend that plays this avatar ("onnxruntime", "torch", ...)."""
         return self._backend.name
@@ -314,6 +319,12 @@ class Avatar:
 
     # ------------------------------------------------------------ AUs
 
+    def generated_aus(self) -> Callable[[int, int], np.ndarray]:
+        """The AUs `speak` and `stream` generate when none are given: a function (n0, n1) -> network
+        AUs float32 [n1-n0, 6] (intensity / 5) of frames n0..n1-1, the neutral AUs plus blinks from
+        a new `BlinkSchedule` (each call starts its own schedule; requests must move forward)."""
+        return self._au_source(None, None)
+
     def _au_source(self, aus: np.ndarray | None, t: int | None) -> Callable[[int, int], np.ndarray]:
         """A function (n0, n1) -> network AUs [n1-n0, 6] (intensity / 5) for frames n0..n1-1."""
         if aus is None:
@@ -431,6 +442,32 @@ class Avatar:
             return viewmats[n], self._background_u8(n, backgrounds[n])
 
         return (frame.copy() for frame in self._render(0, t, inputs, scene))
+
+    def render_network_inputs(
+        self, windows: np.ndarray, aus: np.ndarray, track_frames: np.ndarray
+    ) -> Iterator[np.ndarray]:
+        """Frames from the network's own inputs, each at its own place in the bundle's tracks: the
+        frame loop of `speak`/`stream` for callers that interleave several streams (the server
+        batches the frames of all its sessions into one network call).
+
+        windows float32 [T, window, F], aus float32 [T, 6] as the network sees them (intensity / 5,
+        e.g. from `generated_aus`), track_frames int [T]: frame i uses the camera and torso image of
+        frame track_frames[i], as `speak` does for its frame of that index. Same inputs, same bytes
+        as `speak`. Yields a reused uint8 [H, W, 3] buffer per frame (copy to keep); one clip at a
+        time as every entry point (RuntimeError otherwise).
+        """
+        windows = np.asarray(windows, dtype=np.float32)
+        aus = np.asarray(aus, dtype=np.float32)
+        frames = np.asarray(track_frames, dtype=np.int64)
+        t = windows.shape[0]
+        if windows.shape[1:] != (self._window, self._feature_dim) or aus.shape != (t, N_AUS) or frames.shape != (t,):
+            raise ValueError(f"windows [T, {self._window}, {self._feature_dim}], aus [T, {N_AUS}] and track_frames "
+                             f"[T] must match: got {windows.shape}, {aus.shape}, {frames.shape}")
+
+        def inputs(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+            return windows[a:b], aus[a:b]
+
+        return self._render(0, t, inputs, lambda i: self._track(int(frames[i])))
 
     def _background_u8(self, n: int, background: np.ndarray) -> np.ndarray:
         b = np.asarray(background)
