@@ -47,6 +47,19 @@ gpu = pytest.mark.gpu
 needs_gpu = pytest.mark.skipif(not GPU, reason="no CUDA GPU (or cuda-python) on this machine")
 
 
+def rtx_runs_here() -> tuple[bool, str]:
+    """(whether TensorRT-RTX is installed and supports this GPU, why not)."""
+    from embedtalk_sdk.plugins.cuda.engines import import_rtx, rtx_available
+
+    if not rtx_available():
+        return False, "TensorRT-RTX is not installed"
+    from embedtalk_sdk.plugins.cuda.driver import get_device
+    from embedtalk_sdk.runtime.backends.tensorrt_rtx import supported_compute_capabilities
+
+    cc, supported = get_device(0).compute_capability, supported_compute_capabilities(import_rtx())
+    return cc in supported, f"TensorRT-RTX does not support this GPU ({cc}; it supports {', '.join(supported)})"
+
+
 # ---------------------------------------------------------------- nvcc, once per session
 
 
@@ -413,7 +426,9 @@ def test_tensorrt_rtx_frames_equal_onnxruntime_frames(tmp_path):
     """The GPU backend (TensorRT-RTX network + CUDA rasteriser on one stream) against the CPU
     backend on the same bundle: mean abs <= 1/255. The bundle has no engine for this GPU, so the
     backend builds one from deform.onnx (and says so)."""
-    pytest.importorskip("tensorrt_rtx_bindings")
+    ok, why = rtx_runs_here()
+    if not ok:
+        pytest.skip(why)
     from test_runtime import make_test_bundle
 
     from embedtalk_sdk.runtime.avatar import Avatar
