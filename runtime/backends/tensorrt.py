@@ -108,6 +108,7 @@ class TensorRTBackend:
         if not isinstance(delta_means, _Row) or self._windows is None:
             raise ValueError(f"backend {BACKEND} renders only rows of its own deform() results")
         i, drv, h = delta_means.index, driver_api(), self.stream.handle
+        self.device.make_current()  # TensorRT and the plugin's launches need our context on this thread
         self.stream.synchronize()
         self._host["audio_window"].array[0] = self._windows[i]
         self._host["aus"].array[0] = self._aus[i]
