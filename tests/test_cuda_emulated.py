@@ -4,7 +4,8 @@ tests/cuda_emulation (plugins/cuda/design.md, "Running the kernels on the CPU").
 
     python -m pytest -m cuda_emulated        # these only; they also run in the default `pytest -q`
 
-One subprocess draws every scene (and runs the emulator's self-test kernels) while this process
+One subprocess draws every scene, plays two bundles with the `cuda` backend (deform kernel +
+rasteriser) and onnxruntime, and runs the emulator's self-test kernels, while this process
 computes the float64 torch references; the tests then compare. The sanitizer variant
 (AddressSanitizer + UBSan) draws one scene in a second subprocess and must stay silent, then
 writes out of bounds on purpose and must be caught.
@@ -68,11 +69,24 @@ def _run_child(emu, tmp: Path, job: dict, variant: str = "default", timeout: flo
     return proc, t
 
 
+BACKEND_HIDDEN = {"cuda-backend-h64": 64, "cuda-backend-h48": 48}  # the specialised kernel and the generic one
+
+
 @pytest.fixture(scope="session")
-def emulated(cuda_emulator, tmp_path_factory):
+def backend_bundles(tmp_path_factory) -> dict[str, Path]:
+    """Bundles with the exporter's deform graph (random weights), which the `cuda` backend runs."""
+    from test_cuda_backend import exported_graph_bundle
+
+    tmp = tmp_path_factory.mktemp("emulated-bundles")
+    return {bid: exported_graph_bundle(tmp / f"{bid}.etk", hidden=h) for bid, h in BACKEND_HIDDEN.items()}
+
+
+@pytest.fixture(scope="session")
+def emulated(cuda_emulator, backend_bundles, tmp_path_factory):
     """(Results of the default-variant subprocess, {scene id: torch reference (image, alpha)})."""
     tmp = tmp_path_factory.mktemp("emulated")
-    job = {"scenes": [{"id": sid, **spec} for sid, spec in SCENES.items()], "selftest": True}
+    job = {"scenes": [{"id": sid, **spec} for sid, spec in SCENES.items()], "selftest": True,
+           "backends": [{"id": bid, "bundle": str(b), "onnxruntime": True} for bid, b in backend_bundles.items()]}
     proc, t = _run_child(cuda_emulator, tmp, job)
     try:
         refs = {sid: reference(make_scene(SCENES[sid])) for sid in NEEDS_REFERENCE}  # meanwhile, here
@@ -171,14 +185,31 @@ def test_emulated_shuffled_fibers_and_shared_poison_change_nothing(emulated):
         assert np.array_equal(res.frame(sid, run, "alpha"), res.frame(sid, 0, "alpha"))
 
 
-def test_emulated_under_address_and_undefined_behaviour_sanitizers(emulated, cuda_emulator, tmp_path):
+@pytest.mark.parametrize("bid", list(BACKEND_HIDDEN))
+def test_emulated_cuda_backend_frames_equal_onnxruntime_frames(emulated, bid):
+    """The `cuda` backend (runtime/backends/cuda.py): the deform kernel of deform_kernels.cuh
+    feeding the rasteriser on one stream, against onnxruntime's frames: mean abs <= 1/255."""
+    res, _ = emulated
+    rec = res.records[bid]
+    assert "error" not in rec, rec["error"]
+    assert rec["backend"] == "cuda"
+    kernel = "etk_deform_h64" if BACKEND_HIDDEN[bid] == 64 else "etk_deform_any"
+    assert rec["stats"][kernel]["launches"] >= 1 and rec["stats"]["etk_blend"]["launches"] >= 1
+    cuda, cpu = res.arrays[f"{bid}/cuda"], res.arrays[f"{bid}/onnxruntime"]
+    assert cuda.shape == cpu.shape and cuda.dtype == np.uint8
+    assert np.abs(cuda.astype(np.float32) - cpu).mean() <= 1.0, "mean abs above 1/255"
+
+
+def test_emulated_under_address_and_undefined_behaviour_sanitizers(emulated, cuda_emulator, backend_bundles, tmp_path):
     """The kernels and the fake driver built with -fsanitize=address,undefined,float-cast-overflow:
-    five scenes (random, uint8, capacity retry, culled, empty) and the self-test kernels run clean
-    (and equal the default build's frames bit for bit), then a deliberate one-past-the-end write is reported by ASan (so "clean" means something)."""
+    five scenes (random, uint8, capacity retry, culled, empty), the `cuda` backend's deform kernel
+    and the self-test kernels run clean (and equal the default build's frames bit for bit), then a deliberate one-past-the-end write is reported by ASan (so "clean" means something)."""
     res, _ = emulated
     sids = ("3k-72x96", "u8-3k-64x80", "retry-3k-64x64", "culled-2k-48x64", "empty-48x64")
     scenes = [{"id": sid, **{k: v for k, v in SCENES[sid].items() if k != "runs"}} for sid in sids]
-    job = {"scenes": scenes, "selftest": True, "out_of_bounds": True}
+    bid = "cuda-backend-h48"  # the generic deform kernel (the specialised ones share its code)
+    job = {"scenes": scenes, "selftest": True, "out_of_bounds": True,
+           "backends": [{"id": bid, "bundle": str(backend_bundles[bid])}]}
     proc, _ = _run_child(cuda_emulator, tmp_path, job, variant="asan")
     out, err = proc.communicate(timeout=600)
     report = err[: err.find("ERROR: AddressSanitizer")] if "ERROR: AddressSanitizer" in err else err
@@ -191,6 +222,8 @@ def test_emulated_under_address_and_undefined_behaviour_sanitizers(emulated, cud
         asan.scene(sid)
         for what in ("image", "alpha") + (("frame",) if SCENES[sid].get("u8") else ()):
             assert np.array_equal(asan.frame(sid, what=what), res.frame(sid, what=what)), (sid, what)
+    assert "error" not in asan.records[bid], asan.records[bid]["error"]
+    assert np.array_equal(asan.arrays[f"{bid}/cuda"], res.arrays[f"{bid}/cuda"])
     # the deliberate fault: caught, named, in the kernel
     assert proc.returncode == 86, f"exit {proc.returncode}\n{out[-2000:]}\n{err[-4000:]}"
     assert "heap-buffer-overflow" in err and "emu_out_of_bounds" in err, err[-4000:]

@@ -4,7 +4,9 @@ the CPU emulation (emulator.environment), through the unchanged launch path
 
     python child.py JOB.json OUT.npz
 
-JOB: {"scenes": [spec, ...], "selftest": bool, "out_of_bounds": bool}. Each scene spec (see
+JOB: {"scenes": [spec, ...], "backends": [{"id", "bundle", "onnxruntime": bool}, ...],
+"selftest": bool, "out_of_bounds": bool}. A backend entry plays one second of speech on the
+bundle with the `cuda` backend (its deform kernel + the rasteriser), and with onnxruntime if asked. Each scene spec (see
 scenes.make_scene) may add "u8" (uint8 background and frame), "capacity" (a first pair
 capacity, to force the retry), "runs": [{"shuffle_seed": s, "poison_byte": b}, ...] (the same
 scene again under other emulator settings). OUT gets, per scene id, the frames and a JSON record
@@ -212,6 +214,22 @@ def selftest(out: dict, record: dict) -> None:
     configure(clear_error=1)
 
 
+def run_backend(spec: dict, out: dict, record: dict) -> None:
+    from embedtalk_sdk.runtime.audio.speech import synthesize_speech
+    from embedtalk_sdk.runtime.avatar import Avatar
+
+    audio = synthesize_speech(1.0, seed=3).samples
+    EMU.etk_emu_reset_stats()
+    t = time.perf_counter()
+    avatar = Avatar.load(spec["bundle"], backend="cuda")
+    record["backend"] = avatar.backend_name
+    out[f"{spec['id']}/cuda"] = avatar.speak(audio, sample_rate=16000)
+    record["seconds"] = time.perf_counter() - t
+    record["stats"] = stats()
+    if spec.get("onnxruntime"):
+        out[f"{spec['id']}/onnxruntime"] = Avatar.load(spec["bundle"], backend="onnxruntime").speak(audio, sample_rate=16000)
+
+
 def main() -> int:
     job = json.loads(Path(sys.argv[1]).read_text())
     assert EMU.etk_emu_is_emulator() == 1
@@ -221,6 +239,13 @@ def main() -> int:
         try:
             run_scene(spec, out, rec)
         except Exception:  # noqa: BLE001 - reported to the test
+            rec["error"] = traceback.format_exc() + "\n" + EMU.etk_emu_last_error().decode()
+            configure(clear_error=1)
+    for spec in job.get("backends", []):
+        records[spec["id"]] = rec = {}
+        try:
+            run_backend(spec, out, rec)
+        except Exception:  # noqa: BLE001
             rec["error"] = traceback.format_exc() + "\n" + EMU.etk_emu_last_error().decode()
             configure(clear_error=1)
     if job.get("selftest"):
