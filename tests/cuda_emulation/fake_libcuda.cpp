@@ -765,11 +765,6 @@ size_t image_size(const unsigned char* p) {
         memcpy(&body, p + 8, 8);
         return header + body;
     }
-    if (magic == 0x466243B1u) {  // fatbin wrapper: magic, version, pointer to the fatbin
-        const unsigned char* inner;
-        memcpy(&inner, p + 8, sizeof inner);
-        return 0;  // handled by the caller through the inner pointer
-    }
     return strlen((const char*)p);  // PTX
 }
 
