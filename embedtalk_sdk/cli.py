@@ -312,6 +312,9 @@ def serve(
     tts: str = typer.Option("espeak", help="espeak (offline, espeakng-loader) | none"),
     max_upload_mb: float = typer.Option(10.0, help="largest audio upload"),
     max_upload_seconds: float = typer.Option(60.0, help="longest audio upload"),
+    lookahead_rows: Optional[int] = typer.Option(None, help="audio rows past a frame's centre to wait for "
+                                                 "(0-7 for the 16-row window; 20 ms each) [default: all: "
+                                                 "frames exactly as speak's]"),
 ) -> None:
     """Live avatars in the browser over WebRTC: a web page at /, a session API, GET /metrics."""
     try:
@@ -324,7 +327,7 @@ def serve(
         _fail("--max-sessions must be at least 1")
     limits = Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_upload_s=float(max_upload_seconds))
     run(str(avatars), host=host, port=port, max_sessions=max_sessions, backend=backend, tts=tts, limits=limits,
-        log_fn=lambda m: console.print(m, markup=False))
+        lookahead_rows=lookahead_rows, log_fn=lambda m: console.print(m, markup=False))
 
 
 def _one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -174,6 +174,7 @@ def test_webrtc_session_end_to_end(running, speech):
             pcm = (speech[32000:48000] * 32767).astype("<i2")
             for k in range(0, 16000, 1600):
                 await ws.send_bytes(pcm[k:k + 1600].tobytes())
+            await ws.send_bytes(b"\x01\x02\x03")  # not whole int16 samples: refused, the session goes on
             await asyncio.sleep(4.0)
             status, m = await loop.run_in_executor(None, http, "GET", f"{url}/metrics")
             events = []
@@ -193,7 +194,7 @@ def test_webrtc_session_end_to_end(running, speech):
         assert mine["fps"] >= 20, mine
         assert m["sessions"] == 1 and m["frames_sent"] >= mine["frames_sent"] > 80
         assert mine["latency_ms_p50"] is not None and mine["latency_ms_p99"] >= mine["latency_ms_p50"]
-        assert "speaking_started" in events, events
+        assert "speaking_started" in events and "error" in events, events
         assert len(video) > 80 and video[-1][1].width == 64
         assert len(audio) > 80
         await pc.close()  # the client goes away: the server frees the session
@@ -217,6 +218,9 @@ def test_refusals(running, avatars, speech):
         assert status == 404 and "unknown avatar" in body["error"], (bad, status, body)
     status, body = http("POST", url + "/sessions", b"not json")
     assert status == 400 and "JSON" in body["error"]
+    status, body = http("POST", url + "/sessions", {"avatar": "tiny", "sdp": "v=0\r\nnonsense", "type": "offer"})
+    assert status == 400 and ("SDP" in body["error"] or "no video" in body["error"]), (status, body)
+    assert http("GET", url + "/metrics")[1]["sessions"] == 0  # the refused offer left nothing behind
 
     async def two_sessions_then_one_more():
         clients = [await webrtc_client(url, "tiny") for _ in range(2)]
@@ -266,3 +270,41 @@ def test_cli_serve_refuses_a_missing_folder(tmp_path):
 
     result = CliRunner().invoke(app, ["serve", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "no such bundle" in result.output
+
+
+def test_lookahead_rows_emit_earlier_and_are_checked(registry, speech):
+    from embedtalk_sdk.serve.session import StreamState
+
+    avatar = registry.get("tiny").avatar
+    exact, fast = StreamState(avatar), StreamState(avatar, lookahead_rows=4)
+    assert StreamState.future_rows(avatar) == 7
+    first = {}
+    for name, st in (("exact", exact), ("fast", fast)):
+        for k in range(0, 16000, 80):  # 5 ms pieces: when does frame 0 come out?
+            n0, n1, _, _ = st.feed(speech[k:k + 80])
+            if n1 > 0:
+                first[name] = k + 80
+                break
+    assert first["exact"] - first["fast"] == 3 * 320, first  # 3 rows (60 ms) earlier
+    with pytest.raises(ValueError, match="lookahead_rows must be 0..7"):
+        StreamState(avatar, lookahead_rows=8)
+
+
+def test_short_realtime_session_keeps_sync_and_memory(registry):
+    # The benchmark's long session (10 minutes there), shortened: fed in real time, picture and
+    # sound end in step, the stream keeps pace with the wall clock, memory does not grow.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_serve", Path(__file__).parents[1] / "benchmarks" / "bench_serve.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    server = Server(registry, max_sessions=1)
+    r = bench.long_session(server, "tiny", 10 / 60, synthesize_speech(4.0, seed=2).samples, log=lambda m: None)
+    for rr in server.renderers.values():
+        rr.stop()
+    assert abs(r["av_drift_ms"]) <= 40, r
+    assert r["stream_lag_behind_wall_ms"] < 400, r
+    lags = r["lag_behind_wall_ms_over_time"]
+    assert max(lags) - min(lags) < 120, lags  # no drift behind the clock
+    assert r["frames_sent"] >= 230 and r["dropped_frames"] <= 5, r
+    assert r["rss_mb"][-1][1] - r["rss_mb"][1][1] < 30, r["rss_mb"]

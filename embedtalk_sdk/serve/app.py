@@ -73,8 +73,11 @@ class Server:
     benchmarks may also open sessions in process with `open_session(avatar_id, sink)`."""
 
     def __init__(self, registry: AvatarRegistry, max_sessions: int | None = None, tts: TTS | None = None,
-                 limits: Limits = Limits(), utilisation: float = 0.8) -> None:
-        self.registry = registry
+                 limits: Limits = Limits(), utilisation: float = 0.8, lookahead_rows: int | None = None) -> None:
+        """max_sessions: None = admission by measured frame time (avatars.Admission).
+        lookahead_rows: None = every frame waits for its whole audio window (frames as `speak`'s);
+        fewer rows trade fidelity for latency, 20 ms a row (session.StreamState)."""
+        self.registry, self.lookahead_rows = registry, lookahead_rows
         self.admission = Admission(registry, max_sessions, utilisation)
         self.tts, self.limits = tts, limits
         self.metrics = ServerMetrics()
@@ -101,7 +104,7 @@ class Server:
             if loop is not None and not loop.is_closed():
                 loop.call_soon_threadsafe(self._broadcast, event)
 
-        session = Session(entry.id, entry.avatar, sink, on_event=on_event)
+        session = Session(entry.id, entry.avatar, sink, on_event=on_event, lookahead_rows=self.lookahead_rows)
         live = LiveSession(session, sink if isinstance(sink, SessionMedia) else None, None, self.renderers[entry.id])
         self.sessions[session.id] = live
         live.renderer.add(session)
@@ -136,7 +139,11 @@ class Server:
                 await self.close_session(live.session.id)
 
         try:
-            await pc.setRemoteDescription(offer)
+            try:
+                await pc.setRemoteDescription(offer)
+            except (ValueError, KeyError, IndexError) as e:
+                raise web.HTTPBadRequest(text=_err(f"the SDP offer cannot be read: {e}"),
+                                         content_type="application/json") from None
             kinds = {t.kind for t in pc.getTransceivers()}
             if "video" not in kinds:
                 raise web.HTTPBadRequest(text=_err("the offer has no video: add a recvonly video transceiver"),
@@ -405,7 +412,8 @@ async def _json_errors(request: web.Request, handler) -> web.StreamResponse:
 
 
 def run(avatars: str, host: str = "127.0.0.1", port: int = 8000, max_sessions: int | None = None,
-        backend: str = "auto", tts: str = "espeak", limits: Limits = Limits(), log_fn=print) -> None:
+        backend: str = "auto", tts: str = "espeak", limits: Limits = Limits(), lookahead_rows: int | None = None,
+        log_fn=print) -> None:
     """Load AVATARS, measure them, and serve until interrupted (the `embedtalk-sdk serve` command)."""
     from embedtalk_sdk.serve.media import restrict_ice_to_loopback
     from embedtalk_sdk.serve.tts import EspeakTTS
@@ -414,7 +422,7 @@ def run(avatars: str, host: str = "127.0.0.1", port: int = 8000, max_sessions: i
         restrict_ice_to_loopback()
     registry = AvatarRegistry.load(avatars, backend=backend, log_fn=log_fn)
     engine = EspeakTTS() if tts == "espeak" else None
-    server = Server(registry, max_sessions=max_sessions, tts=engine, limits=limits)
+    server = Server(registry, max_sessions=max_sessions, tts=engine, limits=limits, lookahead_rows=lookahead_rows)
     for e in registry.entries():
         log_fn(f"avatar {e.id}: up to {server.admission.capacity(e)} sessions"
                + (" (--max-sessions)" if max_sessions is not None else " at its fps (measured)"))

@@ -72,11 +72,21 @@ class StreamState:
     The same steps as `Avatar.stream` (a frame is emitted once rows_needed(n) rows exist and the
     audio so far implies frame n), so the same audio gives the same frames; plus `silence()`, which
     replaces everything not yet rendered by silence (interrupt).
+
+    lookahead_rows (None: the whole window, exact): wait only for this many rows past the window's
+    centre; the window's later rows repeat the last one that exists (as at the end of a clip). Each
+    row less is 20 ms less latency and frames that differ from `speak`'s (design.md measures how much).
     """
 
-    def __init__(self, avatar: Avatar) -> None:
+    def __init__(self, avatar: Avatar, lookahead_rows: int | None = None) -> None:
         self.avatar = avatar
         self.fps, self.rate, self.window = avatar.fps, avatar.audio_encoder.rate, avatar.window
+        full = self.future_rows(avatar)
+        if lookahead_rows is not None and not 0 <= int(lookahead_rows) <= full:
+            raise ValueError(f"lookahead_rows must be 0..{full} (the rows of a window past its centre), "
+                             f"got {lookahead_rows}")
+        # rows of a frame's window past its centre that are waited for; the rest repeat the last one
+        self.cut = 0 if lookahead_rows is None else full - int(lookahead_rows)
         spr = SAMPLE_RATE / self.rate
         if spr != int(spr) or SAMPLE_RATE / self.fps != int(SAMPLE_RATE / self.fps):
             raise ValueError(f"the server needs whole samples per feature row and per frame (16 kHz, "
@@ -92,6 +102,11 @@ class StreamState:
         quiet = avatar.audio_encoder.features(np.zeros(8 * self.samples_per_frame, dtype=np.float32))
         self.silence_row = quiet[quiet.shape[0] // 2].astype(np.float32)
 
+    @staticmethod
+    def future_rows(avatar: Avatar) -> int:
+        """Rows of a frame's window after its centre row (7 for the 16-row window: 140 ms at 50 Hz)."""
+        return avatar.window - avatar.window // 2 - 1
+
     def _append(self, rows: np.ndarray) -> None:
         if rows.shape[0]:
             self.rows = np.concatenate([self.rows, rows.astype(np.float32, copy=False)])
@@ -106,7 +121,7 @@ class StreamState:
         self.samples += x.shape[0]
         n0, n = self.n, self.n
         limit = n_video_frames(self.samples, fps=self.fps)
-        while n < limit and rows_needed(n, self.fps, self.rate, self.window) <= self.rows_end:
+        while n < limit and rows_needed(n, self.fps, self.rate, self.window) - self.cut <= self.rows_end:
             n += 1
         if n == n0:
             return n0, n0, np.zeros((0, self.window, self.rows.shape[1]), np.float32), np.zeros((0, 6), np.float32)
@@ -166,13 +181,13 @@ class Session:
     """
 
     def __init__(self, avatar_id: str, avatar: Avatar, sink: Any, *, gap_s: float = GAP_S,
-                 on_event: Callable[[dict], None] | None = None) -> None:
+                 on_event: Callable[[dict], None] | None = None, lookahead_rows: int | None = None) -> None:
         self.id = f"s{next(_ids)}-{secrets.token_hex(4)}"
         self.avatar_id, self.avatar, self.sink = avatar_id, avatar, sink
         self.metrics = SessionMetrics()
         self.on_event = on_event or (lambda event: None)
         self.events: deque[dict] = deque(maxlen=100)
-        self.stream = StreamState(avatar)
+        self.stream = StreamState(avatar, lookahead_rows)
         self.gap_s = float(gap_s)
         self._lock = threading.Lock()
         self._clips: deque[np.ndarray] = deque()
