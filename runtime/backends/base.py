@@ -68,6 +68,15 @@ class DeformIO:
     inputs: dict[str, list]  # name -> shape, symbolic dims as strings
     outputs: dict[str, list]
 
+    def batch_of(self, audio_window: np.ndarray, aus: np.ndarray) -> int:
+        """The batch size B of `deform`'s inputs; ValueError unless they are [B, W, F] and [B, 6]."""
+        b = int(audio_window.shape[0])
+        if tuple(audio_window.shape[1:]) != (self.window, self.feature_dim):
+            raise ValueError(f"audio_window has shape {audio_window.shape}, expected (B, {self.window}, {self.feature_dim})")
+        if tuple(aus.shape) != (b, N_AUS):
+            raise ValueError(f"aus has shape {aus.shape}, expected ({b}, {N_AUS})")
+        return b
+
     def expected(self) -> dict[str, list]:
         """Shapes the rest of the manifest implies (None = any size, the batch)."""
         w, f, n = self.window, self.feature_dim, self.n_gaussians

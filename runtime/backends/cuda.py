@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from embedtalk_sdk.runtime.backends.base import BackendError, deform_io
+from embedtalk_sdk.runtime.backends.cuda_frames import RenderOnGpu
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 from embedtalk_sdk.runtime.network import BakedNetwork
 
@@ -91,7 +92,7 @@ class DeformKernel:
             buf.free()
 
 
-class CudaBackend:
+class CudaBackend(RenderOnGpu):
     """`Backend` on any NVIDIA GPU: our deform kernel and our rasteriser, no TensorRT.
 
     Args:
@@ -156,11 +157,7 @@ class CudaBackend:
         next call); `np.asarray` on them copies to the host."""
         from embedtalk_sdk.plugins.cuda.driver import DeviceArray, check, driver_api
 
-        b = int(audio_window.shape[0])
-        if aus.shape != (b, 6):
-            raise ValueError(f"aus has shape {aus.shape}, expected ({b}, 6)")
-        if audio_window.shape[1:] != (self.io.window, self.io.feature_dim):
-            raise ValueError(f"audio_window has shape {audio_window.shape}, expected (B, {self.io.window}, {self.io.feature_dim})")
+        b = self.io.batch_of(audio_window, aus)
         vectors = self.net.frame_vector(audio_window, aus)  # host work first: overlaps the GPU's last frame
         self.device.make_current()
         self._reserve(b)
@@ -172,15 +169,6 @@ class CudaBackend:
         dm = DeviceArray(self._out_dm.ptr, (b, n, 3), np.float32, owner=self, stream=self.stream, device_id=dev)
         do = DeviceArray(self._out_do.ptr, (b, n), np.float32, owner=self, stream=self.stream, device_id=dev)
         return dm, do
-
-    def render(self, delta_means: Any, delta_opacity: Any, viewmat: np.ndarray, background: np.ndarray,
-               out: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
-        """See `Backend.render`; the deltas may be `deform`'s device rows or host arrays."""
-        return self.frames.render(delta_means, delta_opacity, viewmat, background, out)
-
-    def render_device(self, delta_means: Any, delta_opacity: Any, viewmat: np.ndarray, background: np.ndarray):
-        """The uint8 [H,W,3] frame on the GPU (`DeviceArray`: DLPack, `__cuda_array_interface__`)."""
-        return self.frames.render_device(delta_means, delta_opacity, viewmat, background, owner=self)
 
     def close(self) -> None:
         """Free the GPU memory now (otherwise at garbage collection)."""

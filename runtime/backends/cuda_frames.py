@@ -157,3 +157,20 @@ class CudaFrames:
         for value in [*vars(self).values(), *self.gaussians.values(), *self._scratch.values()]:
             if hasattr(value, "free") and value is not self.stream:
                 value.free()
+
+
+class RenderOnGpu:
+    """`render` and `render_device` of a backend whose `frames` is a `CudaFrames`."""
+
+    frames: CudaFrames
+
+    def render(self, delta_means: Any, delta_opacity: Any, viewmat: np.ndarray, background: np.ndarray,
+               out: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+        """See `Backend.render`; the deltas may be `deform`'s device rows or host arrays."""
+        return self.frames.render(delta_means, delta_opacity, viewmat, background, out)
+
+    def render_device(self, delta_means: Any, delta_opacity: Any, viewmat: np.ndarray, background: np.ndarray):
+        """Like `render`, but the uint8 [H,W,3] frame stays on the GPU: a `DeviceArray`
+        (`torch.from_dlpack(frame)`, `cupy.asarray(frame)`, `frame.ptr`). Finished when this
+        returns; overwritten by the next render."""
+        return self.frames.render_device(delta_means, delta_opacity, viewmat, background, owner=self)

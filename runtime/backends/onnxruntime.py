@@ -88,9 +88,7 @@ class OnnxRuntimeBackend:
 
     def deform(self, audio_window: np.ndarray, aus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """See `Backend.deform`; returns views of buffers reused by the next call."""
-        b = audio_window.shape[0]
-        if aus.shape != (b, 6):
-            raise ValueError(f"aus has shape {aus.shape}, expected ({b}, 6)")
+        b = self.io.batch_of(audio_window, aus)
         if b > self._delta_means.shape[0]:
             self._alloc(b)
         dm, do = self._delta_means[:b], self._delta_opacity[:b]  # leading slices stay contiguous

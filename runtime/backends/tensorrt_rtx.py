@@ -31,6 +31,7 @@ from embedtalk_sdk.runtime.backends.base import (
     deform_io,
 )
 from embedtalk_sdk.plugins.cuda.engines import version_key
+from embedtalk_sdk.runtime.backends.cuda_frames import RenderOnGpu
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 from embedtalk_sdk.runtime.onnx_check import check_self_contained
 
@@ -74,7 +75,7 @@ def supported_compute_capabilities(trt) -> list[str]:
     return sorted((m.lower() for m in dir(trt.ComputeCapability) if m.startswith("SM")), key=lambda c: int(c[2:]))
 
 
-class TensorRTRTXBackend:
+class TensorRTRTXBackend(RenderOnGpu):
     """`Backend` on an NVIDIA GPU with TensorRT-RTX and our CUDA rasteriser.
 
     Args:
@@ -258,11 +259,7 @@ class TensorRTRTXBackend:
         next call); `np.asarray` on them copies to the host."""
         from embedtalk_sdk.plugins.cuda.driver import DeviceArray, driver_api, check
 
-        b = int(audio_window.shape[0])
-        if aus.shape != (b, 6):
-            raise ValueError(f"aus has shape {aus.shape}, expected ({b}, 6)")
-        if audio_window.shape[1:] != (self.io.window, self.io.feature_dim):
-            raise ValueError(f"audio_window has shape {audio_window.shape}, expected (B, {self.io.window}, {self.io.feature_dim})")
+        b = self.io.batch_of(audio_window, aus)
         self.device.make_current()
         if b > self._batch_cap:
             self._alloc_outputs(b)
@@ -285,17 +282,6 @@ class TensorRTRTXBackend:
         dm = DeviceArray(self._out_dm.ptr, (b, n, 3), np.float32, owner=self, stream=self.stream, device_id=self.device.ordinal)
         do = DeviceArray(self._out_do.ptr, (b, n), np.float32, owner=self, stream=self.stream, device_id=self.device.ordinal)
         return dm, do
-
-    def render(self, delta_means: Any, delta_opacity: Any, viewmat: np.ndarray, background: np.ndarray,
-               out: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
-        """See `Backend.render`; the deltas may be `deform`'s device rows or host arrays."""
-        return self.frames.render(delta_means, delta_opacity, viewmat, background, out)
-
-    def render_device(self, delta_means: Any, delta_opacity: Any, viewmat: np.ndarray, background: np.ndarray):
-        """Like `render`, but the uint8 [H,W,3] frame stays on the GPU: a `DeviceArray`
-        (`torch.from_dlpack(frame)`, `cupy.asarray(frame)`, `frame.ptr`). Finished when this
-        returns; overwritten by the next render."""
-        return self.frames.render_device(delta_means, delta_opacity, viewmat, background, owner=self)
 
     def close(self) -> None:
         """Save the runtime cache and free the GPU memory now (otherwise at garbage collection)."""
