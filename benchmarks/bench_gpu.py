@@ -9,7 +9,8 @@ this times what the GPU backends do: `deform` on batches of 8 frames and `render
 it. Inputs are fixed random audio windows and AUs, the bundle's viewmats and torso track, so every
 backend draws the same frames. GPU memory is the device's used memory after the backend is made
 and has drawn, minus before (cuMemGetInfo). The ratio is against gsplat-torch when it runs, else
-the torch backend, timed in the same process.
+the torch or onnxruntime backend, timed in the same process. Each backend and mode stops after
+`--max-seconds` with the frames it has.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from embedtalk_sdk.runtime.backends.base import create_backend
 from embedtalk_sdk.runtime.bundle import Bundle
 
 BATCH = 8
-BASELINES = ("gsplat-torch", "torch")
+BASELINES = ("gsplat-torch", "torch", "onnxruntime")
 
 
 def device_used_mb() -> float | None:
@@ -57,7 +58,7 @@ def inputs(bundle: Bundle, seed: int = 0) -> dict:
     }
 
 
-def time_backend(path: Path, name: str, frames: int, warmup: int = 16) -> dict:
+def time_backend(path: Path, name: str, frames: int, warmup: int = 16, max_seconds: float = 20.0) -> dict:
     bundle = Bundle.open(path)
     data = inputs(bundle)
     before = device_used_mb()
@@ -82,13 +83,14 @@ def time_backend(path: Path, name: str, frames: int, warmup: int = 16) -> dict:
         for _ in range(max(warmup // BATCH, 1)):
             one_batch(render)
         lat: list[float] = []
-        while len(lat) < count:
+        deadline = time.perf_counter() + max_seconds
+        while len(lat) < count and time.perf_counter() < deadline:
             lat += one_batch(render)
         return np.asarray(lat)
 
     result = {"backend": name, "load_ms": round(load_ms, 1)}
     lat = run(lambda *a: backend.render(*a, out=out), frames)
-    result.update(fps=round(len(lat) / lat.sum(), 1), latency_ms_p50=round(float(np.percentile(lat, 50)) * 1e3, 3),
+    result.update(frames=len(lat), fps=round(len(lat) / lat.sum(), 1), latency_ms_p50=round(float(np.percentile(lat, 50)) * 1e3, 3),
                   latency_ms_p99=round(float(np.percentile(lat, 99)) * 1e3, 3))  # fmt: skip
     if hasattr(backend, "render_device"):
         lat_dev = run(backend.render_device, frames)
@@ -105,8 +107,9 @@ def time_backend(path: Path, name: str, frames: int, warmup: int = 16) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bundle", type=Path)
-    p.add_argument("--backends", default="cuda,tensorrt-rtx,gsplat-torch,torch")
+    p.add_argument("--backends", default="cuda,tensorrt-rtx,gsplat-torch,onnxruntime")
     p.add_argument("--frames", type=int, default=400)
+    p.add_argument("--max-seconds", type=float, default=20.0, help="per backend and mode")
     p.add_argument("-o", "--out", type=Path, default=None)
     args = p.parse_args()
     m = Bundle.open(args.bundle).manifest
@@ -115,7 +118,7 @@ def main() -> None:
     for name in [b.strip() for b in args.backends.split(",") if b.strip()]:
         print(f"timing {name} ...", flush=True)
         try:
-            r = time_backend(args.bundle, name, args.frames)
+            r = time_backend(args.bundle, name, args.frames, max_seconds=args.max_seconds)
         except Exception as e:  # noqa: BLE001 - report and go on
             r = {"backend": name, "error": f"{type(e).__name__}: {e}"}
         print(json.dumps(r), flush=True)

@@ -184,15 +184,16 @@ def speak(
 @app.command()
 def bench(
     bundle: Path = typer.Argument(..., help="avatar bundle"),
-    backend: str = typer.Option("all", help="all | onnxruntime | torch"),
+    backend: str = typer.Option("all", help="all (every installed backend) | cuda | tensorrt-rtx | onnxruntime | torch | ..."),
     frames: int = typer.Option(50, help="frames to time per backend"),
+    max_seconds: float = typer.Option(30.0, help="stop timing a backend after this long (slow references, big avatars)"),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="write the report as JSON here"),
 ) -> None:
     """Frames per second and latency per backend, with ratios to a baseline timed in the same run
     (torch, or onnxruntime where torch is not installed)."""
     from embedtalk_sdk.runtime.bench import run_bench, save_chart
 
-    report = run_bench(bundle, backend, frames, log=lambda m: console.print(m))
+    report = run_bench(bundle, backend, frames, log=lambda m: console.print(m), max_seconds=max_seconds)
     text = json.dumps(report, indent=2)
     if out:
         out.write_text(text)

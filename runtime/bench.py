@@ -20,11 +20,13 @@ from embedtalk_sdk.runtime.backends.base import available_backends
 BASELINES = ("torch", "onnxruntime")  # the first one installed
 
 
-def time_backend(bundle: str | Path, backend: str, n_frames: int, warmup: int = 3) -> dict:
+def time_backend(bundle: str | Path, backend: str, n_frames: int, warmup: int = 3, max_seconds: float = 30.0) -> dict:
     """Time `n_frames` frames of `backend` on a synthetic sentence; per-frame latency of the
     frame generator (network + rasteriser + uint8), after `warmup` frames (JIT, allocations).
     Also `load_ms` (Avatar.load) and `first_frame_ms` (load to the first frame; in a process that
-    already ran another backend, JIT caches are warm)."""
+    already ran another backend, JIT caches are warm). A backend still timing after `max_seconds`
+    stops there with the frames it has (`frames` says how many; the slow reference backends on a
+    large avatar), timed from the warm-up frames if it got no further."""
     from embedtalk_sdk.runtime.avatar import Avatar
 
     t_start = time.perf_counter()
@@ -32,19 +34,19 @@ def time_backend(bundle: str | Path, backend: str, n_frames: int, warmup: int = 
     t_loaded = time.perf_counter()
     seconds = (n_frames + warmup) / avatar.fps + 0.5
     audio = synthesize_speech(seconds, seed=7).samples
-    latencies = []
+    latencies, warm = [], []
     gen = avatar.frames(audio, sample_rate=16000)
     t_prev = first = time.perf_counter()
+    deadline = t_loaded + max_seconds
     for n, _ in enumerate(gen):
         now = time.perf_counter()
         if n == 0:
             first = now
-        if n >= warmup:
-            latencies.append(now - t_prev)
+        (latencies if n >= warmup else warm).append(now - t_prev)
         t_prev = now
-        if len(latencies) >= n_frames:
+        if len(latencies) >= n_frames or now > deadline:
             break
-    lat = np.asarray(latencies)
+    lat = np.asarray(latencies or warm[1:] or warm)
     return {
         "backend": backend,
         "frames": len(lat),
@@ -56,7 +58,8 @@ def time_backend(bundle: str | Path, backend: str, n_frames: int, warmup: int = 
     }
 
 
-def run_bench(bundle: str | Path, backend: str = "all", n_frames: int = 50, log: Callable[[str], None] = print) -> dict:
+def run_bench(bundle: str | Path, backend: str = "all", n_frames: int = 50, log: Callable[[str], None] = print,
+              max_seconds: float = 30.0) -> dict:  # fmt: skip
     """Report {bundle, size, baseline, results: [... speedup_vs_baseline]} for one or all backends."""
     from embedtalk_sdk.runtime.bundle import Bundle
 
@@ -72,7 +75,7 @@ def run_bench(bundle: str | Path, backend: str = "all", n_frames: int = 50, log:
     for name in names:
         log(f"timing {name} ...")
         try:
-            results.append(time_backend(bundle, name, n_frames))
+            results.append(time_backend(bundle, name, n_frames, max_seconds=max_seconds))
         except Exception as e:  # noqa: BLE001 - a backend that cannot run here is reported, not fatal
             results.append({"backend": name, "error": f"{type(e).__name__}: {e}"})
     base = next((r for r in results if r["backend"] == baseline and "fps" in r), None)
