@@ -181,13 +181,17 @@ class TensorRTRTXBackend(RenderOnGpu):
         if cache is not None:
             if self._cache_path.is_file():
                 try:
-                    cache.deserialize(self._cache_path.read_bytes())
-                except Exception as e:  # noqa: BLE001 - a stale or damaged cache is rebuilt
-                    log.warning("%s: ignoring the runtime cache %s (%s)", BACKEND, self._cache_path, e)
+                    loaded = cache.deserialize(self._cache_path.read_bytes())
+                except Exception as e:  # noqa: BLE001 - a damaged cache is rebuilt
+                    loaded, why = False, str(e)
+                else:
+                    why = "another GPU, driver or TensorRT-RTX, or damaged"
+                if not loaded:  # the cache stays empty and is overwritten after the first batch
+                    log.warning("%s: ignoring the runtime cache %s (%s)", BACKEND, self._cache_path, why)
             config.set_runtime_cache(cache)
             self._runtime_cache = cache
         self._cache_saved = False
-        context = self.engine.create_execution_context(config)
+        context = self.engine.create_execution_context(runtime_config=config)
         if context is None:
             raise BackendError(f"backend {BACKEND}: TensorRT-RTX could not create an execution context")
         return context
