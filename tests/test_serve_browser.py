@@ -30,6 +30,7 @@ from embedtalk_sdk.runtime.audio.speech import synthesize_speech  # noqa: E402
 from embedtalk_sdk.serve import AvatarRegistry, Server  # noqa: E402
 from embedtalk_sdk.serve.app import BackgroundServer  # noqa: E402
 from embedtalk_sdk.serve.media import restrict_ice_to_loopback  # noqa: E402
+from embedtalk_sdk.serve.tts import EspeakTTS  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -83,7 +84,7 @@ def test_headless_chromium_autostart_with_fake_microphone(trained_avatar, tmp_pa
     mic.write_bytes(wav_bytes(np.concatenate([sentence, np.zeros(8000, np.float32)]), 16000))
     shots = tmp_path / "shots"
     shots.mkdir()
-    server = Server(registry, max_sessions=2)
+    server = Server(registry, max_sessions=2, tts=EspeakTTS())
     with BackgroundServer(server) as bg:
         profile = tmp_path / "profile"
         proc = subprocess.Popen(
@@ -114,6 +115,10 @@ def test_headless_chromium_autostart_with_fake_microphone(trained_avatar, tmp_pa
     assert per["fps"] >= 20, per
     assert per["speaking"] or result["spoke"], "the fake microphone's sentence never reached the avatar"
     _check_screenshot(result["shot"], state, registry.get(registry.ids[0]).avatar)
+    c = result["controls"]
+    assert c["tts"].startswith("saying") and "of speech" in c["tts"], c
+    assert c["upload"] == "saying 2 s of audio", c
+    assert c["after_interrupt"] != "error" and c["sessions_after_stop"] == 0, c
 
 
 async def _drive(url: str, profile: Path, shots: Path) -> dict:
@@ -161,7 +166,46 @@ async def _drive(url: str, profile: Path, shots: Path) -> dict:
                 png = base64.b64decode((await cdp.call("Page.captureScreenshot", format="png"))["data"])
                 (shots / "no_speech.png").write_bytes(png)
             assert shot is not None, f"never saw the session speaking at >= 20 fps: {metrics}, {final}"
-            return {"state": final, "metrics": metrics, "spoke": spoke, "shot": shot}
+            controls = await _use_the_controls(cdp, url, shots / "upload.wav")
+            return {"state": final, "metrics": metrics, "spoke": spoke, "shot": shot, "controls": controls}
+
+
+async def _wait_status(cdp: Cdp, prefix: str, timeout: float = 20) -> str:
+    end = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < end:
+        text = await cdp.eval("document.getElementById('status').textContent")
+        if text.startswith(prefix):
+            return text
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the page's status never became {prefix!r}: {text!r}")
+
+
+async def _use_the_controls(cdp: Cdp, url: str, wav: Path) -> dict:
+    """The page's buttons: type a sentence (TTS), upload a wav, interrupt, stop (frees the session)."""
+    out = {}
+    await cdp.eval("document.getElementById('text').value = 'Hello, I am speaking from the page.'")
+    await cdp.eval("document.getElementById('say').click()")
+    out["tts"] = await _wait_status(cdp, "saying")
+    wav.write_bytes(wav_bytes(synthesize_speech(2.0, seed=4).samples, 16000))
+    doc = await cdp.call("DOM.getDocument")
+    node = await cdp.call("DOM.querySelector", nodeId=doc["root"]["nodeId"], selector="#file")
+    await cdp.call("DOM.setFileInputFiles", files=[str(wav)], nodeId=node["nodeId"])
+    await cdp.eval("document.getElementById('status').textContent = ''")
+    await cdp.eval("document.getElementById('upload').click()")
+    out["upload"] = await _wait_status(cdp, "saying")
+    await cdp.eval("document.getElementById('interrupt').click()")
+    await asyncio.sleep(0.5)
+    out["after_interrupt"] = await cdp.eval("document.getElementById('status').className")
+    await cdp.eval("document.getElementById('stop').click()")
+    loop = asyncio.get_running_loop()
+    for _ in range(50):
+        _, m = await loop.run_in_executor(None, http, "GET", url + "/metrics")
+        if m["sessions"] == 0:
+            break
+        await asyncio.sleep(0.2)
+    out["sessions_after_stop"] = m["sessions"]
+    return out
 
 
 def _check_screenshot(path: Path, state: dict, avatar) -> None:
