@@ -160,12 +160,15 @@ class StreamState:
 class _Segment:
     start: int          # timeline sample
     stop: int
-    t_in: float         # monotonic time sample `start` entered the session
+    t_in: float         # monotonic time the samples arrived (a live chunk's arrival, a clip's push)
     pushed: bool        # False: silence filled in by the session
-    clip: bool          # True: sample s entered at t_in + (s - start) / 16 kHz (its real-time turn)
+    turn: float | None  # clips: the real-time turn of sample `start` (a clip waits for its turn)
 
     def entered(self, s: int) -> float:
-        return self.t_in + ((s - self.start) / SAMPLE_RATE if self.clip else 0.0)
+        """When timeline sample s entered: a live sample on arrival; a clip's at max(push, its turn)."""
+        if self.turn is None:
+            return self.t_in
+        return max(self.t_in, self.turn + (s - self.start) / SAMPLE_RATE)
 
 
 _ids = itertools.count(1)
@@ -190,7 +193,7 @@ class Session:
         self.stream = StreamState(avatar, lookahead_rows)
         self.gap_s = float(gap_s)
         self._lock = threading.Lock()
-        self._clips: deque[np.ndarray] = deque()
+        self._clips: deque[tuple[np.ndarray, float]] = deque()  # (samples, push time)
         self._live: deque[tuple[np.ndarray, float]] = deque()
         self._live_samples = 0
         self._last_live = -1e9
@@ -241,8 +244,8 @@ class Session:
             raise AudioError(f"a clip must be non-empty mono samples, got shape {x.shape}")
         with self._lock:
             self._check_open()
-            self._clips.append(x)
-            return sum(c.shape[0] for c in self._clips) / SAMPLE_RATE
+            self._clips.append((x, time.monotonic()))
+            return sum(c.shape[0] for c, _ in self._clips) / SAMPLE_RATE
 
     def interrupt(self) -> None:
         """Drop queued speech and silence what is not rendered yet: the next frame rendered has a
@@ -273,7 +276,7 @@ class Session:
     @property
     def queued_s(self) -> float:
         with self._lock:
-            return (sum(c.shape[0] for c in self._clips) + self._live_samples) / SAMPLE_RATE
+            return (sum(c.shape[0] for c, _ in self._clips) + self._live_samples) / SAMPLE_RATE
 
     @property
     def speaking(self) -> bool:
@@ -304,10 +307,9 @@ class Session:
             for a in range(0, x.shape[0], spf):
                 piece = x[a:a + spf]
                 start = self.stream.samples
-                ideal = self._t0 + start / SAMPLE_RATE  # this piece's real-time turn
                 live = kind == "live"
-                t_piece = t_in if live else max(ideal, t_in + a / SAMPLE_RATE)
-                self._segments.append(_Segment(start, start + piece.shape[0], t_piece, kind != "silence", not live))
+                turn = None if live else self._t0 + start / SAMPLE_RATE  # this piece's real-time turn
+                self._segments.append(_Segment(start, start + piece.shape[0], t_in, kind != "silence", turn))
                 self._pending = np.concatenate([self._pending, piece])
                 n0, n1, windows, aus = self.stream.feed(piece)
                 due = max(self._t0 + self.stream.samples / SAMPLE_RATE, t_in if live else 0.0)
@@ -322,14 +324,14 @@ class Session:
                 self.live_dropped_samples += self._live_samples
                 self._live.clear()
                 self._live_samples = 0
-            c = self._clips[0]
+            c, t_push = self._clips[0]
             k = min(room, c.shape[0])
-            out.append((c[:k], now, "clip"))
+            out.append((c[:k], t_push, "clip"))
             room -= k
             if k == c.shape[0]:
                 self._clips.popleft()
             else:
-                self._clips[0] = c[k:]
+                self._clips[0] = (c[k:], t_push)
         while room > 0 and self._live:
             c, t_in = self._live[0]
             k = min(room, c.shape[0])
@@ -357,7 +359,7 @@ class Session:
         if pad:
             start = self.stream.samples - pad
             self._pending = np.concatenate([self._pending, np.zeros(pad, dtype=np.float32)])
-            self._segments.append(_Segment(start, start + pad, time.monotonic(), False, False))
+            self._segments.append(_Segment(start, start + pad, time.monotonic(), False, None))
 
     def deliver(self, n: int, frame: np.ndarray | None) -> None:
         """Frame n rendered (or None: dropped): hand it and its audio to the sink, update events."""
