@@ -2,7 +2,7 @@
 
 Latency is "audio sample in -> its frame sent": for each sent frame whose middle sample came from
 pushed audio (microphone, WebSocket PCM, upload, TTS), the time from that sample entering the
-session (a live chunk's arrival; a clip's sample its real-time turn) to the frame being handed to
+session (a live chunk's arrival; a clip's sample at its push or its real-time turn, the later) to the frame being handed to
 the WebRTC sender. It includes the audio-window lookahead (frame n needs ~150 ms of audio past its
 time stamp with the mel encoder) and the rendering.
 """
