@@ -161,6 +161,19 @@ def test_kernels_compile_through_nvrtc_without_a_driver(tmp_path, monkeypatch):
     assert build.nvrtc_cached("sm_89") == first and path.read_bytes() == first[0]
 
 
+def test_deform_kernels_compile_for_turing_and_hopper(tmp_path, monkeypatch):
+    """The cuda backend's kernels for the oldest target and for Hopper (which TensorRT-RTX lacks);
+    cached apart from the rasteriser's."""
+    from embedtalk_sdk.plugins.cuda.loader import DEFORM_KERNELS
+
+    monkeypatch.setenv("EMBEDTALK_CACHE", str(tmp_path))
+    for arch in ("sm_75", "sm_90"):
+        image, kind = build.nvrtc_cached(arch, build.DEFORM_KERNELS)
+        assert kind == "cubin" and image[:4] == b"\x7fELF", arch
+        assert all(name.encode() in image for name in DEFORM_KERNELS)
+    assert build.nvrtc_cache_path("sm_90", build.DEFORM_KERNELS) != build.nvrtc_cache_path("sm_90")
+
+
 # ---------------------------------------------------------------- host-side logic
 
 
