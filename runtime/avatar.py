@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from embedtalk_sdk.runtime.audio.encoders import SAMPLE_RATE, AudioEncoder, FeatureStreamer, encoder_from_manifest
-from embedtalk_sdk.runtime.audio.io import AudioError, check_finite, full_scale, load_audio, prepare_audio
+from embedtalk_sdk.runtime.audio.io import AudioError, load_audio, pcm_chunk, prepare_audio
 from embedtalk_sdk.runtime.audio.mel import frame_windows, n_video_frames, rows_needed, window_bounds
 from embedtalk_sdk.runtime.camera import pingpong
 from embedtalk_sdk.runtime.aus import AU_NAMES, AU_SCALE, BLINK_INDEX, N_AUS
@@ -498,7 +498,7 @@ class Avatar:
         aus = self._au_source(None, None)
         n = 0  # next frame to yield
         for index, chunk in enumerate(chunks):
-            buf.append(feats.feed(_pcm_to_float(chunk, index)))
+            buf.append(feats.feed(pcm_chunk(chunk, f"stream chunk {index}")))
             ready = self._frames_ready(n, buf.end, self.n_frames(feats.n_samples))
             yield from self._stream_frames(buf, n, ready, aus)
             n = ready
@@ -545,17 +545,6 @@ class _RowBuffer:
             self.start += k
 
 
-def _pcm_to_float(chunk: np.ndarray, index: int) -> np.ndarray:
-    """A stream chunk as float32 in [-1, 1], by speak's rules (NaN/Inf refused, beyond full scale clipped)."""
-    x = np.asarray(chunk)
-    name = f"stream chunk {index}"
-    if x.ndim != 1:
-        raise AudioError(f"{name}: chunks must be mono 1-D arrays, got shape {x.shape}")
-    if x.dtype == np.int16:
-        return x.astype(np.float32) / 32768.0
-    if not np.issubdtype(x.dtype, np.floating):
-        raise AudioError(f"{name}: chunks must be float or int16 PCM, got {x.dtype}")
-    return full_scale(check_finite(x, name), name).astype(np.float32, copy=False)
 
 
 def _progress_reporter(progress: Progress, total: int) -> Callable[[int], None]:

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from embedtalk_sdk.runtime.audio.encoders import SAMPLE_RATE
-from embedtalk_sdk.runtime.audio.io import AudioError, check_finite, full_scale
+from embedtalk_sdk.runtime.audio.io import AudioError, pcm_chunk
 from embedtalk_sdk.runtime.audio.mel import frame_windows, n_video_frames, rows_needed, window_bounds
 from embedtalk_sdk.runtime.avatar import Avatar
 
@@ -38,21 +38,6 @@ HANGOVER_FRAMES = 10    # unvoiced frames (0.4 s at 25 fps) before "speaking_sto
 
 class SessionError(ValueError):
     """A request a session refuses (closed session, bad audio); the message says why."""
-
-
-def pcm_chunk(chunk: np.ndarray, name: str) -> np.ndarray:
-    """A pushed 16 kHz mono chunk as float32 in [-1, 1], by `speak`'s rules: int16 scaled, floats
-    NaN/Inf refused and clipped beyond full scale (warning), other types and shapes refused."""
-    x = np.asarray(chunk)
-    if x.ndim != 1:
-        raise AudioError(f"{name}: chunks must be mono 1-D arrays, got shape {x.shape}")
-    if x.size == 0:
-        raise AudioError(f"{name}: empty chunk")
-    if x.dtype == np.int16:
-        return x.astype(np.float32) / 32768.0
-    if not np.issubdtype(x.dtype, np.floating):
-        raise AudioError(f"{name}: chunks must be float or int16 PCM, got {x.dtype}")
-    return full_scale(check_finite(x, name), name).astype(np.float32, copy=False)
 
 
 @dataclass
@@ -223,7 +208,7 @@ class Session:
 
     def push(self, chunk: np.ndarray, name: str = "audio chunk") -> None:
         """Live audio (16 kHz mono, int16 or float): played as it arrives, after any clip."""
-        x = pcm_chunk(chunk, name)
+        x = pcm_chunk(chunk, name, allow_empty=False)
         now = time.monotonic()
         with self._lock:
             self._check_open()

@@ -105,6 +105,22 @@ def full_scale(mono: np.ndarray, name: str) -> np.ndarray:
     return mono
 
 
+def pcm_chunk(chunk: np.ndarray, name: str, allow_empty: bool = True) -> np.ndarray:
+    """A 16 kHz mono PCM chunk (stream, server) as float32 in [-1, 1], by `speak`'s rules: int16
+    scaled by 1/32768, floats refused if NaN/Inf and clipped beyond full scale (warning), other
+    types and shapes refused (AudioError naming `name`)."""
+    x = np.asarray(chunk)
+    if x.ndim != 1:
+        raise AudioError(f"{name}: chunks must be mono 1-D arrays, got shape {x.shape}")
+    if x.size == 0 and not allow_empty:
+        raise AudioError(f"{name}: empty chunk")
+    if x.dtype == np.int16:
+        return x.astype(np.float32) / 32768.0
+    if not np.issubdtype(x.dtype, np.floating):
+        raise AudioError(f"{name}: chunks must be float or int16 PCM, got {x.dtype}")
+    return full_scale(check_finite(x, name), name).astype(np.float32, copy=False)
+
+
 def prepare_audio(
     samples: np.ndarray,
     source_rate: int,
