@@ -167,7 +167,7 @@ def speak(
     bundle: Path = typer.Argument(..., help="avatar bundle (.etk folder or .zip)"),
     audio: Path = typer.Argument(..., help="speech: wav/flac/mp3/... (resampled to 16 kHz mono)"),
     out: Path = typer.Option(Path("out.mp4"), "-o", "--out", help="mp4 to write (H.264 + AAC)"),
-    backend: str = typer.Option("auto", help="auto | onnxruntime | torch"),
+    backend: str = typer.Option("auto", help="auto | cuda | tensorrt-rtx | tensorrt | onnxruntime | torch"),
     encoder_file: Optional[Path] = typer.Option(None, help="a shared audio encoder file (export "
                                                 "--shared-encoder) [default: the one beside the bundle]"),
 ) -> None:
@@ -309,7 +309,7 @@ def serve(
     port: int = typer.Option(8000, help="TCP port"),
     max_sessions: Optional[int] = typer.Option(None, help="sessions at once [default: what this machine "
                                                "holds at the avatars' fps, measured at start-up]"),
-    backend: str = typer.Option("auto", help="auto | onnxruntime | torch"),
+    backend: str = typer.Option("auto", help="auto | cuda | tensorrt-rtx | tensorrt | onnxruntime | torch"),
     tts: str = typer.Option("espeak", help="espeak (offline, espeakng-loader) | none"),
     max_upload_mb: float = typer.Option(10.0, help="largest audio upload"),
     max_upload_seconds: float = typer.Option(60.0, help="longest audio upload"),
