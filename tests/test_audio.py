@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from embedtalk_sdk.runtime.audio.io import AudioError, load_audio, prepare_audio
+from embedtalk_sdk.runtime.audio.io import AudioError, AudioTooLong, load_audio, prepare_audio
 from embedtalk_sdk.runtime.audio.mel import (
     MelSpec,
     MelStreamer,
@@ -82,6 +82,30 @@ def test_m4a_falls_back_to_pyav(tmp_path):
     assert SR <= x.shape[0] <= SR + 2048 * SR // 22050
     assert abs(peak_freq(x[:SR], SR) - 440) <= 2.0
     assert 0.4 < np.max(np.abs(x)) <= 1.0
+
+
+def test_max_seconds_stops_a_long_file_before_it_is_decoded_whole(tmp_path):
+    """A 150 kB FLAC of silence decodes to 10 minutes (38 MB of float32): a caller with a limit
+    (the server's uploads) must not pay for that. soundfile's path reads the header; PyAV's
+    counts while decoding."""
+    flac = tmp_path / "long.flac"
+    sf.write(str(flac), np.zeros(600 * SR, np.int16), SR, subtype="PCM_16")
+    assert flac.stat().st_size < 400_000
+    with pytest.raises(AudioTooLong, match="600.0 s of audio; the limit is 60 s"):
+        load_audio(flac, max_seconds=60)
+    m4a = tmp_path / "long.m4a"
+    with av.open(str(m4a), "w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=SR, layout="mono")
+        for _ in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, SR), np.float32), format="fltp", layout="mono")
+            frame.sample_rate = SR
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    with pytest.raises(AudioTooLong, match="the limit is 2 s"):
+        load_audio(m4a, max_seconds=2)
+    assert load_audio(m4a, max_seconds=20).shape[0] >= 10 * SR
 
 
 def test_silent_audio_is_allowed(tmp_path):

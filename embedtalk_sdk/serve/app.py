@@ -30,7 +30,7 @@ from aiohttp import WSMsgType, web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from embedtalk_sdk.runtime.audio.encoders import SAMPLE_RATE
-from embedtalk_sdk.runtime.audio.io import AudioError, load_audio, prepare_audio
+from embedtalk_sdk.runtime.audio.io import AudioError, AudioTooLong, load_audio, prepare_audio
 from embedtalk_sdk.serve.avatars import Admission, AvatarRegistry, UnknownAvatar
 from embedtalk_sdk.serve.media import SessionMedia, consume_microphone
 from embedtalk_sdk.serve.metrics import ServerMetrics
@@ -227,8 +227,10 @@ class Server:
             with tempfile.TemporaryDirectory(prefix="embedtalk-upload-") as tmp:
                 path = Path(tmp) / "upload"
                 path.write_bytes(data)
-                try:
-                    return load_audio(path, SAMPLE_RATE)
+                try:  # the duration is checked while decoding: a small file cannot expand into hours
+                    return load_audio(path, SAMPLE_RATE, max_seconds=lim.max_upload_s)
+                except AudioTooLong as e:
+                    raise UploadTooLarge(str(e).replace(str(path), "the upload")) from None
                 except AudioError as e:
                     raise AudioError(str(e).replace(str(path), "the upload")) from None
 

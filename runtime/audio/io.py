@@ -35,12 +35,18 @@ class AudioError(ValueError):
     """An audio input the SDK cannot use; the message names the input, the problem and the fix."""
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
+class AudioTooLong(AudioError):
+    """The audio lasts longer than the caller allows (`max_seconds`); found while decoding, so a
+    small, highly compressed file never expands into memory whole."""
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = 16000, max_seconds: float | None = None) -> np.ndarray:
     """Read an audio file (or a video file's first audio track) as mono float32.
 
     Args:
         path: any format soundfile or ffmpeg can decode (wav, flac, ogg, mp3, m4a, mp4, ...).
         sample_rate: output rate in Hz; other rates are resampled (polyphase, exact ratio).
+        max_seconds: refuse (AudioTooLong) audio longer than this, before decoding past it.
 
     Returns:
         samples: float32 [S] in [-1, 1], channels averaged.
@@ -48,28 +54,37 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
     Raises:
         AudioError: missing/empty/truncated file, not audio, no samples, NaN or Inf samples.
     """
-    data, rate = decode_audio(path)
+    data, rate = decode_audio(path, max_seconds)
     return prepare_audio(data, rate, sample_rate=sample_rate, name=str(path))
 
 
-def decode_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+def decode_audio(path: str | os.PathLike, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Decode a file at its own rate and channel count, without any conversion.
 
     Returns:
         (samples float32 [S, C], sample_rate). Integer PCM is scaled to [-1, 1).
 
     Raises:
-        AudioError: as `load_audio` (except NaN/Inf and zero samples, checked by `prepare_audio`).
+        AudioError: as `load_audio` (except NaN/Inf and zero samples, checked by `prepare_audio`);
+        AudioTooLong past `max_seconds`.
     """
     p = Path(path)
     _check_file(p)
     if _wav_data_size(p) == 0:  # streaming placeholder: libsndfile would read nothing
-        return _decode_with_av(p, "WAV data size 0 (streaming placeholder)")
+        return _decode_with_av(p, "WAV data size 0 (streaming placeholder)", max_seconds)
     try:
+        if max_seconds is not None:
+            info = sf.info(str(p))
+            if info.frames > max_seconds * info.samplerate:
+                raise _too_long(p, info.frames / info.samplerate, max_seconds)
         data, rate = sf.read(str(p), dtype="float32", always_2d=True)
         return data, int(rate)
     except RuntimeError as sf_err:  # sf.LibsndfileError: a format libsndfile does not know
-        return _decode_with_av(p, sf_err)
+        return _decode_with_av(p, sf_err, max_seconds)
+
+
+def _too_long(p: Path, seconds: float, max_seconds: float) -> AudioTooLong:
+    return AudioTooLong(f"{p}: at least {seconds:.1f} s of audio; the limit is {max_seconds:g} s")
 
 
 PREP_BLOCK = 1 << 20  # samples converted at a time: a long clip is not copied whole in float64
@@ -209,7 +224,7 @@ def _wav_data_size(p: Path) -> int | None:
     return None
 
 
-def _decode_with_av(p: Path, sf_err: object) -> tuple[np.ndarray, int]:
+def _decode_with_av(p: Path, sf_err: object, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     import av  # local: only needed for compressed formats
 
     hint = "give an audio file (wav, flac, ogg, mp3, m4a) or a video with an audio track"
@@ -223,8 +238,12 @@ def _decode_with_av(p: Path, sf_err: object) -> tuple[np.ndarray, int]:
             resampler = av.AudioResampler(format="fltp")  # planar float, same rate and layout
             chunks: list[np.ndarray] = []
             rate = stream.codec_context.sample_rate
+            decoded = 0
             for frame in container.decode(stream):
                 rate = frame.sample_rate
+                decoded += frame.samples
+                if max_seconds is not None and decoded > max_seconds * rate:
+                    raise _too_long(p, decoded / rate, max_seconds)
                 chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
             chunks.extend(f.to_ndarray() for f in resampler.resample(None))
     except AudioError:
