@@ -454,3 +454,18 @@ def test_tensorrt_rtx_frames_equal_onnxruntime_frames(tmp_path):
     frames = gpu_avatar.speak(audio, sample_rate=16000)
     assert frames.shape == cpu.shape
     assert np.abs(frames.astype(np.float32) - cpu).mean() <= 1.0, "mean abs above 1/255"
+
+
+def test_each_kernels_source_has_its_own_fatbin_search(tmp_path, monkeypatch):
+    from embedtalk_sdk.plugins.cuda import loader
+
+    deform, raster = tmp_path / "deform.fatbin", tmp_path / "raster.fatbin"
+    deform.write_bytes(b"x")
+    raster.write_bytes(b"y")
+    monkeypatch.setenv("EMBEDTALK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("EMBEDTALK_CUDA_DEFORM_FATBIN", str(deform))
+    monkeypatch.setenv("EMBEDTALK_CUDA_FATBIN", str(raster))
+    assert loader.fatbin_candidates(build.DEFORM_KERNELS)[0] == deform
+    assert loader.fatbin_candidates(build.KERNELS)[0] == raster
+    assert build.fatbin_name(build.DEFORM_KERNELS) != build.fatbin_name(build.KERNELS)
+    assert build.fatbin_name(build.KERNELS) == build.prebuilt_names()[0]
