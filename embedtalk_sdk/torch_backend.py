@@ -8,18 +8,7 @@ import numpy as np
 
 from embedtalk_sdk.runtime.backends.base import background_to_float, deform_io, to_uint8
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
-from embedtalk_sdk.runtime.onnx_check import check_self_contained
-
-
-def _initializers(model_bytes: bytes, where: str) -> dict[str, np.ndarray]:
-    import onnx
-    from onnx import numpy_helper
-
-    try:
-        model = onnx.load_from_string(model_bytes)
-        return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    except Exception as e:  # noqa: BLE001 - protobuf and onnx raise their own types for damaged models
-        raise BundleError(f"{where} is not a readable ONNX model ({type(e).__name__}: {e})") from None
+from embedtalk_sdk.runtime.onnx_weights import bundle_initializers
 
 
 def load_baked_deform(bundle: Bundle, file: str):
@@ -33,7 +22,7 @@ def load_baked_deform(bundle: Bundle, file: str):
     except (KeyError, TypeError, ValueError) as e:
         raise BundleError(f"bundle {bundle.path}: the manifest's network block is missing or malformed ({e})") from None
     where = f"{bundle.path}/{file}"
-    w = _initializers(check_self_contained(bundle.bytes_of(file), where), where)
+    w = bundle_initializers(bundle.bytes_of(file), where)
     net = DeformNet(cfg)
     try:
         state = {

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embedtalk_sdk.runtime.bundle import Bundle, BundleError
-from embedtalk_sdk.runtime.onnx_check import check_self_contained
-from embedtalk_sdk.runtime.onnx_weights import read_initializers
+from embedtalk_sdk.runtime.bundle import BundleError
+from embedtalk_sdk.runtime.onnx_weights import bundle_initializers
 
 LEAKY_SLOPE = 0.02  # AudioNet's LeakyReLU (embedtalk_sdk/model/deform.py); the ONNX graph uses it too
 TABLE = "gaussian_table"
@@ -59,11 +58,7 @@ class BakedNetwork:
     @classmethod
     def from_onnx(cls, data: bytes, where: str) -> "BakedNetwork":
         """Read the weights out of deform.onnx bytes; BundleError naming `where` if any is missing."""
-        try:
-            raw = read_initializers(check_self_contained(data, where))
-        except ValueError as e:
-            raise BundleError(f"{where}: {e}") from None
-        weights = {k: np.ascontiguousarray(v, np.float32) for k, v in raw.items()}
+        weights = {k: np.ascontiguousarray(v, np.float32) for k, v in bundle_initializers(data, where).items()}
         n_convs = sum(1 for k in weights if k.startswith("audio.conv") and k.endswith(".weight"))
         n_trunk = sum(1 for k in weights if k.startswith("trunk") and k.endswith(".weight_t"))
         need = ["audio.feature_mean", "audio.feature_std", "audio.fc1.weight_t", "audio.fc1.bias",
@@ -84,10 +79,6 @@ class BakedNetwork:
             if weights[f"trunk{i}.weight_t"].shape != (hidden, hidden):
                 raise BundleError(f"{where}: trunk{i} is {weights[f'trunk{i}.weight_t'].shape}, expected ({hidden}, {hidden})")
         return cls(weights, n_convs, n_trunk, hidden, float(weights["mu.bound"].reshape(-1)[0]))
-
-    @classmethod
-    def from_bundle(cls, bundle: Bundle, file: str) -> "BakedNetwork":
-        return cls.from_onnx(bundle.bytes_of(file), f"{bundle.path}/{file}")
 
     @property
     def table(self) -> np.ndarray:

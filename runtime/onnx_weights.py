@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from embedtalk_sdk.runtime.bundle import BundleError
+from embedtalk_sdk.runtime.onnx_check import check_self_contained
 from embedtalk_sdk.runtime.protobuf import FIXED32, FIXED64, LENGTH, VARINT, fields, read_varint
 
 MODEL_GRAPH, GRAPH_INITIALIZER = 7, 5
@@ -87,3 +89,13 @@ def read_initializers(data: bytes) -> dict[str, np.ndarray]:
     except ValueError as e:
         raise ValueError(f"not a readable ONNX model: {e}") from None
     return out
+
+
+def bundle_initializers(data: bytes, where: str) -> dict[str, np.ndarray]:
+    """`read_initializers` of a bundle's ONNX file, BundleError naming `where` if it keeps tensor
+    data in other files or does not read (the `cuda` and `torch` backends' weights)."""
+    check_self_contained(data, where)
+    try:
+        return read_initializers(data)
+    except ValueError as e:
+        raise BundleError(f"{where}: {e}") from None
