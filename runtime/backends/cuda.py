@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from embedtalk_sdk.runtime.backends.base import BackendError, deform_io
-from embedtalk_sdk.runtime.backends.cuda_frames import RenderOnGpu
+from embedtalk_sdk.runtime.backends.cuda_frames import CudaFrames, RenderOnGpu
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 from embedtalk_sdk.runtime.network import BakedNetwork
 
@@ -104,7 +104,6 @@ class CudaBackend(RenderOnGpu):
 
     def __init__(self, bundle: Bundle, device: int = 0) -> None:
         from embedtalk_sdk.plugins.cuda.driver import CudaError, Stream, get_device
-        from embedtalk_sdk.runtime.backends.cuda_frames import CudaFrames
 
         self.io = deform_io(bundle)
         try:
@@ -121,7 +120,6 @@ class CudaBackend(RenderOnGpu):
             raise BundleError(f"{bundle.path}/{self.io.file}: table has {net.table.shape[0]} rows, "
                               f"the manifest {self.io.n_gaussians} Gaussians")  # fmt: skip
         try:
-            deform_kernel_name(net.hidden)
             self.stream = Stream()
             self.kernel = DeformKernel(net, self.device, self.stream)
             self.frames = CudaFrames(bundle, self.device, self.stream, BACKEND)

@@ -155,7 +155,7 @@ class CudaFrames:
         self.device.make_current()
         self.stream.synchronize()
         for value in [*vars(self).values(), *self.gaussians.values(), *self._scratch.values()]:
-            if hasattr(value, "free") and value is not self.stream:
+            if hasattr(value, "free"):
                 value.free()
 
 

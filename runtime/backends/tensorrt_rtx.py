@@ -31,7 +31,7 @@ from embedtalk_sdk.runtime.backends.base import (
     deform_io,
 )
 from embedtalk_sdk.plugins.cuda.engines import version_key
-from embedtalk_sdk.runtime.backends.cuda_frames import RenderOnGpu
+from embedtalk_sdk.runtime.backends.cuda_frames import CudaFrames, RenderOnGpu
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 from embedtalk_sdk.runtime.onnx_check import check_self_contained
 
@@ -89,7 +89,6 @@ class TensorRTRTXBackend(RenderOnGpu):
         self.io = deform_io(bundle)
         from embedtalk_sdk.plugins.cuda.engines import EngineBuildError, import_rtx  # numpy only, no torch
         from embedtalk_sdk.plugins.cuda.driver import CudaError, Stream, get_device
-        from embedtalk_sdk.runtime.backends.cuda_frames import CudaFrames
 
         try:
             self.device = get_device(device)  # first: cheap, and the usual failure (no GPU)
