@@ -38,8 +38,7 @@ COMMON_FLAGS = ("-std=c++17", "--fmad=false")
 NVCC_FLAGS = ("-O3", *COMMON_FLAGS)
 NVRTC_FLAGS = (*COMMON_FLAGS, "-default-device")
 
-FATBIN_NAME = "embedtalk_raster_kernels"
-DEFORM_FATBIN_NAME = "embedtalk_deform_kernels"
+FATBIN_NAMES = {KERNELS: "embedtalk_raster_kernels", DEFORM_KERNELS: "embedtalk_deform_kernels"}
 LIBRARY_NAME = "libembedtalk_raster"
 
 
@@ -118,14 +117,12 @@ def prebuilt_names() -> tuple[str, str]:
     lib_tag = hashlib.sha256(
         (tag + C_ABI_SOURCE.read_text() + C_ABI_HEADER.read_text()).encode()
     ).hexdigest()[:16]
-    return f"{FATBIN_NAME}-{tag}.fatbin", f"{LIBRARY_NAME}-{lib_tag}.so"
+    return fatbin_name(KERNELS), f"{LIBRARY_NAME}-{lib_tag}.so"
 
 
 def fatbin_name(source: Path = KERNELS) -> str:
     """The fatbin file name of a kernels source (rasteriser or network) for its sha256 and flags."""
-    if source == KERNELS:
-        return prebuilt_names()[0]
-    return f"{DEFORM_FATBIN_NAME}-{source_sha256(NVCC_FLAGS, source)[:16]}.fatbin"
+    return f"{FATBIN_NAMES[source]}-{source_sha256(NVCC_FLAGS, source)[:16]}.fatbin"
 
 
 def build_fatbin(out_dir: Path | None = None, archs: tuple[str, ...] = ARCHS, source: Path = KERNELS) -> Path:
