@@ -23,6 +23,7 @@ import numpy as np
 
 from embedtalk_sdk.runtime.backends.base import create_backend
 from embedtalk_sdk.runtime.bundle import Bundle
+from embedtalk_sdk.runtime.track import open_track
 
 BATCH = 8
 BASELINES = ("gsplat-torch", "torch", "onnxruntime")
@@ -44,12 +45,9 @@ def inputs(bundle: Bundle, seed: int = 0) -> dict:
     m = bundle.manifest
     rng = np.random.default_rng(seed)
     w, f = int(m["audio"]["window"]), int(m["audio"]["feature_dim"])
-    torso = bundle.array("torso_bg") if m["tracks"]["torso"]["codec"] == "raw" else None
-    if torso is None:
-        from embedtalk_sdk.runtime.track import open_track
-
-        track = open_track(bundle)
-        torso = np.stack([track[i] for i in range(min(len(track), BATCH))])
+    kb = int(m["tracks"]["torso_frames"])
+    track = open_track(bundle, m["tracks"]["torso"], kb, int(m["height"]), int(m["width"]))
+    torso = np.stack([track.frame(i) for i in range(min(kb, BATCH))])
     return {
         "windows": rng.normal(0, 1, (BATCH, w, f)).astype(np.float32),
         "aus": rng.uniform(0, 1, (BATCH, 6)).astype(np.float32),

@@ -545,8 +545,6 @@ class _RowBuffer:
             self.start += k
 
 
-
-
 def _progress_reporter(progress: Progress, total: int) -> Callable[[int], None]:
     if callable(progress):
         return lambda done: progress(done, total)
