@@ -24,7 +24,7 @@ import numpy as np
 
 from embedtalk_sdk.runtime.audio.encoders import SAMPLE_RATE, AudioEncoder, FeatureStreamer, encoder_from_manifest
 from embedtalk_sdk.runtime.audio.io import AudioError, load_audio, pcm_chunk, prepare_audio
-from embedtalk_sdk.runtime.audio.mel import frame_windows, n_video_frames, rows_needed, window_bounds
+from embedtalk_sdk.runtime.audio.mel import RowBuffer, frame_windows, frames_ready, n_video_frames, window_bounds
 from embedtalk_sdk.runtime.camera import pingpong
 from embedtalk_sdk.runtime.aus import AU_NAMES, AU_SCALE, BLINK_INDEX, N_AUS
 from embedtalk_sdk.runtime.backends.base import Backend, create_backend, to_uint8
@@ -494,26 +494,20 @@ class Avatar:
         return self._stream(chunks, self._encoder.streamer())  # a "features" bundle raises here
 
     def _stream(self, chunks: Iterable[np.ndarray], feats: FeatureStreamer) -> Iterator[np.ndarray]:
-        buf = _RowBuffer(self._feature_dim)
+        buf = RowBuffer(self._feature_dim)
         aus = self._au_source(None, None)
         n = 0  # next frame to yield
         for index, chunk in enumerate(chunks):
             buf.append(feats.feed(pcm_chunk(chunk, f"stream chunk {index}")))
-            ready = self._frames_ready(n, buf.end, self.n_frames(feats.n_samples))
+            ready = frames_ready(n, buf.end, self.n_frames(feats.n_samples), self._fps, self._rate, self._window)
             yield from self._stream_frames(buf, n, ready, aus)
             n = ready
             buf.drop_before(window_bounds(n, self._fps, self._rate, self._window)[0])
         buf.append(feats.flush())
         yield from self._stream_frames(buf, n, self.n_frames(feats.n_samples), aus)
 
-    def _frames_ready(self, n: int, rows: int, lower_bound_t: int) -> int:
-        # Frame n is final once its window's rows exist and the clip surely has frame n.
-        while n < lower_bound_t and rows_needed(n, self._fps, self._rate, self._window) <= rows:
-            n += 1
-        return n
-
     def _stream_frames(
-        self, buf: "_RowBuffer", n0: int, n1: int, aus: Callable[[int, int], np.ndarray]
+        self, buf: RowBuffer, n0: int, n1: int, aus: Callable[[int, int], np.ndarray]
     ) -> Iterator[np.ndarray]:
         def inputs(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
             windows = frame_windows(buf.rows, b - a, self._fps, self._rate, self._window, first_frame=a,
@@ -521,28 +515,6 @@ class Avatar:
             return windows, aus(a, b)
 
         return (frame.copy() for frame in self._render(n0, n1, inputs, self._track))
-
-
-class _RowBuffer:
-    """Feature rows [start, end) of a stream; old rows are dropped, so memory stays bounded."""
-
-    def __init__(self, dim: int) -> None:
-        self.rows = np.zeros((0, dim), dtype=np.float32)
-        self.start = 0
-
-    @property
-    def end(self) -> int:
-        return self.start + self.rows.shape[0]
-
-    def append(self, new: np.ndarray) -> None:
-        if new.shape[0]:
-            self.rows = np.concatenate([self.rows, new.astype(np.float32, copy=False)])
-
-    def drop_before(self, row: int) -> None:
-        k = min(max(0, row - self.start), self.rows.shape[0] - 1)  # keep >= 1 row for edge repeats
-        if k > 0:
-            self.rows = self.rows[k:].copy()
-            self.start += k
 
 
 def _progress_reporter(progress: Progress, total: int) -> Callable[[int], None]:

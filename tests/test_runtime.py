@@ -260,21 +260,21 @@ def test_stream_yields_frames_before_the_end(avatar: Avatar):
 
 def test_stream_memory_is_bounded(avatar: Avatar):
     # A long stream of silence: the row buffer must not grow with time.
-    from embedtalk_sdk.runtime import avatar as avatar_mod
+    from embedtalk_sdk.runtime.audio.mel import RowBuffer
 
     sizes = []
-    orig = avatar_mod._RowBuffer.append
+    orig = RowBuffer.append
 
     def spy(self, new):
         orig(self, new)
         sizes.append(self.rows.shape[0])
 
-    avatar_mod._RowBuffer.append = spy
+    RowBuffer.append = spy
     try:
         chunks = (np.zeros(1600, np.float32) for _ in range(60))  # 6 s
         n = sum(1 for _ in avatar.stream(chunks))
     finally:
-        avatar_mod._RowBuffer.append = orig
+        RowBuffer.append = orig
     assert n == 150 and max(sizes) < 40
 
 

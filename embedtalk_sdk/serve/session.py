@@ -25,7 +25,7 @@ import numpy as np
 
 from embedtalk_sdk.runtime.audio.encoders import SAMPLE_RATE
 from embedtalk_sdk.runtime.audio.io import AudioError, pcm_chunk
-from embedtalk_sdk.runtime.audio.mel import frame_windows, n_video_frames, rows_needed, window_bounds
+from embedtalk_sdk.runtime.audio.mel import RowBuffer, frame_windows, frames_ready, n_video_frames, window_bounds
 from embedtalk_sdk.runtime.avatar import Avatar
 
 from embedtalk_sdk.serve.metrics import SessionMetrics
@@ -78,9 +78,7 @@ class StreamState:
                              f"{self.rate:g} rows/s, {self.fps:g} fps)")
         self.samples_per_row, self.samples_per_frame = int(spr), int(SAMPLE_RATE / self.fps)
         self.streamer = avatar.audio_encoder.streamer()  # a "features" bundle raises ValueError here
-        self.row_base = 0                                # absolute index of the streamer's row 0
-        self.rows = np.zeros((0, avatar.audio_encoder.dim), dtype=np.float32)
-        self.rows_start = 0
+        self.buf = RowBuffer(avatar.audio_encoder.dim)   # feature rows of the windows still to come
         self.aus = avatar.generated_aus()                # this session's own blink schedule
         self.n = 0                                       # next frame to emit
         self.samples = 0                                 # timeline samples fed
@@ -92,52 +90,37 @@ class StreamState:
         """Rows of a frame's window after its centre row (7 for the 16-row window: 140 ms at 50 Hz)."""
         return avatar.window - avatar.window // 2 - 1
 
-    def _append(self, rows: np.ndarray) -> None:
-        if rows.shape[0]:
-            self.rows = np.concatenate([self.rows, rows.astype(np.float32, copy=False)])
-
-    @property
-    def rows_end(self) -> int:
-        return self.rows_start + self.rows.shape[0]
-
     def feed(self, x: np.ndarray) -> tuple[int, int, np.ndarray, np.ndarray]:
         """Add timeline samples; -> (n0, n1, windows [n1-n0, W, F], aus [n1-n0, 6]) of the frames now final."""
-        self._append(self.streamer.feed(x))
+        buf = self.buf
+        buf.append(self.streamer.feed(x))
         self.samples += x.shape[0]
-        n0, n = self.n, self.n
-        limit = n_video_frames(self.samples, fps=self.fps)
-        while n < limit and rows_needed(n, self.fps, self.rate, self.window) - self.cut <= self.rows_end:
-            n += 1
+        n0 = self.n
+        n = frames_ready(n0, buf.end, n_video_frames(self.samples, fps=self.fps), self.fps, self.rate, self.window,
+                         short_by=self.cut)  # fmt: skip
         if n == n0:
-            return n0, n0, np.zeros((0, self.window, self.rows.shape[1]), np.float32), np.zeros((0, 6), np.float32)
-        windows = frame_windows(self.rows, n - n0, self.fps, self.rate, self.window, first_frame=n0,
-                                row_offset=self.rows_start)
+            return n0, n0, np.zeros((0, self.window, buf.rows.shape[1]), np.float32), np.zeros((0, 6), np.float32)
+        windows = frame_windows(buf.rows, n - n0, self.fps, self.rate, self.window, first_frame=n0,
+                                row_offset=buf.start)
         aus = self.aus(n0, n)
         self.n = n
-        self._drop_before(window_bounds(n, self.fps, self.rate, self.window)[0])
+        buf.drop_before(window_bounds(n, self.fps, self.rate, self.window)[0])
         return n0, n, windows, aus
-
-    def _drop_before(self, row: int) -> None:
-        k = min(max(0, row - self.rows_start), self.rows.shape[0] - 1)  # keep >= 1 row
-        if k > 0:
-            self.rows = self.rows[k:].copy()
-            self.rows_start += k
 
     def silence(self) -> int:
         """From the next frame on, the stream is silence: the rows kept become the silence row and a
         fresh streamer takes over at the next row boundary. Returns the zero samples to add to the
         timeline (< one row) so the fresh streamer's rows line up."""
-        self.rows[:] = self.silence_row
+        buf = self.buf
+        buf.rows[:] = self.silence_row
         pad = (-self.samples) % self.samples_per_row
         self.samples += pad
-        base = self.samples // self.samples_per_row
-        missing = base - self.rows_end
+        missing = self.samples // self.samples_per_row - buf.end
         if missing > 0:
-            self._append(np.repeat(self.silence_row[None], missing, axis=0))
+            buf.append(np.repeat(self.silence_row[None], missing, axis=0))
         elif missing < 0:  # rows the old streamer emitted past the boundary (none for mel)
-            self.rows = self.rows[:missing].copy()
+            buf.rows = buf.rows[:missing].copy()
         self.streamer = self.avatar.audio_encoder.streamer()
-        self.row_base = base
         return pad
 
 

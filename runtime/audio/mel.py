@@ -213,6 +213,29 @@ def frame_windows(
     return feats[local].astype(np.float32, copy=False)
 
 
+class RowBuffer:
+    """Feature rows [start, end) of a stream (`frame_windows(rows, ..., row_offset=start)`); rows
+    before the oldest window still needed are dropped, so memory stays bounded."""
+
+    def __init__(self, dim: int) -> None:
+        self.rows = np.zeros((0, dim), dtype=np.float32)
+        self.start = 0
+
+    @property
+    def end(self) -> int:
+        return self.start + self.rows.shape[0]
+
+    def append(self, new: np.ndarray) -> None:
+        if new.shape[0]:
+            self.rows = np.concatenate([self.rows, new.astype(np.float32, copy=False)])
+
+    def drop_before(self, row: int) -> None:
+        k = min(max(0, row - self.start), self.rows.shape[0] - 1)  # keep >= 1 row for edge repeats
+        if k > 0:
+            self.rows = self.rows[k:].copy()
+            self.start += k
+
+
 def window_bounds(
     n: int, fps: float = 25.0, rate: float = 50.0, window: int = 16
 ) -> tuple[int, int]:
@@ -227,6 +250,16 @@ def rows_needed(n: int, fps: float = 25.0, rate: float = 50.0, window: int = 16)
     At the end of a clip fewer rows suffice: the window then repeats the last row.
     """
     return window_bounds(n, fps, rate, window)[1]
+
+
+def frames_ready(n: int, rows: int, limit: int, fps: float = 25.0, rate: float = 50.0, window: int = 16,
+                 short_by: int = 0) -> int:
+    """The first frame >= n that is not final yet: frames are final once the clip surely has them
+    (< `limit`) and their window's rows exist (`rows` rows in all), or all but its last `short_by`
+    rows (a live server's shorter lookahead; the missing rows repeat the last one)."""
+    while n < limit and rows_needed(n, fps, rate, window) - short_by <= rows:
+        n += 1
+    return n
 
 
 def n_video_frames(n_samples: int, sample_rate: int = 16000, fps: float = 25.0) -> int:
