@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from embedtalk_sdk.runtime.avatar import Avatar
-from embedtalk_sdk.runtime.bundle import BundleError
+from embedtalk_sdk.runtime.bundle import MANIFEST, BundleError
 
 log = logging.getLogger("embedtalk_sdk.serve")
 
@@ -46,7 +46,7 @@ class AvatarEntry:
 
 
 def _is_bundle(p: Path) -> bool:
-    return (p.is_dir() and (p / "manifest.json").is_file()) or (p.is_file() and p.suffix == ".zip")
+    return (p.is_dir() and (p / MANIFEST).is_file()) or (p.is_file() and p.suffix == ".zip")
 
 
 def find_bundles(avatars: str | os.PathLike) -> list[Path]:

@@ -63,6 +63,12 @@ class SessionMetrics:
         span = min(FPS_WINDOW_S, max(now - self.started, 1e-3))
         return round(len(recent) / span, 2)
 
+    def counts(self) -> tuple[int, int, list[float]]:
+        """(frames_sent, dropped_frames, latencies) of one moment, read under the lock the render
+        thread writes them under."""
+        with self._lock:
+            return self.frames_sent, self.dropped_frames, list(self.latencies_ms)
+
     def snapshot(self) -> dict:
         with self._lock:
             lat = list(self.latencies_ms)
@@ -83,10 +89,11 @@ class ServerMetrics:
         self.refused = 0
 
     def closed(self, m: SessionMetrics) -> None:
+        sent, dropped, latencies = m.counts()
         with self._lock:
-            self._closed_sent += m.frames_sent
-            self._closed_dropped += m.dropped_frames
-            self._closed_latencies.extend(m.latencies_ms)
+            self._closed_sent += sent
+            self._closed_dropped += dropped
+            self._closed_latencies.extend(latencies)
 
     def report(self, sessions: dict[str, dict], live: list[SessionMetrics]) -> dict:
         """The `/metrics` document: totals, then `per_session` {id: {...}}."""
@@ -94,9 +101,10 @@ class ServerMetrics:
             lat = list(self._closed_latencies)
             sent, dropped, refused = self._closed_sent, self._closed_dropped, self.refused
         for m in live:
-            lat.extend(m.latencies_ms)
-            sent += m.frames_sent
-            dropped += m.dropped_frames
+            m_sent, m_dropped, m_lat = m.counts()
+            lat.extend(m_lat)
+            sent += m_sent
+            dropped += m_dropped
         return {"sessions": len(sessions), "frames_sent": sent, "dropped_frames": dropped,
                 "latency_ms_p50": percentile(lat, 50), "latency_ms_p99": percentile(lat, 99),
                 "sessions_refused": refused, "per_session": sessions}
