@@ -444,14 +444,19 @@ def test_tensorrt_rtx_frames_equal_onnxruntime_frames(tmp_path):
         pytest.skip(why)
     from test_runtime import make_test_bundle
 
-    from embedtalk_sdk.runtime.avatar import Avatar
-
     bundle = make_test_bundle(tmp_path / "a.etk", n=3000)
     audio = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
+    assert_frames_match_onnxruntime(bundle, "tensorrt-rtx", audio)
+
+
+def assert_frames_match_onnxruntime(bundle: Path, backend: str, audio: np.ndarray) -> None:
+    """`backend` speaks `audio` on `bundle` within 1/255 mean abs of the onnxruntime backend."""
+    from embedtalk_sdk.runtime.avatar import Avatar
+
     cpu = Avatar.load(bundle, backend="onnxruntime").speak(audio, sample_rate=16000)
-    gpu_avatar = Avatar.load(bundle, backend="tensorrt-rtx")
-    assert gpu_avatar.backend_name == "tensorrt-rtx"
-    frames = gpu_avatar.speak(audio, sample_rate=16000)
+    avatar = Avatar.load(bundle, backend=backend)
+    assert avatar.backend_name == backend
+    frames = avatar.speak(audio, sample_rate=16000)
     assert frames.shape == cpu.shape
     assert np.abs(frames.astype(np.float32) - cpu).mean() <= 1.0, "mean abs above 1/255"
 

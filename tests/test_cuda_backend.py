@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_cuda import GPU, rtx_runs_here  # noqa: E402
+from test_cuda import GPU, assert_frames_match_onnxruntime, rtx_runs_here  # noqa: E402
 
 gpu = pytest.mark.gpu
 needs_gpu = pytest.mark.skipif(not GPU, reason="no CUDA GPU (or cuda-python) on this machine")
@@ -51,16 +51,7 @@ def speech(seconds: float = 1.0) -> np.ndarray:
 @needs_gpu
 @pytest.mark.parametrize("hidden", [64, 48])  # a specialised kernel and the generic one
 def test_cuda_backend_frames_equal_onnxruntime_frames(tmp_path, hidden):
-    from embedtalk_sdk.runtime.avatar import Avatar
-
-    bundle = exported_graph_bundle(tmp_path / "a.etk", hidden=hidden)
-    audio = speech()
-    cpu = Avatar.load(bundle, backend="onnxruntime").speak(audio, sample_rate=16000)
-    avatar = Avatar.load(bundle, backend="cuda")
-    assert avatar.backend_name == "cuda"
-    frames = avatar.speak(audio, sample_rate=16000)
-    assert frames.shape == cpu.shape
-    assert np.abs(frames.astype(np.float32) - cpu).mean() <= 1.0, "mean abs above 1/255"
+    assert_frames_match_onnxruntime(exported_graph_bundle(tmp_path / "a.etk", hidden=hidden), "cuda", speech())
 
 
 @gpu
