@@ -1,5 +1,6 @@
 """Audio features for training, keyed by the runtime's encoders (runtime/audio/encoders.py):
-log-mel (default), HuBERT from a local transformers checkpoint, or a precomputed array.
+phone posteriors (pocketsphinx's en-us model), log-mel, HuBERT from a local transformers
+checkpoint, or a precomputed array.
 
 Each gives the `AudioEncoder` whose block goes into the checkpoint (and so the bundle) together
 with the dataset's rows at 50 Hz, so `frame_windows` cuts the same 16-row window per video frame
@@ -18,6 +19,8 @@ from embedtalk_sdk.runtime.audio.encoders import (
     FeaturesEncoder,
     HubertEncoder,
     MelEncoder,
+    PhoneticEncoder,
+    onnx_scorer,
 )
 from embedtalk_sdk.runtime.audio.io import load_audio
 from embedtalk_sdk.runtime.audio.mel import MelSpec
@@ -59,6 +62,20 @@ def _mel(src: FeatureSource) -> tuple[AudioEncoder, np.ndarray]:
     return enc, mel_features(src.audio_path, enc.spec)
 
 
+def phonetic_encoder() -> PhoneticEncoder:
+    """The phonetic encoder with its scorer built from pocketsphinx's en-us model (the graph export
+    writes into the bundle, run by onnxruntime here too, so training sees playback's rows)."""
+    from embedtalk_sdk.audio.phonetic_model import phonetic_scorer, scorer_sha256
+
+    data = phonetic_scorer()
+    return PhoneticEncoder(onnx_scorer(data), scorer_sha256=scorer_sha256(data))
+
+
+def _phonetic(src: FeatureSource) -> tuple[AudioEncoder, np.ndarray]:
+    enc = phonetic_encoder()
+    return enc, enc.features(load_audio(src.audio_path, SAMPLE_RATE))
+
+
 def _hubert(src: FeatureSource) -> tuple[AudioEncoder, np.ndarray]:
     from embedtalk_sdk.audio.hubert import hubert_encoder
 
@@ -77,6 +94,7 @@ def _precomputed(src: FeatureSource) -> tuple[AudioEncoder, np.ndarray]:
 
 _BUILDERS: dict[str, Callable[[FeatureSource], tuple[AudioEncoder, np.ndarray]]] = {
     MelEncoder.name: _mel,
+    PhoneticEncoder.name: _phonetic,
     HubertEncoder.name: _hubert,
     FeaturesEncoder.name: _precomputed,
 }

@@ -6,6 +6,8 @@ Every bundle names one encoder in its manifest's audio block (docs/interfaces.md
 - "hubert":   HuBERT's last hidden state from an ONNX file that takes raw samples (the
               Wav2Vec2FeatureExtractor normalisation is inside it), computed in fixed windows
               (`EncoderWindows`) so that `speak` and `stream` give the same rows.
+- "phonetic": 42 phone posteriors of the CMU US-English acoustic model (runtime/audio/phonetic.py:
+              sphinx's front end in numpy, the GMM scorer as an ONNX file in the bundle).
 - "features": rows the app computes itself (e.g. a dataset's aud_hu.npy); it cannot encode audio.
 
 All of them give rows at `rate` (50) Hz; `frame_windows` cuts the network's window per video frame.
@@ -23,6 +25,7 @@ from typing import Any, Callable, ClassVar, Iterator, Mapping, Protocol
 import numpy as np
 
 from embedtalk_sdk.runtime.audio.mel import MelSpec, MelStreamer, log_mel
+from embedtalk_sdk.runtime.audio.phonetic import FEATURE_DIM, N_PHONES, PhoneticStreamer, Scorer, SphinxSpec
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError, sha256_of
 from embedtalk_sdk.runtime.onnx_check import check_self_contained
 
@@ -31,6 +34,7 @@ __all__ = [
     "MelEncoder",
     "HubertEncoder",
     "FeaturesEncoder",
+    "PhoneticEncoder",
     "EncoderWindows",
     "FeatureStreamer",
     "WindowedStreamer",
@@ -39,6 +43,7 @@ __all__ = [
     "encoder_from_manifest",
     "windowed_features",
     "onnx_runner",
+    "onnx_scorer",
     "shared_file_name",
 ]
 
@@ -325,6 +330,55 @@ class HubertEncoder(AudioEncoder):
         return enc
 
 
+class PhoneticEncoder(AudioEncoder):
+    """Phone posteriors [M, 42] at 50 Hz of the CMU US-English acoustic model (runtime/audio/phonetic.py).
+
+    score: the GMM scorer (float32 [2, 39] -> [2, 42]); at playback `onnx_scorer` of the bundle's
+    scorer file, in training the same graph built from pocketsphinx's model files.
+    scorer_sha256: the scorer graph's sha256 (training records it; export rebuilds and checks it).
+    model: the manifest's "model" entry ({"file", "sha256", "bytes", "in_bundle"}), None in training.
+    """
+
+    name = "phonetic"
+
+    def __init__(self, score: Scorer, spec: SphinxSpec = SphinxSpec(), scorer_sha256: str = "",
+                 model: Mapping[str, Any] | None = None) -> None:
+        self._score, self.spec, self.scorer_sha256 = score, spec, scorer_sha256
+        self.rate, self.dim = spec.sample_rate / spec.row_hop, N_PHONES
+        self.model = dict(model) if model is not None else None
+
+    def features(self, samples: np.ndarray) -> np.ndarray:
+        # The streamer over the whole clip: `speak` and `stream` run the very same steps.
+        streamer = self.streamer()
+        return np.concatenate([streamer.feed(_mono_float32(samples)), streamer.flush()])
+
+    def streamer(self) -> PhoneticStreamer:
+        return PhoneticStreamer(self.spec, self._score)
+
+    def block(self) -> dict[str, Any]:
+        out = {**super().block(), "sphinx": self.spec.to_dict(), "scorer_sha256": self.scorer_sha256,
+               "input_dim": FEATURE_DIM}
+        if self.model is not None:
+            out["model"] = dict(self.model)
+        return out
+
+    @classmethod
+    def from_block(cls, block: Mapping[str, Any], bundle: Bundle, encoder_file: Path | None) -> "PhoneticEncoder":
+        try:
+            spec = SphinxSpec.from_dict(block["sphinx"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"bundle {bundle.path}: audio block's sphinx front end: {e}") from None
+        model = block.get("model")
+        if not isinstance(model, dict) or not {"file", "sha256", "bytes", "in_bundle"} <= model.keys():
+            raise BundleError(f"bundle {bundle.path}: audio.model must give file, sha256, bytes and in_bundle")
+        enc = cls(onnx_scorer(_encoder_path(bundle, model, encoder_file)), spec, str(block.get("scorer_sha256", "")),
+                  model)  # fmt: skip
+        if int(block["feature_dim"]) != enc.dim or float(block.get("rate", enc.rate)) != enc.rate:
+            raise BundleError(f"bundle {bundle.path}: audio block is inconsistent: feature_dim {block['feature_dim']}, "
+                              f"rate {block.get('rate')} (the phonetic encoder gives {enc.dim} at {enc.rate:g} Hz)")
+        return enc
+
+
 def shared_file_name(encoder: str, sha256: str) -> str:
     """The name of an encoder file shared beside bundles: content-addressed, so avatars share one."""
     return f"{encoder}-{sha256[:16]}.onnx"
@@ -362,24 +416,53 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
             yield block
 
 
-def onnx_runner(path: Path) -> Runner:
-    """An onnxruntime session of an encoder ONNX (input "samples" [1, S] -> output "features" [1, M, F])."""
+def _onnx_session(path: Path, inputs: list[str], outputs: list[str], what: str, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session of a self-contained ONNX file whose tensors are named as given;
+    threads: intra-op threads (None: onnxruntime's default)."""
     import onnxruntime as ort
 
     # From bytes, checked first: a file with external tensor data would read files beside it.
     data = check_self_contained(Path(path).read_bytes(), str(path))
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
     try:
-        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for unreadable models
-        raise BundleError(f"{path}: not a loadable ONNX audio encoder: {e}") from None
+        raise BundleError(f"{path}: not a loadable ONNX {what}: {e}") from None
     names = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
-    if names != (["samples"], ["features"]):
-        raise BundleError(f"{path}: an audio encoder takes 'samples' and gives 'features', this one has {names}")
+    if names != (inputs, outputs):
+        raise BundleError(f"{path}: {what} takes {inputs} and gives {outputs}, this one has {names}")
+    return session
+
+
+def onnx_runner(path: Path) -> Runner:
+    """An onnxruntime session of an encoder ONNX (input "samples" [1, S] -> output "features" [1, M, F])."""
+    session = _onnx_session(path, ["samples"], ["features"], "audio encoder")
 
     def run(samples: np.ndarray) -> np.ndarray:
         return session.run(["features"], {"samples": samples[None]})[0][0]
 
     return run
+
+
+def onnx_scorer(path: Path | bytes) -> Scorer:
+    """The phonetic encoder's scorer from its ONNX file (or bytes): "features" float32 [T, 39] ->
+    "posteriors" [T, 42] (export/phonetic.py writes it)."""
+    # One thread: two frames per call, where threads cost more than they give.
+    if isinstance(path, bytes):  # training: the graph built in memory, not yet a file
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    else:
+        session = _onnx_session(path, ["features"], ["posteriors"], "phonetic scorer", threads=1)
+
+    def score(features: np.ndarray) -> np.ndarray:
+        return session.run(["posteriors"], {"features": features})[0]
+
+    return score
 
 
 def _mono_float32(samples: np.ndarray) -> np.ndarray:
@@ -389,7 +472,9 @@ def _mono_float32(samples: np.ndarray) -> np.ndarray:
     return x
 
 
-ENCODERS: dict[str, type[AudioEncoder]] = {cls.name: cls for cls in (MelEncoder, HubertEncoder, FeaturesEncoder)}
+ENCODERS: dict[str, type[AudioEncoder]] = {
+    cls.name: cls for cls in (MelEncoder, PhoneticEncoder, HubertEncoder, FeaturesEncoder)
+}
 
 
 def encoder_from_manifest(bundle: Bundle, encoder_file: str | Path | None = None) -> AudioEncoder:
