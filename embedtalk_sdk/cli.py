@@ -102,7 +102,8 @@ def train(
     data: Path = typer.Argument(..., help="dataset folder (from `synth` or `preprocess`)"),
     out: Path = typer.Option(..., "-o", "--out", help="run folder: ckpt.pt, loss.png, train_metrics.json"),
     iterations: int = typer.Option(3000),
-    audio_encoder: str = typer.Option("mel", help="mel | hubert | features (the dataset's aud_hu.npy)"),
+    audio_encoder: str = typer.Option(
+        "phonetic", help="phonetic (phone posteriors, US English model) | mel | hubert | features (aud_hu.npy)"),
     hubert_path: Optional[str] = typer.Option(None, help="local HuBERT checkpoint folder (transformers)"),
     lpips_weights: Optional[str] = typer.Option(None, help="AlexNet features state dict for LPIPS"),
     init_points: int = typer.Option(8000, help="Gaussians taken from the dense point cloud"),

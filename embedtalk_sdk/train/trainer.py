@@ -47,7 +47,9 @@ class TrainConfig:
     """Everything a training run depends on; saved into the checkpoint."""
 
     iterations: int = 3000
-    audio_encoder: str = "mel"
+    # Phone posteriors of the CMU US-English model (runtime/audio/phonetic.py): on ted_lieu_hdtf_60s
+    # they predict the mouth opening at 0.68 (5-fold ridge) where log-mel reaches 0.57 (README).
+    audio_encoder: str = "phonetic"
     hubert_path: str | None = None
     lpips_weights: str | None = None  # None: ../shared/models default; missing file: LPIPS off
     lambda_face: float = 0.01
@@ -88,6 +90,12 @@ class TrainConfig:
     # their median (2.2 levels) than when the audio was silenced (1.6): MediaPipe's eye and cheek
     # blendshapes carry some of the mouth's motion, which `speak` (neutral AUs) never has.
     mouth_crop_shuffle_aus: bool = True
+    # Direct supervision of the audio path: a linear head on the audio code predicts the frame's
+    # mouth opening (inner-lip gap over eye span, from the dataset's landmarks, standardised) for
+    # `mouth_aux_batch` random training frames per step; dropped at export. The pixels reach the
+    # audio path only through the rendered mouth; this gives it the opening itself. 0: off.
+    lambda_mouth_aux: float = 0.1
+    mouth_aux_batch: int = 32
     # Validation (PSNR, LPIPS and the audio health check of train/health.py) every this many steps
     # and at the end; each one rewrites train_metrics.json. 0: at the end only.
     val_every: int = 500
@@ -161,7 +169,13 @@ class Trainer:
         self.lpips = self._load_lpips()
         self.health_inputs = self._health_inputs(train_set)
         self.optimizer = self._make_optimizer()
-        self.network_opt = torch.optim.Adam(self.deform.parameters(), lr=cfg.lr_network)
+        self.mouth_targets = self._mouth_targets(train_set) if cfg.lambda_mouth_aux else None
+        # Not part of DeformNet: the checkpoint and the bundle never see it.
+        self.mouth_head = torch.nn.Linear(dcfg.audio_code, 1).to(self.device)
+        torch.nn.init.zeros_(self.mouth_head.weight)
+        torch.nn.init.zeros_(self.mouth_head.bias)
+        self.network_opt = torch.optim.Adam([*self.deform.parameters(), *self.mouth_head.parameters()],
+                                            lr=cfg.lr_network)
 
     def _init_gaussians(self, ds: TalkingDataset, embed_dim: int) -> GaussianModel:
         points = ds.points3d
@@ -173,6 +187,20 @@ class Trainer:
         if len(points) > n:
             points = points[rng.choice(len(points), n, replace=False)]
         return GaussianModel.from_points(points, embed_dim=embed_dim, seed=self.cfg.seed)
+
+    def _mouth_targets(self, train_set: TalkingDataset) -> torch.Tensor | None:
+        """Standardised mouth opening of every training frame (iBUG inner lips 62/66 over the outer
+        eye corners 36/45, eval's measure), or None (with a note) when it does not vary."""
+        opening = np.array([mouth_opening_68(train_set.landmarks(i)) for i in range(len(train_set))])
+        if opening.std() < 1e-4:
+            self.log("the training frames' mouth opening does not vary: no auxiliary mouth supervision")
+            return None
+        return torch.as_tensor((opening - opening.mean()) / opening.std(), dtype=torch.float32, device=self.device)
+
+    def mouth_aux_loss(self, ids: np.ndarray) -> torch.Tensor:
+        """MSE of the mouth head's prediction from the audio code of training frames `ids`."""
+        code = self.deform.audio_net(self.train.windows[ids])
+        return (self.mouth_head(code)[:, 0] - self.mouth_targets[ids]).square().mean()
 
     def _health_inputs(self, train_set: TalkingDataset) -> HealthInputs:
         """Up to cfg.health_frames validation frames, evenly spaced, and the silent window."""
@@ -268,9 +296,10 @@ class Trainer:
         return l1(image, frames.image(i)[y0:y1, x0:x1])
 
     def loss(self, step: int, i: int, neighbours: torch.Tensor | None,
-             crops: list[tuple[int, int]] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+             crops: list[tuple[int, int]] = (), aux_ids: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 12 on training frame i at `step` (LPIPS every cfg.lpips_every steps), plus the mouth-crop
-        L1 of `crops` ((frame, AU frame) pairs) -> (loss, deformed means with retained grad)."""
+        L1 of `crops` ((frame, AU frame) pairs) and the mouth head's loss on frames `aux_ids`
+        -> (loss, deformed means with retained grad)."""
         c, g = self.cfg, self.gaussians
         image, _, means = self.render_frame(self.train, i)
         means.retain_grad()
@@ -288,6 +317,8 @@ class Trainer:
         loss = loss + c.lambda_opacity * opacity_mean(g.opacities())
         if crops:
             loss = loss + c.lambda_mouth_l1 * sum(self.mouth_crop_l1(j, k) for j, k in crops) / len(crops)
+        if aux_ids is not None and self.mouth_targets is not None:
+            loss = loss + c.lambda_mouth_aux * self.mouth_aux_loss(aux_ids)
         return loss, means
 
     def run(self, out_dir: str | Path, progress: ProgressFn | None = None, resume: bool = False,
@@ -343,7 +374,8 @@ class Trainer:
         if c.mouth_crops:
             ids = rng.integers(len(self.train), size=(c.mouth_crops, 2))
             crops = [(int(j), int(k) if c.mouth_crop_shuffle_aus else int(j)) for j, k in ids]
-        loss, means = self.loss(step, i, state.neighbours, crops)
+        aux_ids = rng.integers(len(self.train), size=c.mouth_aux_batch) if self.mouth_targets is not None else None
+        loss, means = self.loss(step, i, state.neighbours, crops, aux_ids)
         self.optimizer.zero_grad(set_to_none=True)
         self.network_opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -397,6 +429,7 @@ class Trainer:
             "step": state.step,
             "gaussians": {k: v.detach() for k, v in self.gaussians.params.items()},
             "deform": self.deform.state_dict(),
+            "mouth_head": self.mouth_head.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "network_opt": self.network_opt.state_dict(),
             "grad_sum": state.stats.grad_sum,
@@ -414,6 +447,7 @@ class Trainer:
         try:
             self.gaussians = GaussianModel(saved["gaussians"]).to(self.device)
             self.deform.load_state_dict(saved["deform"])
+            self.mouth_head.load_state_dict(saved["mouth_head"])
             # Densification changed the Gaussians' count: a fresh optimiser on the loaded rows.
             self.optimizer = self._make_optimizer()
             self.optimizer.load_state_dict(saved["optimizer"])
@@ -475,6 +509,12 @@ class Trainer:
         meta["train"] = {k: v for k, v in self.cfg.to_dict().items() if k not in ("deform", "densify")}
         meta["metrics"] = metrics
         return meta
+
+
+def mouth_opening_68(landmarks: np.ndarray) -> float:
+    """Inner-lip gap (iBUG 62/66) over the outer-eye-corner distance (36/45) of 68 landmarks [68, 2]."""
+    gap = np.linalg.norm(landmarks[62] - landmarks[66])
+    return float(gap / max(np.linalg.norm(landmarks[36] - landmarks[45]), 1e-6))
 
 
 def dataset_meta(ds: TalkingDataset, audio: dict, deform_cfg: DeformConfig) -> dict:
