@@ -257,7 +257,10 @@ def preprocess(
     segmentation_model: Optional[Path] = typer.Option(
         None, help="MediaPipe selfie_segmentation.tflite [default: ../shared/models]"),
     audio: Optional[Path] = typer.Option(None, help="speech track to use instead of the video's own"),
-    audio_shift: float = typer.Option(0.0, help="seconds to move the speech (negative: earlier) for clips out of sync"),
+    audio_shift: float = typer.Option(
+        0.0, help="seconds to move the speech (negative: earlier) for clips out of sync; turns the automatic sync off"),
+    keep_audio_sync: bool = typer.Option(
+        False, "--keep-audio-sync", help="keep the sound as it is when it looks out of sync (only warn)"),
     hubert_path: Optional[str] = typer.Option(None, help="local HuBERT checkpoint: also write aud_hu.npy"),
     points: int = typer.Option(30000, help="size of the initial point cloud points3d.npy"),
     pose_smoothing: float = typer.Option(1.0, help="temporal smoothing of the head pose (Gaussian sigma, frames)"),
@@ -266,8 +269,9 @@ def preprocess(
     from embedtalk_sdk.preprocess.preprocess import PreprocessOptions
     from embedtalk_sdk.preprocess.preprocess import preprocess as run_preprocess
 
-    opts = PreprocessOptions(audio=str(audio) if audio else None, audio_shift=audio_shift, hubert_path=hubert_path,
-                             points=points, pose_smoothing=pose_smoothing)  # fmt: skip
+    opts = PreprocessOptions(audio=str(audio) if audio else None, audio_shift=audio_shift,
+                             keep_audio_sync=keep_audio_sync, hubert_path=hubert_path, points=points,
+                             pose_smoothing=pose_smoothing)  # fmt: skip
     if face_model:
         opts.face_model = str(face_model)
     if segmentation_model:

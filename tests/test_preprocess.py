@@ -23,6 +23,10 @@ MAY = REAL / "may_5s.mp4"
 def _need_real() -> None:
     if not MAY.is_file():
         pytest.skip(f"no real test clips: {REAL} is absent")
+    _need_models()
+
+
+def _need_models() -> None:
     if not (MODELS / "face_landmarker.task").is_file() or not (MODELS / "selfie_segmentation.tflite").is_file():
         pytest.skip(f"no MediaPipe models: {MODELS} is absent")
     pytest.importorskip("mediapipe", reason="preprocessing needs mediapipe (the [preprocess] extra)")
@@ -98,7 +102,7 @@ def may_dataset(may_cut, tmp_path_factory) -> tuple[Path, dict]:
 
 def test_layout_is_a_talking_dataset(may_dataset):
     root, record = may_dataset
-    assert [s["status"] for s in record["steps"].values()] == ["done"] * 6
+    assert [s["status"] for s in record["steps"].values()] == ["done"] * 7
     for rel in ("aud.wav", "bc.jpg", "au.csv", "points3d.npy", "transforms_train.json", "transforms_val.json",
                 "gt_imgs/0.jpg", "torso_imgs/49.png", "ori_imgs/0.lms", "ori_imgs/0.jpg", "parsing/0.png",
                 "preprocess_log.json"):
@@ -154,7 +158,10 @@ def test_blink_and_mouth_signals(may_dataset):
     gap = [np.linalg.norm(m[37] - m[41]) + np.linalg.norm(m[44] - m[46]) for m in lms]
     assert gap[0] < 0.5 * gap[1]
     found = record["steps"]["landmarks"]["found"]
-    assert found["frames_with_face"] == 50 and -15 <= found["mouth_audio_best_offset_frames"] <= 15
+    assert found["frames_with_face"] == 50
+    sync = record["steps"]["sync"]["found"]
+    assert -15 <= sync["best_offset_frames"] <= 15 and "too short to judge" in sync["reason"]
+    assert sync["audio_shift_applied_s"] == 0.0  # 2 s say nothing about sync: the sound is kept
 
 
 def test_rerun_resumes_and_option_changes_rerun_what_depends_on_them(may_cut, may_dataset, tmp_path):
@@ -261,6 +268,142 @@ def test_audio_is_cut_to_the_frames_and_can_be_shifted(may_cut):
     later, _ = decode_audio_track(may_cut, None, 0.0, 50, shift=0.05)
     np.testing.assert_array_equal(later[800:], base[:-800])
     assert not later[:800].any()
+
+
+# ---------------------------------------------------------------------------------------------
+# Mouth-sound sync: a clip whose sound is clearly shifted is corrected (issue 21).
+
+
+def _peak_curve(peak: float, height: float = 0.56) -> dict[int, float]:
+    """A correlation curve over offsets -15..15 shaped like Ted's (r 0.56 at its peak, ~0.3 at 2.5
+    frames from it, 0.08 far off)."""
+    return {d: round(0.08 + (height - 0.08) * float(np.exp(-(((d - peak) / 2.8) ** 2))), 4) for d in range(-15, 16)}
+
+
+def test_judge_sync_moves_only_clearly_shifted_sound():
+    from embedtalk_sdk.preprocess.preprocess import SYNC_TARGET, judge_sync, peak_offset
+
+    assert peak_offset(_peak_curve(-7.6)) == pytest.approx(-7.6, abs=0.1)
+    natural = judge_sync(_peak_curve(-2.6), 1500)  # Ted as recorded
+    assert not natural["out_of_sync"] and natural["shift_s"] == 0.0 and "in natural sync" in natural["reason"]
+    late = judge_sync(_peak_curve(-7.6), 1500)  # its sound 0.2 s late: -8, inside the old band (-8, 2)
+    assert late["out_of_sync"] and late["best_offset_frames"] == -8 and "0.20 s late" in late["reason"]
+    assert late["shift_s"] == pytest.approx((-7.6 - SYNC_TARGET) / 25, abs=0.01)  # ~0.2 s earlier
+    early = judge_sync(_peak_curve(2.4), 1500)  # 0.2 s early: +2, also inside the old band
+    assert early["out_of_sync"] and early["shift_s"] == pytest.approx(0.2, abs=0.01) and "early" in early["reason"]
+    assert not judge_sync(_peak_curve(-7.6), 125)["out_of_sync"]  # 5 s: too noisy to decide
+    assert not judge_sync(_peak_curve(-7.6, height=0.25), 1500)["out_of_sync"]  # the sound hardly predicts the mouth
+    assert not judge_sync(_peak_curve(1.2), 1500)["out_of_sync"]  # just outside, not clearly better than inside
+    assert not judge_sync({}, 10)["out_of_sync"]
+
+
+SYNC_CLIP_SHIFT = 0.2  # seconds the test clip's sound comes early
+
+
+@pytest.fixture(scope="session")
+def early_sound_clip(tmp_path_factory) -> dict:
+    """11 s of the synthetic speaker at 128² as a video without sound, its speech (wav) and the same
+    speech 0.2 s early (the synthetic mouth follows its sound at offset 0)."""
+    _need_models()
+    import soundfile as sf
+
+    from embedtalk_sdk.runtime.video import write_mp4
+    from embedtalk_sdk.synthetic.synth import synthesize_dataset
+
+    root = tmp_path_factory.mktemp("sync")
+    data = synthesize_dataset(root / "synth", seconds=11.0, size=128, seed=1, n_points=1000)
+    n = len(list((data / "gt_imgs").glob("*.jpg")))
+    video = root / "speaker.mp4"
+    write_mp4(video, (np.asarray(Image.open(data / "gt_imgs" / f"{i}.jpg").convert("RGB")) for i in range(n)))
+    speech, sr = sf.read(str(data / "aud.wav"), dtype="float32")
+    k = int(SYNC_CLIP_SHIFT * sr)
+    early = np.concatenate([speech[k:], np.zeros(k, np.float32)])
+    sf.write(str(root / "early.wav"), early, sr, subtype="PCM_16")
+    return {"video": video, "early": root / "early.wav", "frames": n}
+
+
+@pytest.fixture(scope="session")
+def early_sound_dataset(early_sound_clip, tmp_path_factory) -> tuple[Path, dict]:
+    from embedtalk_sdk.preprocess.preprocess import preprocess
+
+    out = tmp_path_factory.mktemp("pre") / "early"
+    with pytest.warns(UserWarning, match="moved the sound"):
+        record = preprocess(early_sound_clip["video"], out, _options(audio=str(early_sound_clip["early"])))
+    return out, record
+
+
+def _wav(path: Path) -> np.ndarray:
+    import soundfile as sf
+
+    return sf.read(str(path), dtype="float32")[0]
+
+
+def _moved(samples: np.ndarray, shift: float) -> np.ndarray:
+    """samples moved by `shift` seconds at 16 kHz (later when > 0), zero-padded, same length."""
+    k = int(round(shift * 16000))
+    out = np.zeros_like(samples)
+    if k >= 0:
+        out[k:] = samples[:len(samples) - k]
+    else:
+        out[:k] = samples[-k:]
+    return out
+
+
+@pytest.mark.slow
+def test_sound_out_of_sync_is_moved_back(early_sound_clip, early_sound_dataset):
+    # Before: a warning (best offset +5, outside the old band (-8, 2)), and the sound stayed 0.2 s early.
+    from embedtalk_sdk.audio.features import mel_features
+    from embedtalk_sdk.metrics import audio_predicts_mouth
+    from embedtalk_sdk.preprocess.face import FaceTrack, mouth_opening
+    from embedtalk_sdk.preprocess.preprocess import SYNC_NATURAL, SYNC_TARGET
+
+    root, record = early_sound_dataset
+    sync = record["steps"]["sync"]["found"]
+    assert sync["out_of_sync"] and sync["best_offset_frames"] >= 4 and "early" in sync["reason"]
+    shift = sync["audio_shift_applied_s"]
+    # the sound goes back 0.2 s, plus the natural lead of a real mouth (SYNC_TARGET) that the synthetic lacks
+    assert shift == pytest.approx(SYNC_CLIP_SHIFT - SYNC_TARGET / 25, abs=0.04)
+    assert any("moved the sound" in w for w in record["warnings"])
+    assert "moved the sound" in json.loads((root / "preprocess_log.json").read_text())["steps"]["sync"]["found"]["action"]
+    early = _wav(early_sound_clip["early"])[: early_sound_clip["frames"] * 640]
+    np.testing.assert_allclose(_wav(root / "aud.wav"), _moved(early, shift), atol=1e-4)
+    # measured again on what was written: now in natural sync
+    mouth = mouth_opening(FaceTrack.load(root / "preprocess" / "face_track.npz").landmarks)
+    after = audio_predicts_mouth(mel_features(root / "aud.wav"), mouth)
+    assert SYNC_NATURAL[0] <= after["offset_frames"] <= SYNC_NATURAL[1], after
+
+
+@pytest.mark.slow
+def test_keep_audio_sync_keeps_the_sound_and_reruns_never_move_it_twice(early_sound_clip, early_sound_dataset,
+                                                                        tmp_path):
+    from embedtalk_sdk.cli import app
+    from embedtalk_sdk.preprocess.preprocess import preprocess
+
+    root, record = early_sound_dataset
+    corrected = _wav(root / "aud.wav")
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    video, early = early_sound_clip["video"], early_sound_clip["early"]
+    again = preprocess(video, copy, _options(audio=str(early)))
+    assert {s["status"] for s in again["steps"].values()} == {"skipped (already done)"}
+    np.testing.assert_array_equal(_wav(copy / "aud.wav"), corrected)
+    with pytest.warns(UserWarning, match="kept as it is"):
+        result = CliRunner().invoke(app, ["preprocess", str(video), "-o", str(copy), "--audio", str(early),
+                                          "--keep-audio-sync", "--points", "6000",
+                                          "--face-model", str(MODELS / "face_landmarker.task"),
+                                          "--segmentation-model", str(MODELS / "selfie_segmentation.tflite")])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # the console wraps long lines
+    assert "s early against the mouth; kept as it is (--keep-audio-sync" in said
+    log = json.loads((copy / "preprocess_log.json").read_text())
+    assert {k for k, s in log["steps"].items() if s["status"] == "done"} == {"sync"}
+    found = log["steps"]["sync"]["found"]
+    assert found["out_of_sync"] and found["audio_shift_applied_s"] == 0.0 and "kept" in found["action"]
+    np.testing.assert_allclose(_wav(copy / "aud.wav"), _wav(early)[: early_sound_clip["frames"] * 640], atol=1e-4)
+    with pytest.warns(UserWarning, match="moved the sound"):
+        back = preprocess(video, copy, _options(audio=str(early)))  # without the option: moved once, not twice
+    assert back["steps"]["sync"]["found"]["audio_shift_applied_s"] == record["steps"]["sync"]["found"]["audio_shift_applied_s"]
+    np.testing.assert_array_equal(_wav(copy / "aud.wav"), corrected)
 
 
 def test_resample_times_nearest_frame():

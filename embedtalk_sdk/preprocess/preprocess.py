@@ -9,16 +9,20 @@ inputs and options; a step writes its files, then that record, atomically):
                first video frame, padded / trimmed to the frames' length).
 2. landmarks   Face Landmarker -> preprocess/face_track.npz, ori_imgs/{i}.lms (iBUG-68),
                au.csv (AUs from blendshapes, see `embedtalk_sdk.preprocess.face`).
-3. cameras     head poses refined against a person-specific template and smoothed over time
+3. sync        how well the sound predicts the mouth at each offset (`judge_sync`); a clip whose
+               sound is clearly shifted is corrected: aud.wav is written again from the source with
+               the sound moved so that its best offset lands in natural sync (--keep-audio-sync or
+               --audio-shift: only measured and warned about). design.md.
+4. cameras     head poses refined against a person-specific template and smoothed over time
                (`embedtalk_sdk.preprocess.headpose`) -> transforms_{train,val}.json (metres, OpenGL c2w;
                the last 1/11 of frames is val), preprocess/head_poses.npz.
-4. background  selfie segmentation of 20-60 frames spread over the clip -> bc.jpg (per-pixel
+5. background  selfie segmentation of 20-60 frames spread over the clip -> bc.jpg (per-pixel
                temporal median of surely-background pixels; pixels never seen are inpainted).
-5. compose     selfie segmentation of every frame -> parsing/{i}.png (ER-NeRF colours),
+6. compose     selfie segmentation of every frame -> parsing/{i}.png (ER-NeRF colours),
                gt_imgs/{i}.jpg (background pixels replaced by bc.jpg, as ER-NeRF does) and
                torso_imgs/{i}.png (RGBA: the torso, the neck continued under the head).
-6. points      points3d.npy: a dense head point cloud (`embedtalk_sdk.preprocess.pointcloud`).
-7. hubert      aud_hu.npy [M, 2, 1024] (TalkingGaussian's layout) when a HuBERT path is given.
+7. points      points3d.npy: a dense head point cloud (`embedtalk_sdk.preprocess.pointcloud`).
+8. hubert      aud_hu.npy [M, 2, 1024] (TalkingGaussian's layout) when a HuBERT path is given.
 
 DATA/preprocess_log.json records, per step, what it found (frame rates, faces, pose error, ...)
 and how long it took. Refusals raise `PreprocessError` with one line naming the file and what to do:
@@ -59,10 +63,14 @@ MIN_FACE_SHARE = 0.5
 BACKGROUND_SAMPLES = 60
 BACKGROUND_MIN_SAMPLES = 20
 COMPOSE_THREADS = 2
-SYNC_NATURAL = (-8, 2)  # mouth-sound offsets (frames) of speech in sync: the mouth leads by up to ~0.3 s
-SYNC_WARN_MIN_FRAMES = 250  # the sync estimate warns on clips of 10 s or more (shorter ones are noisy) ...
-SYNC_WARN_MIN_CORR = 0.3  # ... when the sound predicts the mouth clearly at its best offset ...
-SYNC_WARN_GAIN = 0.1  # ... and clearly better there than anywhere in natural sync
+# Mouth-sound sync (design.md): best offsets (frames; < 0: the mouth leads the sound) measured on
+# clips in sync: Ted -3 (r 0.56), the German clip -1, the synthetic speaker 0 (its mouth follows
+# the sound's envelope); the English clip whose sound is 0.2 s late: -7.
+SYNC_NATURAL = (-5, 0)
+SYNC_TARGET = -2.5  # frames: where a corrected clip's best offset lands (the band's middle; Ted -2.6)
+SYNC_MIN_FRAMES = 250  # the estimate decides on clips of 10 s or more (may_5s, 5 s, peaks at +14 by noise) ...
+SYNC_MIN_CORR = 0.3  # ... when the sound predicts the mouth clearly at its best offset ...
+SYNC_MIN_GAIN = 0.1  # ... and clearly better there than anywhere in natural sync
 
 Progress = Callable[[str, int, int], None]  # (step, done, total)
 
@@ -78,7 +86,8 @@ class PreprocessOptions:
     face_model: str = str(SHARED_MODELS / "face_landmarker.task")
     segmentation_model: str = str(SHARED_MODELS / "selfie_segmentation.tflite")
     audio: str | None = None  # a separate speech track instead of the video's own
-    audio_shift: float = 0.0  # seconds; negative moves the speech earlier (sound late in the clip)
+    audio_shift: float = 0.0  # seconds; negative moves the speech earlier (sound late in the clip); no auto-sync
+    keep_audio_sync: bool = False  # True: a clip found out of sync is only warned about, not corrected
     hubert_path: str | None = None
     pose_smoothing: float = 1.0  # Gaussian sigma in frames over the head pose (0: off)
     points: int = 30000  # initial point-cloud size
@@ -323,6 +332,63 @@ def decode_audio_track(video: Path, audio: Path | None, video_start: float, n_fr
 
 
 # ---------------------------------------------------------------------------------------------
+# Step 3: sync.
+
+
+def peak_offset(curve: dict[int, float]) -> float:
+    """The offset (frames) where a correlation curve peaks, between frames by a parabola through the
+    best offset and its two neighbours (the best offset itself at the curve's ends)."""
+    best = max(curve, key=curve.get)
+    lo, hi = curve.get(best - 1), curve.get(best + 1)
+    if lo is None or hi is None:
+        return float(best)
+    bend = lo - 2.0 * curve[best] + hi
+    return best + 0.5 * (lo - hi) / bend if bend < 0 else float(best)
+
+
+def judge_sync(curve: dict[int, float], frames: int) -> dict:
+    """Whether a clip's sound is clearly shifted against its mouth, and the move that fixes it.
+
+    curve: {offset (frames): r} from `embedtalk_sdk.metrics.audio_predicts_mouth` over `frames` frames.
+    Out of sync when the clip has at least SYNC_MIN_FRAMES frames, the best offset lies outside
+    SYNC_NATURAL, its r is at least SYNC_MIN_CORR and SYNC_MIN_GAIN above the best r inside the band.
+    "shift_s" moves the sound so that the best offset lands on SYNC_TARGET (negative: earlier; the
+    `audio_shift` of `decode_audio_track`). Returns a JSON-able dict with the reason in words.
+    """
+    lo, hi = SYNC_NATURAL
+    verdict: dict[str, Any] = {"natural_band_frames": [lo, hi], "frames": frames, "out_of_sync": False}
+    if not curve:
+        return {**verdict, "shift_s": 0.0, "reason": "too short to measure"}
+    best = max(curve, key=curve.get)
+    r_best = curve[best]
+    r_band = max((c for d, c in curve.items() if lo <= d <= hi), default=0.0)
+    peak = peak_offset(curve)
+    # best offset d: the sound that predicts frame i is at frame i - d; a peak above the target means
+    # the sound comes early, and moving it later (shift > 0) puts the peak on the target
+    shift = round((peak - SYNC_TARGET) / FPS, 3)
+    verdict.update(best_offset_frames=int(best), peak_offset_frames=round(peak, 2), correlation_best=round(r_best, 4),
+                   correlation_in_band=round(r_band, 4), correlation_at_zero=round(curve.get(0, 0.0), 4),
+                   shift_s=shift)  # fmt: skip
+    where = (f"best offset {best:+d} frames (r {r_best:.2f}; {r_band:.2f} at best in natural sync, "
+             f"{lo}..{hi} frames)")
+    if frames < SYNC_MIN_FRAMES:
+        reason = f"{where}: too short to judge ({frames} frames, {SYNC_MIN_FRAMES} needed)"
+    elif lo <= best <= hi:
+        reason = f"{where}: in natural sync"
+    elif r_best < SYNC_MIN_CORR:
+        reason = f"{where}: the sound predicts the mouth too weakly to judge (r under {SYNC_MIN_CORR})"
+    elif r_best - r_band < SYNC_MIN_GAIN:
+        reason = f"{where}: not clearly better than in natural sync (by under {SYNC_MIN_GAIN})"
+    else:
+        verdict["out_of_sync"] = True
+        reason = f"{where}: the sound comes {abs(shift):.2f} s {'early' if shift > 0 else 'late'} against the mouth"
+    verdict["reason"] = reason
+    if not verdict["out_of_sync"]:
+        verdict["shift_s"] = 0.0
+    return verdict
+
+
+# ---------------------------------------------------------------------------------------------
 # The runner.
 
 
@@ -340,6 +406,7 @@ class _Run:
         self.fingerprints: dict[str, str] = {}
         self.n = 0
         self.width = self.height = 0
+        self.video_start = 0.0
 
     def warn(self, message: str) -> None:
         self.record["warnings"].append(message)
@@ -432,26 +499,52 @@ class _Run:
             write_landmarks(self.out / "ori_imgs" / f"{i}.lms", ibug[i])
         aus = aus_from_blendshapes(track.blendshapes, track.names)
         write_au_csv(self.out / "au.csv", aus, FPS, AU_CSV_COLUMNS, track.found)
-        from embedtalk_sdk.audio.features import mel_features
-        from embedtalk_sdk.preprocess.face import mouth_opening
-        from embedtalk_sdk.metrics import audio_predicts_mouth
-
-        sync = audio_predicts_mouth(mel_features(self.out / "aud.wav"), mouth_opening(track.landmarks))
         blink = aus[:, AU_CSV_COLUMNS.index(BLINK_CSV_COLUMN)]
-        lag = sync["offset_frames"]
-        natural = max((c for d, c in sync["curve"].items() if SYNC_NATURAL[0] <= d <= SYNC_NATURAL[1]), default=0.0)
-        if (self.n >= SYNC_WARN_MIN_FRAMES and not SYNC_NATURAL[0] <= lag <= SYNC_NATURAL[1]
-                and sync["correlation"] >= SYNC_WARN_MIN_CORR and sync["correlation"] - natural >= SYNC_WARN_GAIN):
-            self.warn(f"{self.video}: the sound predicts the mouth best with the sound moved {lag / FPS:+.2f} s "
-                      f"(r {sync['correlation']:.2f} against {natural:.2f} in natural sync, where the mouth leads by "
-                      f"0-0.3 s); if the clip is out of sync, re-run with --audio-shift {lag / FPS + 0.12:+.2f}")
         return {"frames_with_face": int(track.found.sum()), "frames_without_face": int((~track.found).sum()),
                 "frames_with_several_faces": multi,
                 "au_mean": {c: round(float(v), 3) for c, v in zip(AU_CSV_COLUMNS, aus.mean(axis=0))},
-                "au45_p99": round(float(np.percentile(blink, 99)), 3),
-                "mouth_audio_correlation": sync["correlation_at_zero"],
-                "mouth_audio_best_offset_frames": sync["offset_frames"],
-                "mouth_audio_best_correlation": sync["correlation"]}  # fmt: skip
+                "au45_p99": round(float(np.percentile(blink, 99)), 3)}  # fmt: skip
+
+    def sync(self) -> dict:
+        from embedtalk_sdk.metrics import audio_predicts_mouth
+        from embedtalk_sdk.preprocess.face import FaceTrack, mouth_opening
+        from embedtalk_sdk.runtime.audio.encoders import MelEncoder
+
+        audio = Path(self.opts.audio) if self.opts.audio else None
+
+        def decoded(shift: float) -> np.ndarray:
+            return decode_audio_track(self.video, audio, self.video_start, self.n, shift)[0]
+
+        # measured on the sound as decode wrote it, decoded again from the source: a re-run of this
+        # step (new options, new landmarks) starts from there and never moves the sound twice
+        samples = decoded(self.opts.audio_shift)
+        mouth = mouth_opening(FaceTrack.load(self.state / "face_track.npz").landmarks)
+        measured = audio_predicts_mouth(MelEncoder().features(samples), mouth)
+        verdict = judge_sync(measured["curve"], self.n)
+        found = {**verdict, "curve": {str(d): round(c, 3) for d, c in measured["curve"].items()},
+                 "audio_shift_applied_s": 0.0}
+        move = f"{abs(verdict['shift_s']):.2f} s {'later' if verdict['shift_s'] > 0 else 'earlier'}"
+        if not verdict["out_of_sync"]:
+            found["action"] = "kept the sound as it is"
+            self.log(f"sync: {verdict['reason']}")
+        elif self.opts.keep_audio_sync:
+            found["action"] = "kept the sound as it is (--keep-audio-sync)"
+            self.warn(f"{self.video}: {verdict['reason']}; kept as it is (--keep-audio-sync; without it the sound "
+                      f"is moved {move})")
+        elif self.opts.audio_shift:
+            given = f"--audio-shift {self.opts.audio_shift:+g}"
+            found["action"] = f"kept the sound as it is ({given} given)"
+            self.warn(f"{self.video}: {verdict['reason']} with {given}; if the clip is out of sync, re-run with "
+                      f"--audio-shift {self.opts.audio_shift + verdict['shift_s']:+.2f}")
+        else:
+            samples = decoded(verdict["shift_s"])
+            found["audio_shift_applied_s"] = verdict["shift_s"]
+            found["action"] = f"moved the sound {move} (best offset to {SYNC_TARGET:+g} frames)"
+            self.warn(f"{self.video}: {verdict['reason']}: moved the sound {move} in aud.wav (--keep-audio-sync "
+                      "keeps it as it is)")
+        with atomic_path(self.out / "aud.wav", suffix=".part.wav") as tmp:
+            write_wav(tmp, samples, SAMPLE_RATE)
+        return found
 
     def cameras(self) -> dict:
         from embedtalk_sdk.preprocess.face import MEDIAPIPE_FOV_DEG, FaceTrack, canonical_face_mesh, focal_from_fov
@@ -623,8 +716,11 @@ def preprocess(video: str | Path, out: str | Path, options: PreprocessOptions | 
     dec = run.run_step("decode", run.decode, {"audio": audio_fp, "shift": opts.audio_shift,
                                               "q": opts.jpeg_quality}, [])
     run.n, run.width, run.height = int(dec["frames"]), int(dec["width"]), int(dec["height"])
+    run.video_start = float(dec["start_time"])
     face_fp = _file_fingerprint(Path(opts.face_model))
     run.run_step("landmarks", run.landmarks, {"model": face_fp}, ["decode"])
+    rules = [SYNC_NATURAL, SYNC_TARGET, SYNC_MIN_FRAMES, SYNC_MIN_CORR, SYNC_MIN_GAIN]
+    run.run_step("sync", run.sync, {"keep": opts.keep_audio_sync, "rules": rules}, ["decode", "landmarks"])
     run.run_step("cameras", run.cameras, {"smoothing": opts.pose_smoothing}, ["landmarks"])
     seg_fp = _file_fingerprint(Path(opts.segmentation_model))
     run.run_step("background", run.background, {"model": seg_fp}, ["decode"])
@@ -632,5 +728,5 @@ def preprocess(video: str | Path, out: str | Path, options: PreprocessOptions | 
     run.run_step("points", run.points, {"model": seg_fp, "points": opts.points, "frames": opts.point_frames},
                  ["cameras"])
     if opts.hubert_path:
-        run.run_step("hubert", run.hubert, {"hubert": str(opts.hubert_path)}, ["decode"])
+        run.run_step("hubert", run.hubert, {"hubert": str(opts.hubert_path)}, ["sync"])
     return run.record
