@@ -28,7 +28,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-__all__ = ["SphinxSpec", "PhoneticStreamer", "Scorer", "GROUP", "N_PHONES", "FEATURE_DIM", "mfcc_filterbank"]
+__all__ = ["SphinxSpec", "PhoneticStreamer", "Scorer", "GROUP", "N_PHONES", "FEATURE_DIM", "mfcc_filterbank",
+           "sphinx_cepstra"]
 
 GROUP = 2  # frames per front-end and scorer step: one 50 Hz row
 N_PHONES = 42
@@ -157,11 +158,27 @@ class _FrontEnd:
         masked = np.where(signal < self._LAMBDA_T * peak, peak * self._MU_T, signal)
         peak = np.where(signal > peak, signal, peak)
         signal = np.maximum(masked, floor)
-        gain = np.maximum(np.where(signal < self._MAX_GAIN * power, signal / power, self._MAX_GAIN), 1 / self._MAX_GAIN)
+        # Digital silence has power 0: the gain is then the maximum, as the C code's comparison gives.
+        gain = np.full_like(m, self._MAX_GAIN)
+        np.divide(signal, power, out=gain, where=signal < self._MAX_GAIN * power)
+        gain = np.maximum(gain, 1 / self._MAX_GAIN)
         sums = np.concatenate([[0.0], np.cumsum(gain)])
         s.update(power=power, noise=noise, floor=floor, peak=peak)
         lo, hi = self._smooth_lo, self._smooth_hi
         return m * (sums[hi + 1] - sums[lo]) / (hi - lo + 1)
+
+
+def sphinx_cepstra(samples: np.ndarray, spec: SphinxSpec = SphinxSpec()) -> np.ndarray:
+    """Liftered cepstra float32 [T, 13] of a whole clip before CMN (what sphinx's decoder takes in
+    `process_cep`): frame t is samples [160 t, 160 t + 410) of the pre-emphasised clip."""
+    x = np.asarray(samples, dtype=np.float64).reshape(-1) * _INT16
+    pre = np.concatenate([x[:1], x[1:] - spec.preemphasis * x[:-1]])
+    n = max(0, (x.shape[0] - spec.window_samples) // spec.shift + 1)
+    front, out = _FrontEnd(spec), []
+    for t0 in range(0, n, GROUP):
+        idx = np.arange(spec.window_samples)[None, :] + spec.shift * np.arange(t0, min(t0 + GROUP, n))[:, None]
+        out.append(front.cepstra(pre[idx]))
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, spec.n_cepstra), np.float32)
 
 
 class _CausalCmn:
