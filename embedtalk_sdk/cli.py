@@ -221,8 +221,8 @@ def demo(
 
     # No mouth crops: the synthetic speaker's mouth is learned without them (5 seeds, README), and
     # they would double the steps' cost in a demo meant to finish within 10 minutes.
-    cfg = _train_config(iterations, "mel", None, lpips_weights, init_points, "auto", seed, max_gaussians=max_gaussians,
-                        mouth_crops=0)
+    cfg = _train_config(iterations, "phonetic", None, lpips_weights, init_points, "auto", seed,
+                        max_gaussians=max_gaussians, mouth_crops=0)
     metrics = run_demo(out, seconds=seconds, size=size, train_config=cfg, progress_bar=progress_bar,
                        train_fn=run_training, log=lambda m: console.print(m))  # fmt: skip
     console.print_json(json.dumps(metrics))
