@@ -296,7 +296,7 @@ _PART_OF = (
     ("torso_bg", "torso track"),
     ("viewmats", "camera track"),
     ("engines/", "engines"),
-    ("hubert", "audio encoder"),
+    ("hubert", "audio encoder"), ("phonetic", "audio encoder"), ("LICENSE", "licences"),
     ("means", "gaussians"), ("quats", "gaussians"), ("scales", "gaussians"),
     ("opacity_logits", "gaussians"), ("colors", "gaussians"),
 )
