@@ -364,7 +364,8 @@ def test_sound_out_of_sync_is_moved_back(early_sound_clip, early_sound_dataset):
     # the sound goes back 0.2 s, plus the natural lead of a real mouth (SYNC_TARGET) that the synthetic lacks
     assert shift == pytest.approx(SYNC_CLIP_SHIFT - SYNC_TARGET / 25, abs=0.04)
     assert any("moved the sound" in w for w in record["warnings"])
-    assert "moved the sound" in json.loads((root / "preprocess_log.json").read_text())["steps"]["sync"]["found"]["action"]
+    logged = json.loads((root / "preprocess_log.json").read_text())["steps"]["sync"]["found"]
+    assert "moved the sound" in logged["action"] and logged["audio_shift_applied_s"] == shift
     early = _wav(early_sound_clip["early"])[: early_sound_clip["frames"] * 640]
     np.testing.assert_allclose(_wav(root / "aud.wav"), _moved(early, shift), atol=1e-4)
     # measured again on what was written: now in natural sync
@@ -402,7 +403,8 @@ def test_keep_audio_sync_keeps_the_sound_and_reruns_never_move_it_twice(early_so
     np.testing.assert_allclose(_wav(copy / "aud.wav"), _wav(early)[: early_sound_clip["frames"] * 640], atol=1e-4)
     with pytest.warns(UserWarning, match="moved the sound"):
         back = preprocess(video, copy, _options(audio=str(early)))  # without the option: moved once, not twice
-    assert back["steps"]["sync"]["found"]["audio_shift_applied_s"] == record["steps"]["sync"]["found"]["audio_shift_applied_s"]
+    applied = [r["steps"]["sync"]["found"]["audio_shift_applied_s"] for r in (back, record)]
+    assert applied[0] == applied[1]
     np.testing.assert_array_equal(_wav(copy / "aud.wav"), corrected)
 
 
