@@ -1,6 +1,7 @@
 """Streaming first-frame latency, mel vs HuBERT, on the same bundle geometry.
 
-    python benchmarks/stream_latency.py [--bundle MEL.etk] [--runs 5] [--base-size] [-o latency.json]
+    python benchmarks/stream_latency.py [--bundle MEL.etk] [--phonetic PHONETIC.etk] [--runs 5] [--base-size]
+        [-o latency.json]
 
 Latency = wall time from the first 20 ms chunk handed to `Avatar.stream` to the first frame out,
 with the chunks arriving in real time (one every 20 ms, each when its last sample was spoken; add
@@ -29,7 +30,7 @@ import numpy as np
 
 from embedtalk_sdk.audio.hubert import RawHubert, conv_windows, hubert_onnx
 from embedtalk_sdk.export.bundle import write_bundle
-from embedtalk_sdk.runtime.audio.encoders import HubertEncoder, onnx_runner
+from embedtalk_sdk.runtime.audio.encoders import HubertEncoder, PhoneticEncoder, onnx_runner
 from embedtalk_sdk.runtime.audio.speech import synthesize_speech
 from embedtalk_sdk.runtime.avatar import Avatar
 from embedtalk_sdk.runtime.bundle import Bundle
@@ -99,6 +100,7 @@ def first_frame_latency(avatar: Avatar, audio: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, help="a mel bundle (default: train a tiny one)")
+    parser.add_argument("--phonetic", type=Path, help="also time this phonetic bundle (train it like --bundle)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--base-size", action="store_true", help="also time a HuBERT-base-sized encoder window")
     parser.add_argument("-o", "--out", type=Path, default=Path("stream_latency.json"))
@@ -109,7 +111,8 @@ def main() -> None:
     hubert = hubert_variant(mel, work / "hubert.etk", random_hubert(dim, layers=2, heads=2, ffn=64, conv=16))
     audio = synthesize_speech(3.0, seed=1).samples.astype(np.float32)
     report: dict = {"bundle": str(mel), "chunk_ms": 1000 * CHUNK / 16000, "runs": args.runs, "results": []}
-    for name, path in (("mel", mel), ("hubert (tiny random, 2 layers)", hubert)):
+    bundles = [("mel", mel), ("hubert (tiny random, 2 layers)", hubert)]
+    for name, path in bundles + ([("phonetic", args.phonetic)] if args.phonetic else []):
         avatar = Avatar.load(path, backend="onnxruntime")
         first_frame_latency(avatar, audio)  # warm-up: numba compile, onnxruntime's first run
         runs = [first_frame_latency(avatar, audio) for _ in range(args.runs)]
@@ -117,6 +120,7 @@ def main() -> None:
         rows = avatar_rows(avatar)
         # The audio frame 0 needs: HuBERT's chunk with its lookahead; mel's row rows-1 (centred, n_fft / 2 past it).
         needed = (enc.windows.samples_for_rows(rows) if isinstance(enc, HubertEncoder)
+                  else samples_until_rows(enc, audio, rows) if isinstance(enc, PhoneticEncoder)
                   else (rows - 1) * enc.spec.hop + enc.spec.n_fft // 2)  # fmt: skip
         report["results"].append({
             "encoder": name, "first_frame_ms_median": round(1000 * statistics.median(runs), 1),
@@ -142,6 +146,17 @@ def main() -> None:
         report["hubert_base_size_window_s_of_audio"] = span / 16000
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
+
+
+def samples_until_rows(enc, audio: np.ndarray, rows: int) -> int:
+    """Samples a fresh streamer of `enc` takes (fed one by one) before it gives `rows` rows (phonetic:
+    row k at sample 320 k + 890, its 2-frame groups included)."""
+    streamer, out = enc.streamer(), 0
+    for n in range(audio.size):
+        out += len(streamer.feed(audio[n : n + 1]))
+        if out >= rows:
+            return n + 1
+    raise ValueError(f"{rows} rows need more than {audio.size} samples")
 
 
 def avatar_rows(avatar: Avatar) -> int:
