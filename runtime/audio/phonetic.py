@@ -212,7 +212,8 @@ class PhoneticStreamer:
     """Phone-posterior rows of a clip fed in any chunks; `feed` then `flush` once.
 
     The rows equal `PhoneticEncoder.features` of the whole clip bit for bit. Latency: row k is out
-    once sample 320 k + 730 arrived (the deltas' 3 frames of lookahead, the row's second frame).
+    once sample 320 k + 890 arrived (its second frame's deltas read 3 frames ahead, and cepstra are made
+    two frames at a time).
     """
 
     def __init__(self, spec: SphinxSpec, scorer: Scorer) -> None:
