@@ -65,7 +65,7 @@ def _checkpoint_frames(ckpt_path: Path, data: Path | None,
                         f"{meta['width']}x{meta['height']}; pass the dataset it was trained on")
     encoder = meta.get("audio", {}).get("encoder", "mel")
     hubert = meta.get("train", {}).get("hubert_path")
-    _, feats = dataset_features(encoder, FeatureSource(ds.audio_path, hubert, root / "aud_hu.npy"))
+    _, feats = dataset_features(encoder, FeatureSource(ds.audio_path, hubert, root / "aud_hu.npy", meta.get("audio")))
     device = pick_device("auto")  # and the rasteriser for it, as training picks them
     rasterizer = pick_rasterizer("auto", device)
     frames = FrameData(ds, feats, ckpt.deform.cfg.window, device)

@@ -9,7 +9,7 @@ in training and at playback.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from embedtalk_sdk.runtime.audio.encoders import (
 )
 from embedtalk_sdk.runtime.audio.io import load_audio
 from embedtalk_sdk.runtime.audio.mel import MelSpec
+from embedtalk_sdk.runtime.audio.phonetic import SphinxSpec
 
 
 class FeatureSource(NamedTuple):
@@ -32,6 +33,7 @@ class FeatureSource(NamedTuple):
     audio_path: Path
     hubert_path: str | Path | None = None
     features_path: Path | None = None
+    block: Mapping[str, Any] | None = None  # a checkpoint's audio block: recompute its exact features
 
 
 def mel_features(audio_path: str | Path, spec: MelSpec = MelSpec()) -> np.ndarray:
@@ -62,17 +64,17 @@ def _mel(src: FeatureSource) -> tuple[AudioEncoder, np.ndarray]:
     return enc, mel_features(src.audio_path, enc.spec)
 
 
-def phonetic_encoder() -> PhoneticEncoder:
+def phonetic_encoder(spec: SphinxSpec = SphinxSpec()) -> PhoneticEncoder:
     """The phonetic encoder with its scorer built from pocketsphinx's en-us model (the graph export
     writes into the bundle, run by onnxruntime here too, so training sees playback's rows)."""
     from embedtalk_sdk.audio.phonetic_model import phonetic_scorer, scorer_sha256
 
-    data = phonetic_scorer()
-    return PhoneticEncoder(onnx_scorer(data), scorer_sha256=scorer_sha256(data))
+    data = phonetic_scorer(spec)
+    return PhoneticEncoder(onnx_scorer(data), spec, scorer_sha256(data))
 
 
 def _phonetic(src: FeatureSource) -> tuple[AudioEncoder, np.ndarray]:
-    enc = phonetic_encoder()
+    enc = phonetic_encoder(SphinxSpec.from_dict(src.block["sphinx"]) if src.block else SphinxSpec())
     return enc, enc.features(load_audio(src.audio_path, SAMPLE_RATE))
 
 

@@ -24,6 +24,7 @@ whole clip) and a `PhoneticStreamer` fed in any chunks give the same rows bit fo
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -53,6 +54,10 @@ class SphinxSpec:
     n_cepstra: int = 13
     lifter: int = 22
     remove_noise: bool = True
+    # Fixed noise added to every sample (std, int16 units; 0 = none), like sphinx's -dither but the
+    # same sequence every time. Digital silence (padding, a server's idle stream) otherwise gives
+    # log(0)-level cepstra that no recording has: posteriors near 1 where speech gives <= 0.2.
+    dither: float = 4.0
     cmn_window: int = 500  # frames of the causal cepstral mean
     cmn_prior_frames: int = 100  # weight of the model's prior mean (cmninit 40,3,-1) at the start
     temperature: float = 10.0  # of the softmax over phones (in the scorer graph)
@@ -84,7 +89,9 @@ class SphinxSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SphinxSpec":
-        """Build from a dict with every field; other keys ignored."""
+        """Build from a dict with every field (a missing "dither": 0, the definition before it);
+        other keys ignored."""
+        d = {"dither": 0.0, **d}
         missing = [f.name for f in fields(cls) if f.name not in d]
         if missing:
             raise ValueError(f"SphinxSpec.from_dict: missing fields {missing}")
@@ -168,10 +175,25 @@ class _FrontEnd:
         return m * (sums[hi + 1] - sums[lo]) / (hi - lo + 1)
 
 
+_DITHER_PERIOD = 16000  # samples: the fixed noise sequence repeats every second
+
+
+@lru_cache(maxsize=4)
+def _dither_table(std: float) -> np.ndarray:
+    return np.random.default_rng(20261207).standard_normal(_DITHER_PERIOD) * std
+
+
+def _dither(spec: SphinxSpec, start: int, n: int) -> np.ndarray:
+    """The fixed noise of samples [start, start + n) (int16 units), by global sample index."""
+    return _dither_table(float(spec.dither))[(start + np.arange(n)) % _DITHER_PERIOD]
+
+
 def sphinx_cepstra(samples: np.ndarray, spec: SphinxSpec = SphinxSpec()) -> np.ndarray:
     """Liftered cepstra float32 [T, 13] of a whole clip before CMN (what sphinx's decoder takes in
     `process_cep`): frame t is samples [160 t, 160 t + 410) of the pre-emphasised clip."""
     x = np.asarray(samples, dtype=np.float64).reshape(-1) * _INT16
+    if spec.dither:
+        x = x + _dither(spec, 0, x.shape[0])
     pre = np.concatenate([x[:1], x[1:] - spec.preemphasis * x[:-1]])
     n = max(0, (x.shape[0] - spec.window_samples) // spec.shift + 1)
     front, out = _FrontEnd(spec), []
@@ -241,6 +263,8 @@ class PhoneticStreamer:
         if self._flushed:
             raise RuntimeError("PhoneticStreamer: feed() after flush(); make a new streamer per clip")
         x = np.asarray(chunk, dtype=np.float64).reshape(-1) * _INT16
+        if self.spec.dither:
+            x = x + _dither(self.spec, self._n_samples, x.shape[0])
         self._n_samples += x.shape[0]
         if x.shape[0]:
             pre = np.empty_like(x)
