@@ -46,7 +46,8 @@ def tiny_mel_bundle(work: Path) -> Path:
     from embedtalk_sdk.train.trainer import TrainConfig, Trainer
 
     data = synthesize_dataset(work / "data", seconds=4.4, size=64, seed=3, n_points=6000)
-    cfg = TrainConfig(iterations=60, init_points=1500, lpips_every=0, densify=DensifyConfig(start=20, stop=50, every=20))
+    cfg = TrainConfig(iterations=60, init_points=1500, lpips_every=0, audio_encoder="mel",
+                      densify=DensifyConfig(start=20, stop=50, every=20))
     Trainer(data, cfg, log=lambda m: None).run(work / "run")
     return export_bundle(work / "run" / "ckpt.pt", work / "mel.etk", log=lambda m: None)
 

@@ -36,13 +36,35 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_avatar(tiny_dataset, tmp_path_factory) -> dict:
-    """{"data", "ckpt", "bundle", "metrics"}: 60 iterations of real training on the tiny dataset."""
+    """{"data", "ckpt", "bundle", "metrics"}: 60 iterations of real training on the tiny dataset.
+
+    Log-mel features: zeros give one constant row, which the serve tests' exact idle and interrupt
+    frames rely on; `phonetic_avatar` is the default encoder's avatar."""
     from embedtalk_sdk.export.exporter import export_bundle
     from embedtalk_sdk.train.strategy import DensifyConfig
     from embedtalk_sdk.train.trainer import TrainConfig, Trainer
 
     run = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(iterations=60, init_points=1500, lpips_every=0, densify=DensifyConfig(start=20, stop=50, every=20))
+    cfg = TrainConfig(iterations=60, init_points=1500, lpips_every=0, audio_encoder="mel",
+                      densify=DensifyConfig(start=20, stop=50, every=20))
     result = Trainer(tiny_dataset, cfg, log=lambda m: None).run(run)
     bundle = export_bundle(run / "ckpt.pt", run / "avatar.etk", log=lambda m: None)
     return {"data": tiny_dataset, "ckpt": run / "ckpt.pt", "bundle": bundle, "metrics": result.metrics}
+
+
+@pytest.fixture(scope="session")
+def phonetic_avatar(tiny_dataset, tmp_path_factory) -> dict:
+    """{"ckpt", "inside", "shared", "data"}: the default (phonetic) encoder's avatar, 40 steps of real
+    training, exported with the scorer inside the bundle and, for "shared", beside it."""
+    pytest.importorskip("pocketsphinx")
+    from embedtalk_sdk.export.exporter import export_bundle
+    from embedtalk_sdk.train.strategy import DensifyConfig
+    from embedtalk_sdk.train.trainer import TrainConfig, Trainer
+
+    run = tmp_path_factory.mktemp("phonetic-run")
+    cfg = TrainConfig(iterations=40, init_points=1500, lpips_every=0, audio_encoder="phonetic",
+                      densify=DensifyConfig(start=20, stop=30, every=10))  # fmt: skip
+    Trainer(tiny_dataset, cfg, log=lambda m: None).run(run)
+    inside = export_bundle(run / "ckpt.pt", run / "inside" / "avatar.etk", log=lambda m: None)
+    shared = export_bundle(run / "ckpt.pt", run / "shared" / "avatar.etk", log=lambda m: None, shared_encoder=True)
+    return {"ckpt": run / "ckpt.pt", "inside": inside, "shared": shared, "data": tiny_dataset}

@@ -49,8 +49,8 @@ def schema_diff(doc: Any, got: Any, where: str = "manifest") -> list[str]:
     return []
 
 
-def test_exported_manifest_has_exactly_the_documented_keys(trained_avatar):
-    written = json.loads((trained_avatar["bundle"] / "manifest.json").read_text())
+def test_exported_manifest_has_exactly_the_documented_keys(phonetic_avatar):
+    written = json.loads((phonetic_avatar["inside"] / "manifest.json").read_text())
     diff = schema_diff(documented_manifest(), written)
     assert not diff, f"the exporter's manifest and {DOC.relative_to(ROOT)} disagree:\n" + "\n".join(diff)
 

@@ -131,21 +131,6 @@ def test_stream_equals_whole_clip_bit_for_bit(speech, scorer_bytes, seconds):
 # ---------------------------------------------------------------- an avatar trained with it
 
 
-@pytest.fixture(scope="module")
-def phonetic_avatar(tiny_dataset, tmp_path_factory) -> dict:
-    from embedtalk_sdk.export.exporter import export_bundle
-    from embedtalk_sdk.train.strategy import DensifyConfig
-    from embedtalk_sdk.train.trainer import TrainConfig, Trainer
-
-    run = tmp_path_factory.mktemp("phonetic-run")
-    cfg = TrainConfig(iterations=40, init_points=1500, lpips_every=0, audio_encoder="phonetic",
-                      densify=DensifyConfig(start=20, stop=30, every=10))  # fmt: skip
-    Trainer(tiny_dataset, cfg, log=lambda m: None).run(run)
-    inside = export_bundle(run / "ckpt.pt", run / "inside" / "avatar.etk", log=lambda m: None)
-    shared = export_bundle(run / "ckpt.pt", run / "shared" / "avatar.etk", log=lambda m: None, shared_encoder=True)
-    return {"ckpt": run / "ckpt.pt", "inside": inside, "shared": shared, "data": tiny_dataset}
-
-
 def test_bundle_carries_scorer_and_licence(phonetic_avatar):
     from embedtalk_sdk.runtime.bundle import Bundle
 

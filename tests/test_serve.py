@@ -313,3 +313,25 @@ def test_short_realtime_session_keeps_sync_and_memory(registry):
     assert max(lags) - min(lags) < 120, lags  # no drift behind the clock
     assert r["frames_sent"] >= 230 and r["dropped_frames"] <= 5, r
     assert r["rss_mb"][-1][1] - r["rss_mb"][1][1] < 30, r["rss_mb"]
+
+
+def test_phonetic_session_frames_are_speaks_frames(phonetic_avatar, tmp_path, speech):
+    # The default encoder through the server: a stateful front end (noise removal, causal CMN) fed
+    # as the timeline arrives gives speak()'s frames bit for bit, silence after the clip included.
+    shutil.copytree(phonetic_avatar["inside"], tmp_path / "avatars" / "ph.etk")
+    registry = AvatarRegistry.load(tmp_path / "avatars", backend="onnxruntime", log_fn=lambda m: None)
+    server = Server(registry)
+    sink = RecordingSink()
+    live = server.open_session("ph", sink, start=False)
+    live.session.say(speech[:16000])
+    live.session.start()
+    assert wait_for(lambda: len(sink.frames) >= 45, 10)
+    server.sessions.pop(live.session.id).session.close()
+    ref = registry.get("ph").avatar.speak(np.concatenate([speech[:16000], np.zeros(32000, np.float32)]),
+                                          sample_rate=16000)  # fmt: skip
+    kept = [(n, f) for n, f, _ in sink.frames[:40] if f is not None]
+    assert len(kept) >= 36, f"{40 - len(kept)} of 40 frames dropped"
+    for n, f in kept:
+        assert np.array_equal(f, ref[n]), f"frame {n} differs from speak's"
+    for r in server.renderers.values():
+        r.stop()
