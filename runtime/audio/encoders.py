@@ -416,29 +416,30 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
             yield block
 
 
-def _onnx_session(path: Path, inputs: list[str], outputs: list[str], what: str, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session of a self-contained ONNX file whose tensors are named as given;
-    threads: intra-op threads (None: onnxruntime's default)."""
+def _onnx_session(data: bytes, where: str, inputs: list[str], outputs: list[str], what: str,
+                  threads: int | None = None) -> Any:
+    """An onnxruntime CPU session of a self-contained ONNX model (`where` names it in errors) whose
+    tensors are named as given; threads: intra-op threads (None: onnxruntime's default)."""
     import onnxruntime as ort
 
-    # From bytes, checked first: a file with external tensor data would read files beside it.
-    data = check_self_contained(Path(path).read_bytes(), str(path))
+    # Checked first: a model with external tensor data would read files beside it.
+    data = check_self_contained(data, where)
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
     try:
         session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for unreadable models
-        raise BundleError(f"{path}: not a loadable ONNX {what}: {e}") from None
+        raise BundleError(f"{where}: not a loadable ONNX {what}: {e}") from None
     names = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
     if names != (inputs, outputs):
-        raise BundleError(f"{path}: {what} takes {inputs} and gives {outputs}, this one has {names}")
+        raise BundleError(f"{where}: {what} takes {inputs} and gives {outputs}, this one has {names}")
     return session
 
 
 def onnx_runner(path: Path) -> Runner:
     """An onnxruntime session of an encoder ONNX (input "samples" [1, S] -> output "features" [1, M, F])."""
-    session = _onnx_session(path, ["samples"], ["features"], "audio encoder")
+    session = _onnx_session(Path(path).read_bytes(), str(path), ["samples"], ["features"], "audio encoder")
 
     def run(samples: np.ndarray) -> np.ndarray:
         return session.run(["features"], {"samples": samples[None]})[0][0]
@@ -447,17 +448,15 @@ def onnx_runner(path: Path) -> Runner:
 
 
 def onnx_scorer(path: Path | bytes) -> Scorer:
-    """The phonetic encoder's scorer from its ONNX file (or bytes): "features" float32 [T, 39] ->
-    "posteriors" [T, 42] (export/phonetic.py writes it)."""
-    # One thread: two frames per call, where threads cost more than they give.
-    if isinstance(path, bytes):  # training: the graph built in memory, not yet a file
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    """The phonetic encoder's scorer from its ONNX file, or its bytes in training (the graph built in
+    memory): "features" float32 [T, 39] -> "posteriors" [T, 42] (embedtalk_sdk/audio/phonetic_model.py
+    builds it)."""
+    if isinstance(path, bytes):
+        data, where = path, "the phonetic scorer graph"
     else:
-        session = _onnx_session(path, ["features"], ["posteriors"], "phonetic scorer", threads=1)
+        data, where = Path(path).read_bytes(), str(path)
+    # One thread: two frames per call, where threads cost more than they give.
+    session = _onnx_session(data, where, ["features"], ["posteriors"], "phonetic scorer", threads=1)
 
     def score(features: np.ndarray) -> np.ndarray:
         return session.run(["posteriors"], {"features": features})[0]

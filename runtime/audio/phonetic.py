@@ -12,8 +12,8 @@ model, BSD-2; its notice travels with every bundle that carries the scorer):
    fading out over the first 100), so a stream and a whole clip are the same computation.
 3. 39-d features [c, d, dd] (d = c[t+2] - c[t-2], dd = d[t+1] - d[t-1]; 3 frames of lookahead,
    edges repeated).
-4. The scorer, an ONNX graph in the bundle (export/phonetic.py writes it; the numpy reference is
-   embedtalk_sdk/audio/phonetic_model.py): log-likelihood of each phone's 3 state GMMs, softmax
+4. The scorer, an ONNX graph in the bundle (embedtalk_sdk/audio/phonetic_model.py builds it and
+   holds its numpy reference; export/audio_encoder.py writes it): log-likelihood of each phone's 3 state GMMs, softmax
    over the 42 phones at a temperature.
 5. Row k (centred on sample 320 k, like log-mel's) is the mean of frames 2k-2 and 2k-1 (centred at
    20k - 7.2 and 20k + 2.8 ms), frames clamped to the clip.
