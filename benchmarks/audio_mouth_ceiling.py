@@ -1,6 +1,6 @@
 """How much of the mouth's motion each audio encoder's features can explain, on a dataset.
 
-    python benchmarks/audio_mouth_ceiling.py DATASET [--encoders mel,phonetic,mel+phonetic]
+    python benchmarks/audio_mouth_ceiling.py DATASET [--encoders mel,phonetic-posteriors,phonetic]
         [--seeds 3] [--steps 3000] [--oof-net] [-o ceiling.json] [--plot folds.png]
 
 A render's held-out lip correlation (eval's `lip_corr_audio_only`) cannot exceed what the audio
@@ -15,8 +15,9 @@ the deformation network can reach with these features.
 
 Encoders: `--encoders` is a comma list of the names `dataset_features` knows (embedtalk_sdk/audio/
 features.py); `a+b` concatenates two encoders' rows along the feature axis (same rate, cut to the
-shorter clip). The default is every registered encoder that computes its features from audio
-(`from_audio`), HuBERT only with `--hubert-path`.
+shorter clip); "phonetic" is already posteriors + log-mel, "phonetic-posteriors" the posteriors
+alone. The default is every registered encoder that computes its features from audio (`from_audio`),
+HuBERT only with `--hubert-path`.
 
 The numbers, per encoder:
 - val: the dataset's train/val split (transforms_{train,val}.json), as eval uses it.

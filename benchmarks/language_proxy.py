@@ -528,7 +528,7 @@ def main() -> None:
     from embedtalk_sdk.audio.features import phonetic_encoder
 
     RidgeCV, out_of_fold, scores, where = _ridge_helpers()
-    speaker, phonetic = PhonemeSpeaker(), phonetic_encoder()
+    speaker, phonetic = PhonemeSpeaker(), phonetic_encoder(mel=None)
     report = {"words_per_minute": args.rate, "seconds": args.seconds, "smooth_ms": SMOOTH_MS, "window": WINDOW,
               "folds": FOLDS, "gap": GAP, "ridge": where, "feature_sets": args.feature_sets, "languages": []}
     for voice in args.languages.split(","):

@@ -103,7 +103,8 @@ def train(
     out: Path = typer.Option(..., "-o", "--out", help="run folder: ckpt.pt, loss.png, train_metrics.json"),
     iterations: int = typer.Option(3000),
     audio_encoder: str = typer.Option(
-        "phonetic", help="phonetic (phone posteriors, US English model) | mel | hubert | features (aud_hu.npy)"),
+        "phonetic", help="phonetic (phone posteriors of a US English model + log-mel) | phonetic-posteriors "
+                    "(the posteriors alone) | mel | hubert | features (aud_hu.npy)"),
     hubert_path: Optional[str] = typer.Option(None, help="local HuBERT checkpoint folder (transformers)"),
     lpips_weights: Optional[str] = typer.Option(None, help="AlexNet features state dict for LPIPS"),
     init_points: int = typer.Option(8000, help="Gaussians taken from the dense point cloud"),

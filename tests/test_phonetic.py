@@ -19,6 +19,7 @@ from embedtalk_sdk.audio.phonetic_model import (  # noqa: E402
     PHONES, AcousticModel, ScorerWeights, reference_posteriors, scorer_onnx,
 )
 from embedtalk_sdk.runtime.audio.encoders import PhoneticEncoder, onnx_scorer  # noqa: E402
+from embedtalk_sdk.runtime.audio.mel import MelSpec, log_mel  # noqa: E402
 from embedtalk_sdk.runtime.audio.phonetic import (  # noqa: E402
     FEATURE_DIM, GROUP, N_PHONES, PhoneticStreamer, SphinxSpec, sphinx_cepstra,
 )
@@ -107,12 +108,13 @@ def test_scorer_graph_is_deterministic_and_small(scorer_bytes):
     assert len(scorer_bytes) < 1.2e6
 
 
+@pytest.mark.parametrize("with_mel", [False, True])
 @pytest.mark.parametrize("seconds", [0.0, 0.02, 0.0257, 0.3, 2.37])
-def test_stream_equals_whole_clip_bit_for_bit(speech, scorer_bytes, seconds):
-    encoder = PhoneticEncoder(onnx_scorer(scorer_bytes))
+def test_stream_equals_whole_clip_bit_for_bit(speech, scorer_bytes, seconds, with_mel):
+    encoder = PhoneticEncoder(onnx_scorer(scorer_bytes), mel=MelSpec() if with_mel else None)
     x = np.resize(speech, int(seconds * 16000))
     whole = encoder.features(x)
-    assert whole.shape == (x.size // 320 + 1, N_PHONES)
+    assert whole.shape == (x.size // 320 + 1, N_PHONES + (32 if with_mel else 0))
     rng = np.random.default_rng(int(seconds * 1000))
     streamer, rows, i = encoder.streamer(), [], 0
     while i < x.size:
@@ -136,7 +138,8 @@ def test_bundle_carries_scorer_and_licence(phonetic_avatar):
 
     bundle = Bundle.open(phonetic_avatar["inside"])
     audio = bundle.manifest["audio"]
-    assert audio["encoder"] == "phonetic" and audio["feature_dim"] == N_PHONES and audio["rate"] == 50.0
+    assert audio["encoder"] == "phonetic" and audio["rate"] == 50.0
+    assert audio["feature_dim"] == N_PHONES + audio["mel"]["n_mels"]  # the default appends log-mel rows
     assert audio["model"]["in_bundle"] and audio["model"]["sha256"] == audio["scorer_sha256"]
     notice = bundle.path_of("LICENSE-acoustic-model.txt").read_text()
     assert "Carnegie Mellon University" in notice and "Alpha Cephei" in notice
@@ -199,3 +202,21 @@ def test_playback_features_are_trainings(phonetic_avatar):
     _, train_rows = dataset_features("phonetic", FeatureSource(wav))
     avatar = Avatar.load(phonetic_avatar["inside"], backend="onnxruntime")
     assert np.array_equal(avatar.audio_features(wav), train_rows)
+
+
+def test_log_mel_rows_follow_the_posteriors(speech, tmp_path):
+    """The default "phonetic" rows are [posteriors, log-mel]; a checkpoint trained on the posteriors
+    alone (block without "mel") gets exactly those back."""
+    import soundfile as sf
+
+    from embedtalk_sdk.audio.features import FeatureSource, dataset_features
+
+    wav = tmp_path / "speech.wav"
+    sf.write(wav, speech, 16000, subtype="FLOAT")
+    enc, rows = dataset_features("phonetic", FeatureSource(wav))
+    assert rows.shape == (speech.size // 320 + 1, N_PHONES + 32) and enc.block()["mel"] == MelSpec().to_dict()
+    assert np.abs(rows[:, N_PHONES:] - log_mel(speech)).max() < 1e-5
+    posteriors_only = {k: v for k, v in enc.block().items() if k != "mel"}
+    alone, old = dataset_features("phonetic", FeatureSource(wav, block=posteriors_only))
+    assert alone.dim == N_PHONES and np.array_equal(old, rows[:, :N_PHONES])
+    assert np.array_equal(dataset_features("phonetic-posteriors", FeatureSource(wav))[1], old)

@@ -64,18 +64,26 @@ def _mel(src: FeatureSource) -> tuple[AudioEncoder, np.ndarray]:
     return enc, mel_features(src.audio_path, enc.spec)
 
 
-def phonetic_encoder(spec: SphinxSpec = SphinxSpec()) -> PhoneticEncoder:
+def phonetic_encoder(spec: SphinxSpec = SphinxSpec(), mel: MelSpec | None = MelSpec()) -> PhoneticEncoder:
     """The phonetic encoder with its scorer built from pocketsphinx's en-us model (the graph export
-    writes into the bundle, run by onnxruntime here too, so training sees playback's rows)."""
+    writes into the bundle, run by onnxruntime here too, so training sees playback's rows); mel:
+    the log-mel rows appended to the posteriors (None: posteriors only)."""
     from embedtalk_sdk.audio.phonetic_model import phonetic_scorer, scorer_sha256
 
     data = phonetic_scorer(spec)
-    return PhoneticEncoder(onnx_scorer(data), spec, scorer_sha256(data))
+    return PhoneticEncoder(onnx_scorer(data), spec, scorer_sha256(data), mel=mel)
 
 
-def _phonetic(src: FeatureSource) -> tuple[AudioEncoder, np.ndarray]:
-    enc = phonetic_encoder(SphinxSpec.from_dict(src.block["sphinx"]) if src.block else SphinxSpec())
-    return enc, enc.features(load_audio(src.audio_path, SAMPLE_RATE))
+def _phonetic_builder(mel: MelSpec | None) -> Callable[[FeatureSource], tuple[AudioEncoder, np.ndarray]]:
+    def build(src: FeatureSource) -> tuple[AudioEncoder, np.ndarray]:
+        if src.block:  # a checkpoint's features, with log-mel rows exactly if it was trained with them
+            block_mel = MelSpec.from_dict(src.block["mel"]) if "mel" in src.block else None
+            enc = phonetic_encoder(SphinxSpec.from_dict(src.block["sphinx"]), block_mel)
+        else:
+            enc = phonetic_encoder(mel=mel)
+        return enc, enc.features(load_audio(src.audio_path, SAMPLE_RATE))
+
+    return build
 
 
 def _hubert(src: FeatureSource) -> tuple[AudioEncoder, np.ndarray]:
@@ -96,7 +104,8 @@ def _precomputed(src: FeatureSource) -> tuple[AudioEncoder, np.ndarray]:
 
 _BUILDERS: dict[str, Callable[[FeatureSource], tuple[AudioEncoder, np.ndarray]]] = {
     MelEncoder.name: _mel,
-    PhoneticEncoder.name: _phonetic,
+    PhoneticEncoder.name: _phonetic_builder(MelSpec()),  # posteriors + log-mel: the measured best
+    "phonetic-posteriors": _phonetic_builder(None),  # the 42 posteriors alone
     HubertEncoder.name: _hubert,
     FeaturesEncoder.name: _precomputed,
 }

@@ -7,7 +7,8 @@ Every bundle names one encoder in its manifest's audio block (docs/interfaces.md
               Wav2Vec2FeatureExtractor normalisation is inside it), computed in fixed windows
               (`EncoderWindows`) so that `speak` and `stream` give the same rows.
 - "phonetic": 42 phone posteriors of the CMU US-English acoustic model (runtime/audio/phonetic.py:
-              sphinx's front end in numpy, the GMM scorer as an ONNX file in the bundle).
+              sphinx's front end in numpy, the GMM scorer as an ONNX file in the bundle), then the
+              clip's log-mel rows when the block has "mel" (the default since 2026-12-07).
 - "features": rows the app computes itself (e.g. a dataset's aud_hu.npy); it cannot encode audio.
 
 All of them give rows at `rate` (50) Hz; `frame_windows` cuts the network's window per video frame.
@@ -35,6 +36,8 @@ __all__ = [
     "HubertEncoder",
     "FeaturesEncoder",
     "PhoneticEncoder",
+    "FixedPieceStreamer",
+    "ConcatStreamer",
     "EncoderWindows",
     "FeatureStreamer",
     "WindowedStreamer",
@@ -330,21 +333,92 @@ class HubertEncoder(AudioEncoder):
         return enc
 
 
+class FixedPieceStreamer:
+    """Feeds a streamer in fixed pieces of `piece` samples aligned to the clip's start, whatever
+    chunks arrive: its computation (array shapes included) is then the same in every chunking,
+    so a whole clip and a stream give the same rows bit for bit."""
+
+    def __init__(self, inner: FeatureStreamer, piece: int) -> None:
+        self._inner, self._piece = inner, int(piece)
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._n_samples = 0
+
+    @property
+    def n_samples(self) -> int:
+        """Samples fed so far."""
+        return self._n_samples
+
+    def feed(self, chunk: np.ndarray) -> np.ndarray:
+        """Add samples float [s]; return the newly complete rows."""
+        x = _mono_float32(chunk)
+        self._n_samples += x.shape[0]
+        self._pending = np.concatenate([self._pending, x])
+        n = self._pending.shape[0] // self._piece * self._piece
+        rows = [self._inner.feed(self._pending[a : a + self._piece]) for a in range(0, n, self._piece)]
+        self._pending = self._pending[n:]
+        return np.concatenate(rows) if rows else self._inner.feed(self._pending[:0])
+
+    def flush(self) -> np.ndarray:
+        """End of clip: the remaining rows."""
+        rows = self._inner.feed(self._pending)
+        self._pending = self._pending[:0]
+        return np.concatenate([rows, self._inner.flush()])
+
+
+class ConcatStreamer:
+    """Rows of several streamers fed the same samples, side by side: row k is out once every part
+    has made it (the slowest part sets the latency)."""
+
+    def __init__(self, parts: list[FeatureStreamer], dims: list[int]) -> None:
+        self._parts, self._dims = parts, [int(d) for d in dims]
+        self._queued = [np.zeros((0, d), np.float32) for d in self._dims]
+
+    @property
+    def n_samples(self) -> int:
+        """Samples fed so far."""
+        return self._parts[0].n_samples
+
+    def feed(self, chunk: np.ndarray) -> np.ndarray:
+        """Add samples float [s]; return the newly complete rows [K, sum(dims)]."""
+        return self._collect([p.feed(chunk) for p in self._parts])
+
+    def flush(self) -> np.ndarray:
+        """End of clip: the remaining rows (every part then has the same count)."""
+        out = self._collect([p.flush() for p in self._parts])
+        if any(q.shape[0] for q in self._queued):
+            raise RuntimeError(f"ConcatStreamer: parts ended with different row counts ({self._queued[0].shape[0]} left)")
+        return out
+
+    def _collect(self, new: list[np.ndarray]) -> np.ndarray:
+        self._queued = [np.concatenate([q, np.asarray(r, np.float32).reshape(-1, d)])
+                        for q, r, d in zip(self._queued, new, self._dims)]
+        k = min(q.shape[0] for q in self._queued)
+        out = np.concatenate([q[:k] for q in self._queued], axis=1)
+        self._queued = [q[k:] for q in self._queued]
+        return out
+
+
 class PhoneticEncoder(AudioEncoder):
-    """Phone posteriors [M, 42] at 50 Hz of the CMU US-English acoustic model (runtime/audio/phonetic.py).
+    """Phone posteriors [M, 42] at 50 Hz of the CMU US-English acoustic model (runtime/audio/phonetic.py),
+    followed by the clip's log-mel rows [M, n_mels] when `mel` is given (the default in training:
+    measured better on real speech than either alone; train/design.md).
 
     score: the GMM scorer (float32 [2, 39] -> [2, 42]); at playback `onnx_scorer` of the bundle's
     scorer file, in training the same graph built from pocketsphinx's model files.
     scorer_sha256: the scorer graph's sha256 (training records it; export rebuilds and checks it).
     model: the manifest's "model" entry ({"file", "sha256", "bytes", "in_bundle"}), None in training.
+    mel: the appended log-mel rows' MelSpec (its hop must be the rows' 320), or None for none.
     """
 
     name = "phonetic"
 
     def __init__(self, score: Scorer, spec: SphinxSpec = SphinxSpec(), scorer_sha256: str = "",
-                 model: Mapping[str, Any] | None = None) -> None:
-        self._score, self.spec, self.scorer_sha256 = score, spec, scorer_sha256
-        self.rate, self.dim = spec.sample_rate / spec.row_hop, N_PHONES
+                 model: Mapping[str, Any] | None = None, mel: MelSpec | None = None) -> None:
+        if mel is not None and (mel.hop != spec.row_hop or mel.sample_rate != spec.sample_rate):
+            raise ValueError(f"PhoneticEncoder: log-mel rows must be at the posteriors' rate: {mel}")
+        self._score, self.spec, self.scorer_sha256, self.mel = score, spec, scorer_sha256, mel
+        self.rate = spec.sample_rate / spec.row_hop
+        self.dim = N_PHONES + (mel.n_mels if mel is not None else 0)
         self.model = dict(model) if model is not None else None
 
     def features(self, samples: np.ndarray) -> np.ndarray:
@@ -352,12 +426,18 @@ class PhoneticEncoder(AudioEncoder):
         streamer = self.streamer()
         return np.concatenate([streamer.feed(_mono_float32(samples)), streamer.flush()])
 
-    def streamer(self) -> PhoneticStreamer:
-        return PhoneticStreamer(self.spec, self._score)
+    def streamer(self) -> FeatureStreamer:
+        phones = PhoneticStreamer(self.spec, self._score)
+        if self.mel is None:
+            return phones
+        mel = FixedPieceStreamer(MelStreamer(self.mel), self.mel.hop)
+        return ConcatStreamer([phones, mel], [N_PHONES, self.mel.n_mels])
 
     def block(self) -> dict[str, Any]:
         out = {**super().block(), "sphinx": self.spec.to_dict(), "scorer_sha256": self.scorer_sha256,
                "input_dim": FEATURE_DIM}
+        if self.mel is not None:
+            out["mel"] = self.mel.to_dict()
         if self.model is not None:
             out["model"] = dict(self.model)
         return out
@@ -366,13 +446,16 @@ class PhoneticEncoder(AudioEncoder):
     def from_block(cls, block: Mapping[str, Any], bundle: Bundle, encoder_file: Path | None) -> "PhoneticEncoder":
         try:
             spec = SphinxSpec.from_dict(block["sphinx"])
+            mel = MelSpec.from_dict(block["mel"]) if "mel" in block else None
         except (KeyError, TypeError, ValueError) as e:
-            raise BundleError(f"bundle {bundle.path}: audio block's sphinx front end: {e}") from None
+            raise BundleError(f"bundle {bundle.path}: audio block's sphinx front end or log-mel rows: {e}") from None
         model = block.get("model")
         if not isinstance(model, dict) or not {"file", "sha256", "bytes", "in_bundle"} <= model.keys():
             raise BundleError(f"bundle {bundle.path}: audio.model must give file, sha256, bytes and in_bundle")
+        if mel is not None and (mel.hop != spec.row_hop or mel.sample_rate != spec.sample_rate):
+            raise BundleError(f"bundle {bundle.path}: audio block's log-mel rows are not at the posteriors' rate")
         enc = cls(onnx_scorer(_encoder_path(bundle, model, encoder_file)), spec, str(block.get("scorer_sha256", "")),
-                  model)  # fmt: skip
+                  model, mel)  # fmt: skip
         if int(block["feature_dim"]) != enc.dim or float(block.get("rate", enc.rate)) != enc.rate:
             raise BundleError(f"bundle {bundle.path}: audio block is inconsistent: feature_dim {block['feature_dim']}, "
                               f"rate {block.get('rate')} (the phonetic encoder gives {enc.dim} at {enc.rate:g} Hz)")
