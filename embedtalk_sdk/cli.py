@@ -337,6 +337,36 @@ def serve(
         lookahead_rows=lookahead_rows, log_fn=lambda m: console.print(m, markup=False))
 
 
+@app.command("livekit-worker")
+def livekit_worker(
+    avatars: Path = typer.Argument(..., help="one bundle, or a folder of bundles (agents choose by id)"),
+    url: Optional[str] = typer.Option(None, envvar="LIVEKIT_URL", help="the LiveKit server (ws:// or wss://)"),
+    api_key: Optional[str] = typer.Option(None, envvar="LIVEKIT_API_KEY", show_default=False),
+    api_secret: Optional[str] = typer.Option(None, envvar="LIVEKIT_API_SECRET", show_default=False,
+                                             help="prefer the environment variable: a command line is visible"),
+    agent_name: str = typer.Option("embedtalk-avatar", help="the name agents dispatch (AvatarSession(agent_name=))"),
+    max_sessions: Optional[int] = typer.Option(None, help="sessions at once [default: what this machine holds at "
+                                               "the avatars' fps, from their measured frame time]"),
+    utilisation: float = typer.Option(0.8, help="the load (share of this machine) at which the worker is full"),
+    backend: str = typer.Option("auto", help="auto | cuda | tensorrt-rtx | tensorrt | onnxruntime | torch"),
+    lookahead_rows: int = typer.Option(4, help="audio rows past a frame's centre to wait for, as serve's"),
+    port: int = typer.Option(8081, help="the worker's health-check HTTP port"),
+) -> None:
+    """An avatar worker for LiveKit Agents: registers with the LiveKit server, is dispatched into rooms by
+    agents' AvatarSession(avatar_id=..., worker=True), reports its load so LiveKit scales out."""
+    try:
+        from embedtalk_sdk.integrations.livekit_worker import run_worker
+    except ImportError as e:
+        _fail(f"livekit-worker needs the livekit extra ({e.name} is missing): pip install -e \".[livekit]\"")
+    if max_sessions is not None and max_sessions < 1:
+        _fail("--max-sessions must be at least 1")
+    if not 0 < utilisation <= 1:
+        _fail("--utilisation must be in (0, 1]")
+    run_worker(str(avatars), url=url, api_key=api_key, api_secret=api_secret, agent_name=agent_name,
+               backend=backend, max_sessions=max_sessions, utilisation=utilisation,
+               lookahead_rows=lookahead_rows, port=port)
+
+
 def _one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Every command ends a failure it can name with one line: what, which file, what to do.
 

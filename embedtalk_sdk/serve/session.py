@@ -162,6 +162,9 @@ class Session:
         self.gap_s = float(gap_s)
         self._lock = threading.Lock()
         self._clips: deque[tuple[np.ndarray, float]] = deque()  # (samples, push time)
+        self._clip_in = self._clip_out = 0               # clip samples ever queued / ever taken
+        self._clip_marks: deque[tuple[int, str]] = deque()  # (clip samples before the mark, name)
+        self._marks: deque[tuple[int, str]] = deque()       # (timeline sample of the mark, name)
         self._live: deque[tuple[np.ndarray, float]] = deque()
         self._live_samples = 0
         self._last_live = -1e9
@@ -213,7 +216,19 @@ class Session:
         with self._lock:
             self._check_open()
             self._clips.append((x, time.monotonic()))
+            self._clip_in += x.shape[0]
             return sum(c.shape[0] for c, _ in self._clips) / SAMPLE_RATE
+
+    def mark(self, name: str) -> None:
+        """Mark the boundary after the clips queued so far. Once the frame whose audio reaches the
+        boundary has been delivered, the session emits {"type": "mark", "name": name, "sample": p,
+        "frame": n} (between the sink's video and audio calls for that frame), p the boundary's
+        timeline sample: an agent framework learns where a speech segment starts and when it has
+        been played. A mark set after its clips were all taken lands at the present end of the
+        timeline; interrupt drops the marks not reached."""
+        with self._lock:
+            self._check_open()
+            self._clip_marks.append((self._clip_in, str(name)))
 
     def interrupt(self) -> None:
         """Drop queued speech and silence what is not rendered yet: the next frame rendered has a
@@ -221,6 +236,8 @@ class Session:
         with self._lock:
             self._check_open()
             self._clips.clear()
+            self._clip_marks.clear()
+            self._clip_in = self._clip_out
             self._live.clear()
             self._live_samples = 0
             self._last_live = -1e9
@@ -287,6 +304,8 @@ class Session:
     def _take(self, room: int, now: float) -> list[tuple[np.ndarray, float, str]]:
         """Up to `room` samples: (samples, time they entered, "clip" | "live" | "silence")."""
         out: list[tuple[np.ndarray, float, str]] = []
+        pos = self.stream.samples  # the timeline sample the next taken sample becomes
+        self._place_marks(pos, 0)
         while room > 0 and self._clips:
             if self._live:  # a clip plays: live input meanwhile is discarded
                 self.live_dropped_samples += self._live_samples
@@ -295,6 +314,8 @@ class Session:
             c, t_push = self._clips[0]
             k = min(room, c.shape[0])
             out.append((c[:k], t_push, "clip"))
+            self._place_marks(pos, k)
+            pos += k
             room -= k
             if k == c.shape[0]:
                 self._clips.popleft()
@@ -314,6 +335,15 @@ class Session:
             out.append((np.zeros(room, dtype=np.float32), now, "silence"))
         return out
 
+    def _place_marks(self, pos: int, k: int) -> None:
+        # Clip samples [clip_out, clip_out + k) land at timeline [pos, pos + k): a mark after clip
+        # sample m lands at pos + m - clip_out (marks whose clips were taken before: at pos).
+        end = self._clip_out + k
+        while self._clip_marks and self._clip_marks[0][0] <= end:
+            m, name = self._clip_marks.popleft()
+            self._marks.append((pos + max(m - self._clip_out, 0), name))
+        self._clip_out = end
+
     def _silence_rest(self) -> None:
         # Everything not yet rendered becomes silence: the samples waiting for their frame, and
         # the feature rows of every window from the next frame on.
@@ -323,6 +353,8 @@ class Session:
         for seg in self._segments:
             if seg.stop > n * self.stream.samples_per_frame:
                 seg.pushed = False
+        while self._marks and self._marks[-1][0] > n * self.stream.samples_per_frame:
+            self._marks.pop()  # their speech became silence
         pad = self.stream.silence()
         if pad:
             start = self.stream.samples - pad
@@ -354,6 +386,9 @@ class Session:
         if frame is None:
             self.metrics.dropped()
         self.sink.video(n, frame, t_in)
+        while self._marks and self._marks[0][0] <= (n + 1) * spf:  # before its audio: the sink
+            p, name = self._marks.popleft()                         # then knows all of frame n
+            self._event({"type": "mark", "name": name, "sample": p, "frame": n})
         self.sink.audio(n, audio)
         self._track_speech(voiced_push and float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) > VOICED_RMS, n)
 
