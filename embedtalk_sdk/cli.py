@@ -322,19 +322,43 @@ def serve(
     lookahead_rows: int = typer.Option(4, help="audio rows past a frame's centre to wait for (0-7 for the "
                                        "16-row window; 20 ms each). 4 meets the 120 ms latency goal at 47 dB "
                                        "PSNR on the moving face against speak's frames; 7: exactly speak's"),
+    token: Optional[str] = typer.Option(None, envvar="EMBEDTALK_TOKEN", show_default=False,
+                                        help="the secret every route but /health needs (>= 16 characters; prefer "
+                                        "the environment variable: a command line is visible to other users); "
+                                        "required for a non-loopback --host unless --no-auth"),
+    no_auth: bool = typer.Option(False, "--no-auth", help="serve a network address without a token: anyone who "
+                                 "reaches the port can open sessions"),
+    tls_cert: Optional[Path] = typer.Option(None, help="PEM certificate (chain) for HTTPS"),
+    tls_key: Optional[Path] = typer.Option(None, help="PEM private key of --tls-cert"),
+    self_signed: bool = typer.Option(False, "--self-signed", help="HTTPS with a certificate made at start for "
+                                     "this host's names (prints its fingerprint): for trying it on a LAN"),
+    http_redirect_port: Optional[int] = typer.Option(None, help="also listen for plain HTTP on this port and "
+                                                     "redirect it to HTTPS"),
+    ice_server: Optional[list[str]] = typer.Option(None, envvar="EMBEDTALK_ICE_SERVERS", show_default=False,
+                                                   help="STUN/TURN server for WebRTC behind NAT, repeatable: "
+                                                   "stun:HOST:PORT or turn:USER:SECRET@HOST:PORT[?transport=tcp]"),
+    allow_origin: Optional[list[str]] = typer.Option(None, help="another Origin allowed to drive sessions "
+                                                     "(a reverse proxy that rewrites Host), repeatable"),
+    requests_per_second: float = typer.Option(20.0, help="requests per second per client address (429 beyond)"),
+    sessions_per_minute: float = typer.Option(10.0, help="session creations per minute per client address"),
 ) -> None:
     """Live avatars in the browser over WebRTC: a web page at /, a session API, GET /metrics."""
     try:
-        from embedtalk_sdk.serve.app import Limits, run
+        from embedtalk_sdk.serve.app import Exposure, Limits, run
     except ImportError as e:
         _fail(f"serve needs the serve extra ({e.name} is missing): pip install -e \".[serve]\"")
     if tts not in ("espeak", "none"):
         _fail(f"--tts {tts!r}: choose espeak or none")
     if max_sessions is not None and max_sessions < 1:
         _fail("--max-sessions must be at least 1")
-    limits = Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_upload_s=float(max_upload_seconds))
+    limits = Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_upload_s=float(max_upload_seconds),
+                    requests_per_s=requests_per_second, request_burst=max(1, int(2 * requests_per_second)),
+                    sessions_per_min=sessions_per_minute)
+    exposure = Exposure(token=token or None, no_auth=no_auth, tls_cert=tls_cert, tls_key=tls_key,
+                        self_signed=self_signed, http_redirect_port=http_redirect_port,
+                        ice_servers=tuple(ice_server or ()), allow_origins=tuple(allow_origin or ()))
     run(str(avatars), host=host, port=port, max_sessions=max_sessions, backend=backend, tts=tts, limits=limits,
-        lookahead_rows=lookahead_rows, log_fn=lambda m: console.print(m, markup=False))
+        lookahead_rows=lookahead_rows, log_fn=lambda m: console.print(m, markup=False), exposure=exposure)
 
 
 @app.command("livekit-worker")

@@ -32,13 +32,16 @@ def wav_bytes(samples: np.ndarray, rate: int = 16000, subtype: str = "PCM_16") -
     return buf.getvalue()
 
 
-def http(method: str, url: str, body: bytes | dict | None = None, timeout: float = 30.0) -> tuple[int, dict]:
-    data, headers = None, {}
+def http(method: str, url: str, body: bytes | dict | None = None, timeout: float = 30.0,
+         headers: dict | None = None, content_type: str | None = None) -> tuple[int, dict]:
+    """One request -> (status, JSON body). `headers` are added (e.g. Authorization, Origin)."""
+    data, sent = None, {}
     if isinstance(body, dict):
-        data, headers = json.dumps(body).encode(), {"Content-Type": "application/json"}
+        data, sent = json.dumps(body).encode(), {"Content-Type": "application/json"}
     elif body is not None:
-        data, headers = body, {"Content-Type": "application/octet-stream"}
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        data, sent = body, {"Content-Type": content_type or "application/octet-stream"}
+    sent.update(headers or {})
+    req = urllib.request.Request(url, data=data, method=method, headers=sent)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read() or b"{}")
@@ -46,8 +49,9 @@ def http(method: str, url: str, body: bytes | dict | None = None, timeout: float
         return e.code, json.loads(e.read() or b"{}")
 
 
-async def webrtc_client(url: str, avatar: str):
-    """An aiortc peer that receives the avatar: -> (pc, session_id, received video frames list)."""
+async def webrtc_client(url: str, avatar: str, headers: dict | None = None):
+    """An aiortc peer that receives the avatar: -> (pc, session_id, received video frames list).
+    `headers`: the client's credentials (Authorization or Cookie), sent with the session request."""
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -70,8 +74,9 @@ async def webrtc_client(url: str, avatar: str):
 
     await pc.setLocalDescription(await pc.createOffer())
     loop = asyncio.get_running_loop()
-    status, answer = await loop.run_in_executor(None, http, "POST", url + "/sessions",
-                                                {"avatar": avatar, "sdp": pc.localDescription.sdp, "type": "offer"})
+    status, answer = await loop.run_in_executor(
+        None, lambda: http("POST", url + "/sessions", {"avatar": avatar, "sdp": pc.localDescription.sdp, "type": "offer"},
+                           headers=headers))
     if status != 201:
         await pc.close()
         return None, (status, answer), received, audio_received

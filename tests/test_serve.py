@@ -148,8 +148,9 @@ def running(registry):
     from embedtalk_sdk.serve.media import restrict_ice_to_loopback
 
     restrict_ice_to_loopback()  # as `serve` does on 127.0.0.1: media on loopback only (no other interface needed)
-    server = Server(registry, max_sessions=2, tts=EspeakTTS(),
-                    limits=Limits(max_upload_bytes=400_000, max_upload_s=8.0, connect_timeout_s=20))
+    server = Server(registry, max_sessions=2, tts=EspeakTTS(),  # no token, loopback: as `serve` by default
+                    limits=Limits(max_upload_bytes=400_000, max_upload_s=8.0, connect_timeout_s=20,
+                                  sessions_per_min=600, session_burst=50))
     with BackgroundServer(server) as bg:
         yield bg
     for r in server.renderers.values():
@@ -221,8 +222,10 @@ def test_refusals(running, avatars, speech):
     for bad in ["nobody", "../outside/secret", str(outside), "tiny.etk/../../outside/secret", "", 7, None]:
         status, body = http("POST", url + "/sessions", {"avatar": bad, "sdp": "v=0", "type": "offer"})
         assert status == 404 and "unknown avatar" in body["error"], (bad, status, body)
-    status, body = http("POST", url + "/sessions", b"not json")
+    status, body = http("POST", url + "/sessions", b"not json", content_type="application/json")
     assert status == 400 and "JSON" in body["error"]
+    status, body = http("POST", url + "/sessions", b"{}", content_type="text/plain")  # what a foreign form can post
+    assert status == 415 and "application/json" in body["error"]
     status, body = http("POST", url + "/sessions", {"avatar": "tiny", "sdp": "v=0\r\nnonsense", "type": "offer"})
     assert status == 400 and ("SDP" in body["error"] or "no video" in body["error"]), (status, body)
     assert http("GET", url + "/metrics")[1]["sessions"] == 0  # the refused offer left nothing behind

@@ -14,6 +14,7 @@ import fractions
 import logging
 import time
 from typing import Any
+from urllib.parse import unquote
 
 import av
 import numpy as np
@@ -135,6 +136,48 @@ async def consume_microphone(track: MediaStreamTrack, push: Any, name: str = "mi
                 except ValueError as e:  # the session closed, or a chunk it refuses
                     log.info("%s: %s", name, e)
                     return
+
+
+ICE_SCHEMES = ("stun", "stuns", "turn", "turns")
+
+
+def parse_ice_server(url: str) -> dict:
+    """`--ice-server` -> the RTCIceServer dict the page and aiortc both take.
+
+    stun:HOST[:PORT], or turn(s):USER:SECRET@HOST[:PORT][?transport=udp|tcp]: the credentials
+    before the last "@", split at their last ":" (percent-encode a ":" or "@" in the secret)."""
+    scheme, sep, rest = url.strip().partition(":")
+    if not sep or scheme.lower() not in ICE_SCHEMES:
+        raise ValueError(f"--ice-server {_redact(url)!r}: start with stun:, stuns:, turn: or turns:")
+    scheme = scheme.lower()
+    server: dict = {}
+    if "@" in rest:
+        userinfo, rest = rest.rsplit("@", 1)
+        user, colon, secret = userinfo.rpartition(":")
+        if not colon or not user:
+            raise ValueError(f"--ice-server {_redact(url)!r}: credentials go as USER:SECRET@HOST")
+        server.update(username=unquote(user), credential=unquote(secret))
+    host = rest.split("?", 1)[0]
+    if not host or host.startswith("/") or any(c.isspace() for c in rest):
+        raise ValueError(f"--ice-server {_redact(url)!r}: no host (e.g. turn:USER:SECRET@turn.example.com:3478)")
+    if scheme.startswith("turn") and "username" not in server:
+        raise ValueError(f"--ice-server {_redact(url)!r}: a TURN server needs USER:SECRET@ before its host")
+    server["urls"] = f"{scheme}:{rest}"
+    return server
+
+
+def rtc_ice_servers(servers: list[dict]) -> list:
+    """aiortc's RTCIceServer objects of `parse_ice_server` dicts."""
+    from aiortc import RTCIceServer
+
+    return [RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+            for s in servers]
+
+
+def _redact(url: str) -> str:
+    """The URL without its credentials (error messages must not echo a secret)."""
+    scheme, _, rest = url.partition(":")
+    return f"{scheme}:...@{rest.rsplit('@', 1)[1]}" if "@" in rest else url
 
 
 def restrict_ice_to_loopback() -> None:

@@ -13,7 +13,6 @@ step by construction.
 """
 from __future__ import annotations
 
-import itertools
 import secrets
 import threading
 import time
@@ -139,7 +138,7 @@ class _Segment:
         return max(self.t_in, self.turn + (s - self.start) / SAMPLE_RATE)
 
 
-_ids = itertools.count(1)
+SESSION_ID_BYTES = 18  # 144 random bits: a session id cannot be guessed (it is also bound to its owner)
 
 
 class Session:
@@ -153,7 +152,7 @@ class Session:
 
     def __init__(self, avatar_id: str, avatar: Avatar, sink: Any, *, gap_s: float = GAP_S,
                  on_event: Callable[[dict], None] | None = None, lookahead_rows: int | None = None) -> None:
-        self.id = f"s{next(_ids)}-{secrets.token_hex(4)}"
+        self.id = secrets.token_urlsafe(SESSION_ID_BYTES)
         self.avatar_id, self.avatar, self.sink = avatar_id, avatar, sink
         self.metrics = SessionMetrics()
         self.on_event = on_event or (lambda event: None)
