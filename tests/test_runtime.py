@@ -308,13 +308,14 @@ def test_render_frames_is_speak_bit_for_bit(avatar: Avatar):
 
 
 def test_background_reaches_the_rasteriser_as_x_over_255(avatar: Avatar, monkeypatch):
-    # The uint8 torso track is converted once, where it is used, by x / 255 in float32 (the
-    # training side's rule), whichever way the frame is asked for.
+    # The uint8 torso track reaches the rasteriser as stored, whichever way the frame is asked
+    # for; rasterize_u8 converts it where it blends, by x / 255 in float32 (the training side's
+    # rule; tests/test_cpu_fast.py checks it against rasterize_cpu over background_to_float).
     renderer = avatar._backend._renderer
     seen = []
 
     def spy(*args):
-        seen.append(args[-1].copy())
+        seen.append(args[7].copy())  # (means, quats, scales, opacities, colors, viewmat, K, background, ...)
         return rasterize(*args)
 
     rasterize = renderer._rasterize
@@ -324,10 +325,9 @@ def test_background_reaches_the_rasteriser_as_x_over_255(avatar: Avatar, monkeyp
     avatar.speak(audio, sample_rate=16000, aus=aus)
     list(avatar.render_frames(windows, aus, views, torso))
     assert np.unique(torso).size == 256  # every uint8 value is checked
-    want = torso.astype(np.float32) / np.float32(255)
     assert len(seen) == 2 * len(torso)
     for i, got in enumerate(seen):
-        assert got.dtype == np.float32 and np.array_equal(got, want[i % len(torso)]), f"frame {i}"
+        assert got.dtype == np.uint8 and np.array_equal(got, torso[i % len(torso)]), f"frame {i}"
 
 def test_blinks_are_deterministic_and_chunk_independent():
     a = BlinkSchedule(1.5, 0.25, 3.0, fps=25)

@@ -5,6 +5,6 @@ import os
 # (plugins/design.md). Passive waiting must be chosen before the OpenMP runtime starts.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
-from embedtalk_sdk.plugins.cpu.rasterize import rasterize_cpu  # noqa: E402
+from embedtalk_sdk.plugins.cpu.rasterize import rasterize_cpu, rasterize_u8  # noqa: E402
 
-__all__ = ["rasterize_cpu"]
+__all__ = ["rasterize_cpu", "rasterize_u8"]

@@ -6,15 +6,23 @@ depth sort -> bin into 16x16 tiles in depth order (count, prefix sum, fill; each
 out sorted) -> blend (parallel over tiles; each Gaussian only over the row spans of its support,
 each pixel front to back with the early stop; see design.md, "Implementation notes").
 Projection runs in float64; blending in float32 with float32 constants, so the threshold tests
-round as in the float32 torch reference and a CUDA kernel. The first call compiles (~10 s);
+round as in the float32 torch reference and a CUDA kernel.
+Two blends: `blend` (libm's exp, one pixel at a time; also records what the backward in
+rasterize_grad.py needs) and `blend_fast` / `blend_u8`, the playback path: 8 pixels per SIMD
+step with a float32 exp of its own (`exp_neg`, <= 1e-7 relative error, libm's expf is ~1.8e-7),
+no backward records, and `blend_u8` composites over the uint8 background and rounds to uint8 in
+the same pass. The first call compiles (~10 s);
 cache=True keeps the machine code next to this file (or in numba's user cache dir) for later runs.
 """
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 from numba import get_parallel_chunksize, njit, prange, set_parallel_chunksize
+from numba.core import types
+from numba.extending import intrinsic
 
 TILE = 16
 NEAR = 0.01
@@ -25,6 +33,7 @@ T_MIN = np.float32(1e-4)
 HALF = np.float32(0.5)
 ONE = np.float32(1.0)
 ZERO = np.float32(0.0)
+U8_MAX = np.float32(255.0)
 # Pixels with sigma > log(255 o) + margin have alpha < 1/255 whatever the float32 rounding: the
 # row spans (row_span) leave them out; the exact alpha test runs on the rest.
 SIGMA_MARGIN = 1e-2
@@ -99,7 +108,7 @@ def _project_one(g, means, quats, scales, opacities, viewmat, K, width, height, 
 
 
 @njit(parallel=True, fastmath=False, cache=True)
-def _project(means, quats, scales, opacities, viewmat, K, width, height):
+def project(means, quats, scales, opacities, viewmat, K, width, height):
     """Steps 1-5 for all Gaussians (float32 in, float64 maths).
     -> mean2d f32[N,2], conic f32[N,3], depth f64[N], rect i32[N,4], support f64[N,4]
     (see _project_one)."""
@@ -116,7 +125,7 @@ def _project(means, quats, scales, opacities, viewmat, K, width, height):
 
 
 @njit(fastmath=False, cache=True)
-def _bin(depth, rect, tiles_x, tiles_y):
+def bin_tiles(depth, rect, tiles_x, tiles_y):
     """Step 6: CSR of Gaussian ids per tile, each tile's list in (depth, index) order.
     depth f64[N], rect i32[N,4] -> offsets i64[n_tiles+1], ids i32[pairs]."""
     order = np.argsort(depth, kind="mergesort")  # stable: ties by index
@@ -241,6 +250,151 @@ def blend(offsets, ids, mean2d, conic, opacities, colors, support, background, t
     return image, alpha, trans, stop
 
 
+# ---------------------------------------------------------------- the fast (SIMD) blend
+
+# exp(-s) = 2^-n exp(-r), r = s - n ln2 in [-ln2/2, ln2/2]; ln2 in two parts so n ln2_hi is exact
+# (Cody-Waite), Cephes' expf polynomial for exp(r) (1 ulp). s is capped where alpha is far below
+# 1/255 for any opacity, so 2^-n stays a normal float.
+LN2_HI = np.float32(0.693359375)
+LN2_LO = np.float32(-2.12194440e-4)
+LOG2E = np.float32(1.44269504088896341)
+EXP_S_MAX = np.float32(20.0)
+EXP_P = tuple(np.float32(v) for v in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+                                      1.6666665459e-1, 5.0000001201e-1))
+LANES = 8  # AVX2: 8 float32; a tile's state is two halves of 16 rows x 8 columns
+
+
+@intrinsic
+def _pow2_neg(typingctx, nf):
+    """2^-n as float32 for an integer-valued float32 n in [0, 126]: the exponent bits built in 32-bit
+    integers (numba would widen integer arithmetic to 64 bits and halve the SIMD width)."""
+    sig = types.float32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        n = builder.fptosi(args[0], context.get_value_type(types.int32))
+        bits = builder.shl(builder.sub(context.get_constant(types.int32, 127), n), context.get_constant(types.int32, 23))
+        return builder.bitcast(bits, context.get_value_type(types.float32))
+
+    return sig, codegen
+
+
+@njit(fastmath=False, cache=True)
+def exp_neg(s):
+    """exp(-s) in float32 for s >= -0.34 (the blend's sigma >= 0), <= 1e-7 relative error for
+    s <= 20 (larger s is taken as 20: alpha <= 2e-9, far below 1/255). Branch-free, so a loop of
+    these vectorises (numba has no vector exp without Intel's SVML)."""
+    s = min(s, EXP_S_MAX)
+    nf = np.float32(np.int32(s * LOG2E + HALF))
+    x = (nf * LN2_HI - s) + nf * LN2_LO  # -(s - n ln2)
+    p0, p1, p2, p3, p4, p5 = EXP_P
+    p = ((((p0 * x + p1) * x + p2) * x + p3) * x + p4) * x + p5
+    return (p * (x * x) + x + ONE) * _pow2_neg(nf)
+
+
+@njit(fastmath=False, cache=True)
+def _accumulate_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, H, W, tiles_x):
+    """Step 7 for tile t without the background -> state [6, 256] float32: rows T, R, G, B, and
+    scratch (pixel centres), lane c = half * 128 + row * 8 + col for the two 8-column halves.
+    T < 0 marks a pixel that stopped (-T is its transmittance): one array fewer to load and store.
+
+    Each Gaussian runs over the rows of its support (row_range) and the halves its x-extent
+    touches, 8 lanes per step; the exact alpha test decides every lane, so the result is the
+    pixel-by-pixel step 7 (with exp_neg for exp)."""
+    i0, j0 = (t // tiles_x) * TILE, (t % tiles_x) * TILE
+    i1, j1 = min(i0 + TILE, H), min(j0 + TILE, W)
+    state = np.empty((6, TILE * TILE), np.float32)  # here, not in the prange body (design.md)
+    T, R, G, B, px, py = state[0], state[1], state[2], state[3], state[4], state[5]
+    for h in range(TILE // LANES):
+        for r in range(TILE):
+            for col in range(LANES):
+                c = h * TILE * LANES + r * LANES + col
+                px[c] = np.float32(j0 + h * LANES + col) + HALF
+                py[c] = np.float32(i0 + r) + HALF
+                T[c] = ONE if (i0 + r < i1 and j0 + h * LANES + col < j1) else -ONE  # outside: stopped
+                R[c], G[c], B[c] = ZERO, ZERO, ZERO
+    for k in range(offsets[t], offsets[t + 1]):
+        g = ids[k]
+        ia, ib = row_range(np.float64(mean2d[g, 1]), support[g, 3], i0, i1)
+        kB, P, Q = support[g, 0], support[g, 1], support[g, 2]
+        # the support's x-extent: max over dy of |kB dy| + sqrt(P - Q dy^2) (row_span's spans)
+        xr = math.sqrt(P * (Q + kB * kB) / Q)
+        mx64 = np.float64(mean2d[g, 0])
+        ja = max(j0, int(math.ceil(max(mx64 - xr - 0.5, j0 - 1.0))))
+        jb = min(j1 - 1, int(math.floor(min(mx64 + xr - 0.5, j1 + 1.0))))
+        if ia > ib or ja > jb:
+            continue
+        mx, my, A, Bq, C, o = mean2d[g, 0], mean2d[g, 1], conic[g, 0], conic[g, 1], conic[g, 2], opacities[g]
+        cr, cg, cb = colors[g, 0], colors[g, 1], colors[g, 2]
+        for h in range((ja - j0) // LANES, (jb - j0) // LANES + 1):
+            lo = h * TILE * LANES + (ia - i0) * LANES
+            for c in range(lo, lo + (ib - ia + 1) * LANES):
+                c = np.uint64(c)  # unsigned: no negative-index wraparound, so the loop vectorises
+                dx, dy = px[c] - mx, py[c] - my
+                a = min(ALPHA_MAX, o * exp_neg(sigma(dx, dy, A, Bq, C)))
+                Tc = T[c]
+                T_next = Tc * (ONE - a)
+                ok = (Tc > ZERO) & (a >= ALPHA_MIN)
+                stop_here = ok & (T_next < T_MIN)  # the break, for this pixel
+                add = ok & (not stop_here)
+                w = a * Tc if add else ZERO
+                R[c] += cr * w
+                G[c] += cg * w
+                B[c] += cb * w
+                T[c] = T_next if add else (-Tc if stop_here else Tc)
+        if (k - offsets[t]) % 16 == 15:  # now and then: has every pixel stopped?
+            open_pixels = False
+            for c in range(TILE * TILE):
+                open_pixels |= T[c] > ZERO
+            if not open_pixels:
+                break
+    return state
+
+
+@njit(fastmath=False, cache=True)
+def _lane(i, j, i0, j0):
+    return ((j - j0) // LANES) * TILE * LANES + (i - i0) * LANES + (j - j0) % LANES
+
+
+@njit(parallel=True, fastmath=False, cache=True)
+def blend_fast(offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x):
+    """Step 7 for every tile, in parallel, forward only (SIMD, exp_neg).
+    background f32[H,W,3] -> image f32[H,W,3], alpha f32[H,W]."""
+    H, W = background.shape[0], background.shape[1]
+    image = np.empty((H, W, 3), np.float32)
+    alpha = np.empty((H, W), np.float32)
+    n_tiles = offsets.shape[0] - 1
+    for t in prange(n_tiles):
+        state = _accumulate_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, H, W, tiles_x)
+        i0, j0 = (t // tiles_x) * TILE, (t % tiles_x) * TILE
+        for i in range(i0, min(i0 + TILE, H)):
+            for j in range(j0, min(j0 + TILE, W)):
+                c = _lane(i, j, i0, j0)
+                T = abs(state[0, c])
+                for ch in range(3):
+                    image[i, j, ch] = state[1 + ch, c] + T * background[i, j, ch]
+                alpha[i, j] = ONE - T
+    return image, alpha
+
+
+@njit(parallel=True, fastmath=False, cache=True)
+def blend_u8(offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x, out):
+    """blend_fast over a uint8 background [H,W,3] straight into uint8 `out` [H,W,3], in one pass:
+    the background as x / 255 in float32 (runtime/backends/base.py:background_to_float's rule),
+    then clip to [0,1], x 255 and round half to even (to_uint8's)."""
+    H, W = background.shape[0], background.shape[1]
+    n_tiles = offsets.shape[0] - 1
+    for t in prange(n_tiles):
+        state = _accumulate_tile(t, offsets, ids, mean2d, conic, opacities, colors, support, H, W, tiles_x)
+        i0, j0 = (t // tiles_x) * TILE, (t % tiles_x) * TILE
+        for i in range(i0, min(i0 + TILE, H)):
+            for j in range(j0, min(j0 + TILE, W)):
+                c = _lane(i, j, i0, j0)
+                T = abs(state[0, c])
+                for ch in range(3):
+                    v = state[1 + ch, c] + T * (np.float32(background[i, j, ch]) / U8_MAX)
+                    out[i, j, ch] = np.uint8(np.rint(min(max(v, ZERO), ONE) * U8_MAX))
+
+
 class tiles_one_at_a_time:
     """Context: numba's parallel loops hand out one iteration at a time (tiles differ a lot in work)."""
 
@@ -259,6 +413,14 @@ def _f32(x: np.ndarray, shape: tuple, name: str) -> np.ndarray:
     return x
 
 
+def _gaussians(means, quats, scales, opacities, colors, viewmat, K) -> tuple[np.ndarray, ...]:
+    means = _f32(means, (-1, 3), "means")
+    n = means.shape[0]
+    quats, scales = _f32(quats, (n, 4), "quats"), _f32(scales, (n, 3), "scales")
+    opacities, colors = _f32(opacities, (n,), "opacities"), _f32(colors, (n, 3), "colors")
+    return means, quats, scales, opacities, colors, _f32(viewmat, (4, 4), "viewmat"), _f32(K, (3, 3), "K")
+
+
 def rasterize_cpu(
     means: np.ndarray,
     quats: np.ndarray,
@@ -275,17 +437,54 @@ def rasterize_cpu(
     colors [N,3], viewmat [4,4] w2c OpenCV, K [3,3], background [H,W,3]
     -> (image f32[H,W,3], alpha f32[H,W]). Inputs are converted to contiguous float32.
     """
-    means = _f32(means, (-1, 3), "means")
-    n = means.shape[0]
-    quats, scales = _f32(quats, (n, 4), "quats"), _f32(scales, (n, 3), "scales")
-    opacities, colors = _f32(opacities, (n,), "opacities"), _f32(colors, (n, 3), "colors")
-    viewmat, K = _f32(viewmat, (4, 4), "viewmat"), _f32(K, (3, 3), "K")
+    means, quats, scales, opacities, colors, viewmat, K = _gaussians(means, quats, scales, opacities, colors, viewmat, K)
     background = _f32(background, (-1, -1, 3), "background")
     H, W = background.shape[:2]
     tiles_x, tiles_y = -(-W // TILE), -(-H // TILE)
 
-    mean2d, conic, depth, rect, support = _project(means, quats, scales, opacities, viewmat, K, W, H)
-    offsets, ids = _bin(depth, rect, tiles_x, tiles_y)
+    mean2d, conic, depth, rect, support = project(means, quats, scales, opacities, viewmat, K, W, H)
+    offsets, ids = bin_tiles(depth, rect, tiles_x, tiles_y)
     with tiles_one_at_a_time():
-        image, alpha, _, _ = blend(offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x)
-    return image, alpha
+        return blend_fast(offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x)
+
+
+def rasterize_u8(
+    means: np.ndarray,
+    quats: np.ndarray,
+    scales: np.ndarray,
+    opacities: np.ndarray,
+    colors: np.ndarray,
+    viewmat: np.ndarray,
+    K: np.ndarray,
+    background: np.ndarray,
+    out: np.ndarray | None = None,
+    stages: dict[str, float] | None = None,
+) -> np.ndarray:
+    """`rasterize_cpu` over a uint8 background [H,W,3] -> uint8 [H,W,3] (into `out` if given): the
+    same pixels as to_uint8(rasterize_cpu(..., background / 255)[0]), bit for bit, in one pass
+    (the playback path: runtime/backends/base.py:CpuRenderer). With `stages`, adds the seconds
+    spent in "projection" (steps 1-5), "binning" (step 6: depth sort, tile lists) and "blending"
+    (step 7, compositing and uint8 rounding included) to it."""
+    means, quats, scales, opacities, colors, viewmat, K = _gaussians(means, quats, scales, opacities, colors, viewmat, K)
+    background = np.asarray(background)
+    if background.dtype != np.uint8 or background.ndim != 3 or background.shape[2] != 3:
+        raise ValueError(f"background: expected uint8 [H,W,3], got {background.dtype} {background.shape}")
+    background = np.ascontiguousarray(background)
+    H, W = background.shape[:2]
+    if out is None:
+        out = np.empty((H, W, 3), np.uint8)
+    elif out.shape != (H, W, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous:
+        raise ValueError(f"out: expected contiguous uint8 {(H, W, 3)}, got {out.dtype} {out.shape}")
+    tiles_x, tiles_y = -(-W // TILE), -(-H // TILE)
+    t0 = time.perf_counter()
+    mean2d, conic, depth, rect, support = project(means, quats, scales, opacities, viewmat, K, W, H)
+    t1 = time.perf_counter()
+    offsets, ids = bin_tiles(depth, rect, tiles_x, tiles_y)
+    t2 = time.perf_counter()
+    with tiles_one_at_a_time():
+        blend_u8(offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x, out)
+    if stages is not None:
+        t3 = time.perf_counter()
+        for name, dt in (("projection", t1 - t0), ("binning", t2 - t1), ("blending", t3 - t2)):
+            stages[name] = stages.get(name, 0.0) + dt
+    return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -129,18 +130,22 @@ def check_shape(what: str, got: list, want: list, bundle: Bundle) -> None:
 # ---------------------------------------------------------------- rendering on the CPU
 
 
-def _rasterize_cpu():
-    from embedtalk_sdk.plugins.cpu import rasterize_cpu  # numba: compiled on first use
+def _rasterize_u8():
+    from embedtalk_sdk.plugins.cpu import rasterize_u8  # numba: compiled on first use
 
-    return rasterize_cpu
+    return rasterize_u8
 
 
 class CpuRenderer:
     """The canonical Gaussians of a bundle plus the CPU rasteriser; any backend may use it.
 
     Holds preallocated per-Gaussian buffers, so `render` allocates only what the rasteriser
-    itself allocates.
+    itself allocates. Set `stages` to a dict to have `render` add its seconds per stage to it
+    ("gaussians": offsets and sigmoid; the rasteriser's "projection", "binning", "blending"):
+    `embedtalk-sdk bench --profile`.
     """
+
+    stages: dict[str, float] | None = None
 
     def __init__(self, bundle: Bundle) -> None:
         n = int(bundle.manifest["gaussians"]["count"])
@@ -152,9 +157,7 @@ class CpuRenderer:
         self.K = np.ascontiguousarray(np.asarray(bundle.manifest["K"], dtype=np.float32).reshape(3, 3))
         self._means = np.empty_like(self.means)
         self._opacity = np.empty_like(self.opacity_logits)
-        h, w = int(bundle.manifest["height"]), int(bundle.manifest["width"])
-        self._background = np.empty((h, w, 3), dtype=np.float32)
-        self._rasterize = _rasterize_cpu()
+        self._rasterize = _rasterize_u8()
 
     @staticmethod
     def _load(bundle: Bundle, name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -176,14 +179,18 @@ class CpuRenderer:
         out: np.ndarray | None = None,
     ) -> np.ndarray:
         """See `Backend.render`."""
+        if background.dtype != np.uint8:
+            raise TypeError(f"background must be uint8 [H,W,3], got {background.dtype}")
+        t0 = time.perf_counter()
         np.add(self.means, delta_means, out=self._means)
         np.add(self.opacity_logits, delta_opacity, out=self._opacity)
         expit(self._opacity, out=self._opacity)
-        image, _ = self._rasterize(
-            self._means, self.quats, self.scales, self._opacity, self.colors,
-            np.ascontiguousarray(viewmat, dtype=np.float32), self.K, background_to_float(background, self._background),
-        )
-        return to_uint8(image, out)
+        if self.stages is not None:
+            self.stages["gaussians"] = self.stages.get("gaussians", 0.0) + time.perf_counter() - t0
+        # one pass: blend, composite over background / 255 (background_to_float's rule), round to uint8
+        return self._rasterize(self._means, self.quats, self.scales, self._opacity, self.colors,
+                               np.ascontiguousarray(viewmat, dtype=np.float32), self.K, background, out,
+                               self.stages)
 
 
 def background_to_float(background: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
