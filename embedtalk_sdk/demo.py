@@ -29,6 +29,7 @@ from embedtalk_sdk.export.exporter import export_bundle
 from embedtalk_sdk.runtime.bundle import bundle_megabytes
 from embedtalk_sdk.runtime.backends.base import to_uint8
 from embedtalk_sdk.runtime.video import write_mp4
+from embedtalk_sdk.mouth_strip import save_mouth_strip
 
 SENTENCE_SEED = 20261124  # a sentence the speaker never said in training (training uses seed 0)
 SENTENCE_SECONDS = 8.0
@@ -135,26 +136,3 @@ def mouth_scores(frames: np.ndarray, frames_silent: np.ndarray, truth: list[np.n
         "mouth_psnr": round(float(np.mean([psnr(c, g) for c, g in zip(spoken, gt)])), 2),
         "mouth_psnr_silent": round(float(np.mean([psnr(c, g) for c, g in zip(silent, gt)])), 2),
     }
-
-
-def save_mouth_strip(frames: np.ndarray, truth: list[np.ndarray], boxes: list[tuple[int, int, int, int]],
-                     opening: np.ndarray, path: Path, per_side: int = 4) -> None:
-    """PNG: the sentence's most open and most closed frames; ground-truth mouth above the avatar's."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    order = np.argsort(opening, kind="stable")
-    picks = sorted(order[::-1][:per_side]) + sorted(order[:per_side])
-    fig, axes = plt.subplots(2, len(picks), figsize=(1.6 * len(picks), 3.6), dpi=110)
-    for c, n in enumerate(picks):
-        x0, y0, x1, y1 = boxes[n]
-        for r, (label, img) in enumerate((("truth", truth[n]), ("avatar", frames[n][y0:y1, x0:x1]))):
-            ax = axes[r, c]
-            ax.imshow(img, interpolation="nearest")
-            ax.set_title(f"{label} {n}\nopen {opening[n]:.2f}" if r == 0 else label, fontsize=7)
-            ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

@@ -9,19 +9,21 @@ PSNR, SSIM, LPIPS, LMD on mouth landmarks and an offline audio-visual sync measu
 measure on the ground-truth frames is reported beside it as the reference.
 
 Writes OUT/eval.json (summary + per-frame values), OUT/side_by_side.mp4 (ground truth | render,
-with the clip's audio), OUT/lip_motion.png (mouth opening of both over time) and OUT/frames/*.png (a few
-side-by-side stills).
+with the clip's audio), OUT/lip_motion.png (mouth opening of both over time), OUT/mouth_strip.png
+(the truth's widest and most closed mouths above the audio-only render's) and OUT/frames/*.png (a
+few side-by-side stills).
 """
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from embedtalk_sdk.data.dataset import TalkingDataset
+from embedtalk_sdk.mouth_strip import box_around, save_mouth_strip, strip_picks
 from embedtalk_sdk.metrics import audio_envelope, av_sync, lip_motion, lmd, lpips_distance, psnr, ssim
 from embedtalk_sdk.runtime.backends.base import to_uint8
 
@@ -146,12 +148,30 @@ def _mouth_landmarks(landmarker, frame: np.ndarray) -> np.ndarray | None:
     return faces[0]["landmarks"] if faces else None
 
 
-def _landmarks_of(face_model: Path, frames: Iterator[np.ndarray], n: int) -> list[np.ndarray | None]:
-    """Face landmarks of the first n frames (None where no face is found)."""
+def _landmarks_of(face_model: Path, frames: Iterator[np.ndarray], n: int,
+                  keep: Iterable[int] = ()) -> tuple[list[np.ndarray | None], dict[int, np.ndarray]]:
+    """Face landmarks of the first n frames (None where no face is found), and the frames `keep` names."""
     from embedtalk_sdk.preprocess.face import FaceLandmarker
 
+    wanted, kept, marks = set(keep), {}, []
     with FaceLandmarker(face_model, num_faces=1, video=False) as landmarker:
-        return [_mouth_landmarks(landmarker, frame) for _, frame in zip(range(n), frames)]
+        for i, frame in zip(range(n), frames):
+            marks.append(_mouth_landmarks(landmarker, frame))
+            if i in wanted:
+                kept[i] = frame
+    return marks, kept
+
+
+def _save_audio_only_strip(ds: Any, frames: dict[int, np.ndarray], landmarks: dict[int, np.ndarray],
+                           opening: np.ndarray, path: Path) -> None:
+    """mouth_strip.png: the truth's widest and most closed mouths above the audio-only render's."""
+    from embedtalk_sdk.preprocess.face import MOUTH_IBUG, to_ibug68
+
+    if not frames:
+        return
+    boxes = {k: box_around(to_ibug68(lm[None])[0, MOUTH_IBUG, :2], ds.width, ds.height) for k, lm in landmarks.items()}
+    truth = {k: to_uint8(ds.image(k))[y0:y1, x0:x1] for k, (x0, y0, x1, y1) in boxes.items()}
+    save_mouth_strip(frames, truth, boxes, opening, path, picks=list(frames), label="audio only")
 
 
 def _fill(values: list[float | None]) -> np.ndarray:
@@ -242,9 +262,12 @@ def evaluate(
     lips = lip_motion(open_gt, open_pred)
     # The same frames driven by the audio alone (neutral AUs, as `speak` renders): the AUs of the
     # ground-truth frames can carry mouth motion that no application has (issue 9).
-    open_audio = _fill([None if x is None else float(mouth_opening(x))
-                        for x in _landmarks_of(face_model, render_val(True)[1], n)])
+    picks = [k for k in strip_picks(open_gt) if lm_gt[k] is not None]
+    lm_audio, audio_frames = _landmarks_of(face_model, render_val(True)[1], n, keep=picks)
+    open_audio = _fill([None if x is None else float(mouth_opening(x)) for x in lm_audio])
     lips_audio = {f"{k}_audio_only": v for k, v in lip_motion(open_gt, open_audio).items()}
+    (out / "mouth_strip.png").unlink(missing_ok=True)  # an earlier eval's, for other frames
+    _save_audio_only_strip(ds, audio_frames, {k: lm_gt[k] for k in picks}, open_gt, out / "mouth_strip.png")
 
     def mean(key: str) -> float | None:
         vals = [v for v in per[key] if v is not None]
@@ -283,6 +306,8 @@ def evaluate(
     }  # fmt: skip
     save_lip_plot(open_gt, open_pred, open_audio, ds.fps, {**lips, **lips_audio}, out / "lip_motion.png")
     report["files"]["lip_plot"] = str(out / "lip_motion.png")
+    if (out / "mouth_strip.png").is_file():
+        report["files"]["mouth_strip"] = str(out / "mouth_strip.png")
     (out / "eval.json").write_text(json.dumps(report, indent=1))
     return report
 

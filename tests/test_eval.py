@@ -197,6 +197,8 @@ def test_eval_checkpoint_writes_json_video_and_stills(ckpt_eval, trained_avatar)
     lips = metrics.lip_motion(np.array(opening["truth"]), np.array(opening["render"]))
     assert m["lip_corr"] == pytest.approx(lips["lip_corr"], abs=1e-3) and -1 <= m["lip_corr"] <= 1
     assert (out / "lip_motion.png").stat().st_size > 1000
+    # The truth's widest / most closed mouths above the audio-only render's, where a face was found.
+    assert (m["lmd_frames"] > 0) == ("mouth_strip" in saved["files"]) == (out / "mouth_strip.png").is_file()
     from embedtalk_sdk.runtime.video import read_audio_track, read_video
 
     video, fps = read_video(out / "side_by_side.mp4")
