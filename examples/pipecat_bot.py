@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import time
 from collections import deque
 from pathlib import Path
 from typing import Callable
@@ -127,6 +128,7 @@ class Bot:
         self.tasks: list[PipelineTask] = []
         self.parrots: list[Parrot] = []
         self._runs: set[asyncio.Task] = set()
+        self.messages: list[tuple[float, str]] = []  # (monotonic time, type) of the data-channel messages acted on
 
     async def connected(self, connection: SmallWebRTCConnection) -> None:
         service = EmbedTalkVideoService(self.avatar, lookahead_rows=self.lookahead_rows, on_frame=self.on_frame)
@@ -142,8 +144,10 @@ class Bot:
             if not isinstance(message, dict):
                 return
             if message.get("type") == "say" and isinstance(message.get("text"), str):
+                self.messages.append((time.monotonic(), "say"))
                 await parrot.say(message["text"][:2000])
             elif message.get("type") == "interrupt":
+                self.messages.append((time.monotonic(), "interrupt"))
                 await parrot.interrupt()
 
         @transport.event_handler("on_client_disconnected")

@@ -39,6 +39,7 @@ class LiveFrame:
     audio: np.ndarray           # float32 [samples_per_frame], 16 kHz: the timeline's sound of frame n
     speech: bool                # its audio holds samples of a speech segment (else idle: silence)
     segment_end: bool           # a segment's last sample is in this frame (it played to its end)
+    segment: int                # the number of the segment its speech belongs to (0: idle)
     t_in: float | None          # monotonic time its middle sample was pushed (None: idle)
 
 
@@ -76,6 +77,7 @@ class LiveAvatarStream:
         self._cleared = 0          # segments up to this number were interrupted: their marks are ignored
         # output side (the caller's loop)
         self._speech_from: int | None = None   # timeline sample where the playing segment starts
+        self._speech_segment = 0
         self.closed = False
 
     # ------------------------------------------------------------------ input
@@ -111,6 +113,10 @@ class LiveAvatarStream:
         self.session.interrupt()
         self.renderer.notify()
 
+    def cleared(self, segment: int) -> bool:
+        """Whether speech segment `segment` was interrupted (its audio must not be played any more)."""
+        return 0 < segment <= self._cleared
+
     # ------------------------------------------------------------------ output
 
     def start(self) -> None:
@@ -127,6 +133,8 @@ class LiveAvatarStream:
             item = await self._queue.get()
             if item is None:
                 return
+            if self.cleared(item.segment):  # queued before an interrupt
+                item.speech = item.segment_end = False
             yield item
 
     async def aclose(self) -> None:
@@ -164,19 +172,20 @@ class LiveAvatarStream:
         n, image, t_in, marks = cur
         spf = self.samples_per_frame
         speech = segment_end = False
+        segment = 0
         for kind, k, p in marks:
             if k <= self._cleared:
                 continue  # a mark of an interrupted segment
             if kind == "start":
-                self._speech_from = p
+                self._speech_from, self._speech_segment = p, k
             elif kind == "end":
                 if self._speech_from is not None and p > self._speech_from:
-                    speech = True  # the segment's last samples are in this frame
-                segment_end = True
+                    speech, segment = True, k  # the segment's last samples are in this frame
+                segment_end, segment = True, k
                 self._speech_from = None
         if self._speech_from is not None and self._speech_from < (n + 1) * spf:
-            speech = True
-        self._queue.put_nowait(LiveFrame(n, image, audio, speech, segment_end, t_in))
+            speech, segment = True, self._speech_segment
+        self._queue.put_nowait(LiveFrame(n, image, audio, speech, segment_end, segment, t_in))
 
 
 def mono_int16(pcm: np.ndarray, channels: int) -> np.ndarray:

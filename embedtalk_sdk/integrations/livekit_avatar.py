@@ -105,7 +105,7 @@ class EmbedTalkVideoGenerator(VideoGenerator):
                 last = rtc.VideoFrame(a.width, a.height, rtc.VideoBufferType.RGB24, f.image.tobytes())
             if last is not None:
                 yield last
-            if f.speech:
+            if f.speech and not self.stream.cleared(f.segment):  # clear_buffer() may come between
                 pcm = to_int16(f.audio)
                 yield rtc.AudioFrame(pcm.tobytes(), SAMPLE_RATE, 1, pcm.shape[0])
             if f.segment_end:

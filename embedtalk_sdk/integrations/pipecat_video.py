@@ -117,7 +117,7 @@ class EmbedTalkVideoService(FrameProcessor):
                 last = OutputImageRawFrame(image=f.image.tobytes(), size=(a.width, a.height), format="RGB")
             if last is not None:
                 await self.push_frame(last)
-            if f.speech:
+            if f.speech and not stream.cleared(f.segment):  # an interruption may come between
                 await self.push_frame(TTSAudioRawFrame(audio=to_int16(f.audio).tobytes(), sample_rate=SAMPLE_RATE,
                                                        num_channels=1))
             if f.segment_end and self._held_stops:
