@@ -31,7 +31,7 @@ from livekit.agents.voice.avatar import (
 )
 from livekit.agents.voice.avatar import AvatarSession as BaseAvatarSession
 
-from embedtalk_sdk.integrations.live import LOOKAHEAD_ROWS, SAMPLE_RATE, LiveAvatarStream, mono_int16, to_int16
+from embedtalk_sdk.integrations.live import LOOKAHEAD_ROWS, SAMPLE_RATE, LiveAvatarStream, LiveFrame, mono_int16, to_int16
 from embedtalk_sdk.runtime.avatar import Avatar
 from embedtalk_sdk.serve.renderer import AvatarRenderer
 
@@ -49,14 +49,16 @@ class EmbedTalkVideoGenerator(VideoGenerator):
     as played speech). A frame the renderer dropped (late) is sent again as the previous picture, so
     the video keeps the audio's clock. `clear_buffer()` interrupts.
 
-    renderer / lookahead_rows / clock: as `LiveAvatarStream`.
+    renderer / lookahead_rows / clock: as `LiveAvatarStream`. on_frame: called with every `LiveFrame`
+    before its items are yielded (recording, metrics).
     """
 
     def __init__(self, avatar: Avatar, *, renderer: AvatarRenderer | None = None, avatar_id: str = "avatar",
-                 lookahead_rows: int | None = LOOKAHEAD_ROWS, clock: Callable[[], float] | None = None) -> None:
+                 lookahead_rows: int | None = LOOKAHEAD_ROWS, clock: Callable[[], float] | None = None,
+                 on_frame: Callable[[LiveFrame], None] | None = None) -> None:
         self.stream = LiveAvatarStream(avatar, renderer=renderer, avatar_id=avatar_id,
                                        lookahead_rows=lookahead_rows, clock=clock)
-        self.avatar = avatar
+        self.avatar, self._on_frame = avatar, on_frame
         self._resampler: rtc.AudioResampler | None = None
         self._rate: int | None = None
 
@@ -101,6 +103,8 @@ class EmbedTalkVideoGenerator(VideoGenerator):
     async def _frames(self) -> AsyncIterator[rtc.VideoFrame | rtc.AudioFrame | AudioSegmentEnd]:
         a, last = self.avatar, None
         async for f in self.stream.frames():
+            if self._on_frame is not None:
+                self._on_frame(f)
             if f.image is not None:
                 last = rtc.VideoFrame(a.width, a.height, rtc.VideoBufferType.RGB24, f.image.tobytes())
             if last is not None:

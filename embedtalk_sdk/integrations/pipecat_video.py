@@ -114,9 +114,9 @@ class EmbedTalkVideoService(FrameProcessor):
             if self._on_frame is not None:
                 self._on_frame(f)
             if f.image is not None:
-                last = OutputImageRawFrame(image=f.image.tobytes(), size=(a.width, a.height), format="RGB")
-            if last is not None:
-                await self.push_frame(last)
+                last = f.image.tobytes()
+            if last is not None:  # a dropped frame: the previous picture again (a new frame object)
+                await self.push_frame(OutputImageRawFrame(image=last, size=(a.width, a.height), format="RGB"))
             if f.speech and not stream.cleared(f.segment):  # an interruption may come between
                 await self.push_frame(TTSAudioRawFrame(audio=to_int16(f.audio).tobytes(), sample_rate=SAMPLE_RATE,
                                                        num_channels=1))
