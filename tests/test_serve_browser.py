@@ -6,6 +6,11 @@ screenshot taken while the sentence plays shows the avatar (the video's area loo
 avatar's own frame, not black or blank). Screenshots are kept in the test's tmp folder
 (EMBEDTALK_SCREENSHOTS=folder keeps copies there). Chromium is driven over the DevTools protocol
 on a WebSocket (aiohttp); nothing is downloaded.
+
+The second test runs the real `embedtalk-sdk serve --self-signed` with a token, as on a LAN: the
+page without the token shows the login message and opens no session; the ?token= link loads it
+over HTTPS (the certificate accepted by flag, as a user accepts it once), the token leaves the
+address and the history, and the avatar talks as above; the token never reaches the server's output.
 """
 from __future__ import annotations
 
@@ -15,7 +20,13 @@ import io
 import json
 import os
 import shutil
+import re
+import secrets
+import socket
+import ssl
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -71,43 +82,72 @@ VIDEO_STATE = """(() => { const v = document.getElementById('video'); const r = 
           rect: [r.left, r.top, r.width, r.height], dpr: window.devicePixelRatio}; })()"""
 
 
-def test_headless_chromium_autostart_with_fake_microphone(trained_avatar, tmp_path):
+def need_chromium() -> str:
     browser = chromium()
     if browser is None:
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed: .ci/run installs Debian's chromium before the tests")
         pytest.skip("needs Debian's chromium (apt-get install chromium)")
-    restrict_ice_to_loopback()
-    registry = AvatarRegistry.load(trained_avatar["bundle"], backend="onnxruntime", log_fn=lambda m: None)
+    return browser
+
+
+def fake_microphone(tmp_path: Path) -> Path:
+    """A wav of a test sentence and 0.5 s of silence, for chromium's fake microphone (it loops)."""
     sentence = synthesize_speech(4.0, seed=11).samples
     mic = tmp_path / "sentence.wav"
     mic.write_bytes(wav_bytes(np.concatenate([sentence, np.zeros(8000, np.float32)]), 16000))
-    shots = tmp_path / "shots"
-    shots.mkdir()
-    server = Server(registry, max_sessions=2, tts=EspeakTTS())
-    with BackgroundServer(server) as bg:
-        profile = tmp_path / "profile"
-        proc = subprocess.Popen(
-            [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
-             "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-             f"--use-file-for-fake-audio-capture={mic}", "--autoplay-policy=no-user-gesture-required",
-             "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
-             "--window-size=900,700", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            result = asyncio.run(_drive(bg.url, profile, shots))
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    return mic
+
+
+def launch(browser: str, profile: Path, mic: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+         "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+         f"--use-file-for-fake-audio-capture={mic}", "--autoplay-policy=no-user-gesture-required",
+         "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
+         "--window-size=900,700", *extra, "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def keep_screenshots(shots: Path) -> None:
     keep = os.environ.get("EMBEDTALK_SCREENSHOTS")
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
         for p in shots.iterdir():
             shutil.copy(p, Path(keep) / p.name)
+
+
+async def page_metrics(cdp: "Cdp") -> dict:
+    """GET /metrics from inside the page: with its client cookie, so per_session has its session."""
+    return await cdp.eval("fetch('/metrics').then((r) => r.json())")
+
+
+def test_headless_chromium_autostart_with_fake_microphone(trained_avatar, tmp_path):
+    browser = need_chromium()
+    restrict_ice_to_loopback()
+    registry = AvatarRegistry.load(trained_avatar["bundle"], backend="onnxruntime", log_fn=lambda m: None)
+    mic = fake_microphone(tmp_path)
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    server = Server(registry, max_sessions=2, tts=EspeakTTS())
+    with BackgroundServer(server) as bg:
+        profile = tmp_path / "profile"
+        proc = launch(browser, profile, mic)
+        try:
+            result = asyncio.run(_drive(bg.url, profile, shots))
+        finally:
+            stop(proc)
+    keep_screenshots(shots)
 
     state, per = result["state"], result["metrics"]
     assert state["readyState"] >= 2 and not state["paused"] and state["t"] > 1.0, state
@@ -121,53 +161,73 @@ def test_headless_chromium_autostart_with_fake_microphone(trained_avatar, tmp_pa
     assert c["after_interrupt"] != "error" and c["sessions_after_stop"] == 0, c
 
 
-async def _drive(url: str, profile: Path, shots: Path) -> dict:
-    import aiohttp
+class DevTools:
+    """The page target of a chromium started by `launch`, over its DevTools WebSocket."""
 
-    port_file = profile / "DevToolsActivePort"
-    for _ in range(300):
-        if port_file.exists() and port_file.read_text().strip():
-            break
-        await asyncio.sleep(0.1)
-    port = int(port_file.read_text().split()[0])
-    async with aiohttp.ClientSession() as client:
-        async with client.get(f"http://127.0.0.1:{port}/json/list") as r:
+    def __init__(self, profile: Path) -> None:
+        self.profile = profile
+
+    async def __aenter__(self) -> Cdp:
+        import aiohttp
+
+        port_file = self.profile / "DevToolsActivePort"
+        for _ in range(300):
+            if port_file.exists() and port_file.read_text().strip():
+                break
+            await asyncio.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        self.client = aiohttp.ClientSession()
+        async with self.client.get(f"http://127.0.0.1:{port}/json/list") as r:
             targets = await r.json()
         page = next(t for t in targets if t["type"] == "page")
-        async with client.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=64 * 1024 * 1024) as ws:
-            cdp = Cdp(ws)
-            await cdp.call("Page.enable")
-            await cdp.call("Page.navigate", url=url + "/?autostart=1")
-            state, deadline = None, time.monotonic() + 40
-            while time.monotonic() < deadline:
-                state = await cdp.eval(VIDEO_STATE)
-                if state and state["readyState"] >= 2 and not state["paused"] and state["t"] > 1.0:
-                    break
-                await asyncio.sleep(0.25)
-            assert state and state["session"], f"no session started: {state}"
-            spoke, shot, metrics = False, None, None
-            for i in range(20):  # while the sentence plays (the fake microphone loops it)
-                _, m = await asyncio.get_running_loop().run_in_executor(None, http, "GET", url + "/metrics")
-                per = m["per_session"].get(state["session"])
-                if per is None:
-                    break
-                metrics = per
-                spoke = spoke or per["speaking"]
-                if per["speaking"] and shot is None and per["fps"] >= 20:
-                    png = base64.b64decode((await cdp.call("Page.captureScreenshot", format="png"))["data"])
-                    shot = shots / f"speaking_{i}.png"
-                    shot.write_bytes(png)
-                    state = await cdp.eval(VIDEO_STATE)
-                if shot is not None and i >= 8:
-                    break
-                await asyncio.sleep(0.5)
-            final = await cdp.eval(VIDEO_STATE)
-            if shot is None:  # keep evidence for the failure message
-                png = base64.b64decode((await cdp.call("Page.captureScreenshot", format="png"))["data"])
-                (shots / "no_speech.png").write_bytes(png)
-            assert shot is not None, f"never saw the session speaking at >= 20 fps: {metrics}, {final}"
-            controls = await _use_the_controls(cdp, url, shots / "upload.wav")
-            return {"state": final, "metrics": metrics, "spoke": spoke, "shot": shot, "controls": controls}
+        self.ws = await self.client.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=64 * 1024 * 1024)
+        cdp = Cdp(self.ws)
+        await cdp.call("Page.enable")
+        return cdp
+
+    async def __aexit__(self, *exc) -> None:
+        await self.ws.close()
+        await self.client.close()
+
+
+async def _talking(cdp: Cdp, shots: Path, prefix: str = "") -> dict:
+    """Wait for the autostarted session's video, then watch it speak at >= 20 fps; a screenshot."""
+    state, deadline = None, time.monotonic() + 40
+    while time.monotonic() < deadline:
+        state = await cdp.eval(VIDEO_STATE)
+        if state and state["readyState"] >= 2 and not state["paused"] and state["t"] > 1.0:
+            break
+        await asyncio.sleep(0.25)
+    assert state and state["session"], f"no session started: {state}"
+    spoke, shot, metrics = False, None, None
+    for i in range(20):  # while the sentence plays (the fake microphone loops it)
+        per = (await page_metrics(cdp))["per_session"].get(state["session"])
+        if per is None:
+            break
+        metrics = per
+        spoke = spoke or per["speaking"]
+        if per["speaking"] and shot is None and per["fps"] >= 20:
+            png = base64.b64decode((await cdp.call("Page.captureScreenshot", format="png"))["data"])
+            shot = shots / f"{prefix}speaking_{i}.png"
+            shot.write_bytes(png)
+            state = await cdp.eval(VIDEO_STATE)
+        if shot is not None and i >= 8:
+            break
+        await asyncio.sleep(0.5)
+    final = await cdp.eval(VIDEO_STATE)
+    if shot is None:  # keep evidence for the failure message
+        png = base64.b64decode((await cdp.call("Page.captureScreenshot", format="png"))["data"])
+        (shots / f"{prefix}no_speech.png").write_bytes(png)
+    assert shot is not None, f"never saw the session speaking at >= 20 fps: {metrics}, {final}"
+    return {"state": final, "metrics": metrics, "spoke": spoke, "shot": shot}
+
+
+async def _drive(url: str, profile: Path, shots: Path) -> dict:
+    async with DevTools(profile) as cdp:
+        await cdp.call("Page.navigate", url=url + "/?autostart=1")
+        result = await _talking(cdp, shots)
+        result["controls"] = await _use_the_controls(cdp, url, shots / "upload.wav")
+        return result
 
 
 async def _wait_status(cdp: Cdp, prefix: str, timeout: float = 20) -> str:
@@ -220,3 +280,116 @@ def _check_screenshot(path: Path, state: dict, avatar) -> None:
     g1, g2 = crop.mean(axis=2).ravel(), ref.mean(axis=2).ravel()
     corr = float(np.corrcoef(g1, g2)[0, 1])
     assert corr > 0.8, f"the video area does not look like the avatar (correlation {corr:.2f} with its frame)"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_headless_chromium_over_https_with_the_token_link(trained_avatar, tmp_path):
+    browser = need_chromium()
+    token = secrets.token_urlsafe(24)
+    port = free_port()
+    url = f"https://127.0.0.1:{port}"
+    mic = fake_microphone(tmp_path)
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    server = subprocess.Popen(  # the real command, the token from the environment as the docs say
+        [sys.executable, "-m", "embedtalk_sdk.cli", "serve", str(trained_avatar["bundle"]), "--self-signed",
+         "--port", str(port), "--max-sessions", "2", "--tts", "none", "--backend", "onnxruntime"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, EMBEDTALK_TOKEN=token))
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(iter(server.stdout.readline, "")), daemon=True)
+    reader.start()
+    insecure = ssl.create_default_context()
+    insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE
+    bearer = {"Authorization": f"Bearer {token}"}
+    try:
+        for _ in range(240):
+            if server.poll() is not None:
+                break
+            try:
+                if https_get(url + "/health", insecure)[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.25)
+        assert server.poll() is None, "".join(output)
+        served = ssl.get_server_certificate(("127.0.0.1", port))
+        profile = tmp_path / "profile"
+        proc = launch(browser, profile, mic, "--ignore-certificate-errors")
+        try:
+            result = asyncio.run(_drive_https(url, token, profile, shots, insecure, bearer))
+        finally:
+            stop(proc)
+        sessions_after = json.loads(https_get(url + "/metrics", insecure, bearer)[1])["sessions"]
+    finally:
+        server.terminate()
+        server.wait(20)
+        reader.join(5)
+    keep_screenshots(shots)
+    log = "".join(output)
+    digest = ssl.PEM_cert_to_DER_cert(served)
+    import hashlib
+
+    fingerprint = ":".join(f"{b:02X}" for b in hashlib.sha256(digest).digest())
+    assert fingerprint in re.sub(r"\s+", "", log), f"the served certificate's fingerprint is not the printed one: {log}"
+    assert token not in log and token not in re.sub(r"\s+", "", log), "the token reached the server's output"
+    login = result["login"]
+    assert "invitation" in login["text"] and not login["session"] and login["sessions_on_server"] == 0, login
+    assert [r for r in log.splitlines() if "refused" in r], "the page without the token was not refused"
+    state = result["state"]
+    assert state["href"] == url + "/?autostart=1" and token not in " ".join(result["history"]), result
+    assert result["document_cookie"] == "", "the client cookie must be HttpOnly (no script can read it)"
+    assert state["readyState"] >= 2 and not state["paused"] and state["t"] > 1.0, state
+    assert result["metrics"]["fps"] >= 20, result["metrics"]
+    assert result["metrics"]["speaking"] or result["spoke"], "the fake microphone's sentence never reached the avatar"
+    registry = AvatarRegistry.load(trained_avatar["bundle"], backend="onnxruntime", log_fn=lambda m: None)
+    _check_screenshot(result["shot"], state, registry.get(registry.ids[0]).avatar)
+    assert sessions_after == 0, "closing the tab did not free the session"
+
+
+def https_get(url: str, context, headers: dict | None = None) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10, context=context) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+async def _drive_https(url: str, token: str, profile: Path, shots: Path, insecure, bearer: dict) -> dict:
+    loop = asyncio.get_running_loop()
+    async with DevTools(profile) as cdp:
+        # Without the token: the login message, no session.
+        await cdp.call("Page.navigate", url=url + "/?autostart=1")
+        login: dict = {}
+        for _ in range(40):
+            login = await cdp.eval("({text: (document.getElementById('login') || {}).textContent || '', "
+                                   "session: window.embedtalkSession || null})")
+            if login and login["text"]:
+                break
+            await asyncio.sleep(0.25)
+        png = base64.b64decode((await cdp.call("Page.captureScreenshot", format="png"))["data"])
+        (shots / "https_login.png").write_bytes(png)
+        await asyncio.sleep(1.0)  # time for a session to appear, were the page to start one
+        status, body = await loop.run_in_executor(None, https_get, url + "/metrics", insecure, bearer)
+        login["sessions_on_server"] = json.loads(body)["sessions"]
+        # The invitation link: the token becomes the cookie and leaves the address.
+        await cdp.call("Page.navigate", url=f"{url}/?token={token}&autostart=1")
+        result = await _talking(cdp, shots, prefix="https_")
+        result["state"]["href"] = await cdp.eval("location.href")
+        history = await cdp.call("Page.getNavigationHistory")
+        result["history"] = [e["url"] for e in history["entries"]]
+        result["document_cookie"] = await cdp.eval("document.cookie")
+        result["login"] = login
+        await cdp.eval("document.getElementById('stop').click()")
+        for _ in range(50):
+            if (await page_metrics(cdp))["sessions"] == 0:
+                break
+            await asyncio.sleep(0.2)
+        return result

@@ -42,7 +42,8 @@ from embedtalk_sdk.runtime.audio.io import AudioError, AudioTooLong, load_audio,
 from embedtalk_sdk.serve.access import LOOPBACK_NAMES, OPEN_CLIENT, Access, check_exposure, is_loopback
 from embedtalk_sdk.serve.avatars import Admission, AvatarRegistry, UnknownAvatar
 from embedtalk_sdk.serve.guard import CLIENT, Guard, OneLineLogger, printable, within
-from embedtalk_sdk.serve.media import SessionMedia, consume_microphone, parse_ice_server, rtc_ice_servers
+from embedtalk_sdk.serve.media import (SDP_ERRORS, SessionMedia, check_offer, consume_microphone, parse_ice_server,
+                                       rtc_ice_servers)
 from embedtalk_sdk.serve.metrics import ServerMetrics
 from embedtalk_sdk.serve.ratelimit import RateLimiter
 from embedtalk_sdk.serve.renderer import AvatarRenderer
@@ -65,6 +66,7 @@ class Limits:
     max_upload_s: float = 60.0
     max_text_chars: int = 2000
     max_ws_message_bytes: int = 64 * 1024      # 2 s of 16 kHz int16 per message
+    max_json_bytes: int = 64 * 1024            # a JSON body (an SDP offer is 3-20 KB)
     connect_timeout_s: float = 30.0            # a session whose peer never connects is closed
     header_timeout_s: float = 10.0             # a connection sends its request headers (and TLS handshake) within
     body_timeout_s: float = 30.0               # ... and a request body within this
@@ -175,7 +177,7 @@ class Server:
         try:
             try:
                 await pc.setRemoteDescription(offer)
-            except (ValueError, KeyError, IndexError) as e:
+            except SDP_ERRORS as e:
                 raise web.HTTPBadRequest(text=_err(f"the SDP offer cannot be read: {e}"),
                                          content_type="application/json") from None
             kinds = {t.kind for t in pc.getTransceivers()}
@@ -348,10 +350,20 @@ class Server:
         return self.session(request.match_info["sid"], request[CLIENT].id)
 
     async def _create(self, request: web.Request) -> web.Response:
-        body = await _json_body(request, self.limits.body_timeout_s)
+        body = await _json_body(request, self.limits.body_timeout_s, self.limits.max_json_bytes)
         if body.get("type", "offer") != "offer" or not isinstance(body.get("sdp"), str):
             raise web.HTTPBadRequest(text=_err('give {"avatar": id, "sdp": "...", "type": "offer"}'),
                                      content_type="application/json")
+        try:
+            check_offer(body["sdp"])  # before admission: a malformed offer costs no peer connection
+        except ValueError as e:
+            raise web.HTTPBadRequest(text=_err(str(e)), content_type="application/json") from None
+        self.registry.get(body.get("avatar"))  # an unknown avatar (404) costs no creation either
+        wait = self.guard.creations.take(request.remote or "?")
+        if wait:  # what is limited is the expensive part: a peer connection, its keys and ICE
+            raise web.HTTPTooManyRequests(text=_err("too many sessions opened from this address"),
+                                          content_type="application/json",
+                                          headers={"Retry-After": RateLimiter.retry_after(wait)})
         live, answer = await self.create_webrtc_session(body.get("avatar"), RTCSessionDescription(body["sdp"], "offer"),
                                                         owner=request[CLIENT].id)
         return web.json_response({"session_id": live.session.id, "avatar": live.session.avatar_id,
@@ -373,7 +385,7 @@ class Server:
 
     async def _speak(self, request: web.Request) -> web.Response:
         live = self._mine(request)
-        body = await _json_body(request, self.limits.body_timeout_s)
+        body = await _json_body(request, self.limits.body_timeout_s, self.limits.max_json_bytes)
         samples = await self.synthesize(body.get("text"))
         queued = live.session.say(samples)
         live.renderer.notify()
@@ -447,13 +459,16 @@ def _err(message: str) -> str:
     return json.dumps({"error": message})
 
 
-async def _json_body(request: web.Request, timeout_s: float) -> dict:
+async def _json_body(request: web.Request, timeout_s: float, max_bytes: int) -> dict:
     if request.content_type not in JSON_TYPES:
         raise web.HTTPUnsupportedMediaType(text=_err(f"the body must be application/json, not {request.content_type}"),
                                            content_type="application/json")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise UploadTooLarge(f"the body is {request.content_length} bytes; the limit is {max_bytes}")
+    data = await within(_read_limited(request, max_bytes), timeout_s)
     try:
-        body = await within(request.json(), timeout_s)
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: [[[[... nested past the stack
         raise web.HTTPBadRequest(text=_err("the body must be JSON"), content_type="application/json") from None
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text=_err("the body must be a JSON object"), content_type="application/json")
@@ -465,7 +480,8 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
     async for chunk in request.content.iter_chunked(1 << 16):
         size += len(chunk)
         if size > limit:
-            raise UploadTooLarge(f"the upload is over the limit of {limit / 1e6:.1f} MB")
+            raise UploadTooLarge(f"the body is over the limit of {limit / 1e6:.1f} MB" if limit >= 100_000
+                                 else f"the body is over the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 

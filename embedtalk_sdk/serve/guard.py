@@ -3,8 +3,8 @@
 In order, for every request: the per-address request limit (429 + Retry-After), the Host check
 (a loopback server answers only to its loopback names), the client (`access.Access`: 401 without
 the token or a client cookie; `GET /?token=` trades the token for a cookie and a redirect), the
-Origin check on WebSocket upgrades and state-changing methods (403), the per-address limit on
-session creation (429). Every response carries the security headers (a Content-Security-Policy
+Origin check on WebSocket upgrades and state-changing methods (403). (The per-address limit on
+session creation, `creations`, is taken by the session route once an offer is well formed.) Every response carries the security headers (a Content-Security-Policy
 without inline script, nosniff, no referrer, no framing). Every refusal (status >= 400) is one
 line in the log, with the method, the path (never the query: it may hold the token) and the peer
 address; aiohttp's own refusals of malformed requests are one line too (`OneLineLogger`).
@@ -48,7 +48,7 @@ class Guard:
                  sessions_per_min: float = 10.0, session_burst: int = 5, body_timeout_s: float = 30.0) -> None:
         self.access, self.body_timeout_s = access, float(body_timeout_s)
         self.requests = RateLimiter(requests_per_s, request_burst)
-        self.creations = RateLimiter(sessions_per_min / 60.0, session_burst)
+        self.creations = RateLimiter(sessions_per_min / 60.0, session_burst)  # taken by the session route
         self.refusals = 0
 
     def install(self, app: web.Application) -> None:
@@ -74,7 +74,8 @@ class Guard:
         wait = self.requests.take(peer)
         if wait:
             raise _too_many("too many requests from this address", wait)
-        if not self.access.host_ok(request.headers.get("Host")):
+        # request.host is the target's own host when a request names one (GET http://evil/ ...)
+        if not (self.access.host_ok(request.headers.get("Host")) and self.access.host_ok(request.host)):
             raise _json_error(web.HTTPMisdirectedRequest, "this server does not answer to that Host name")
         if (request.method, request.path) in PUBLIC:
             return await handler(request)
@@ -85,10 +86,6 @@ class Guard:
         if request.method == "POST" and request.path == "/login":
             raise await self._login(request)
         client = self._client(request)
-        if request.method == "POST" and request.path == "/sessions":
-            wait = self.creations.take(peer)
-            if wait:
-                raise _too_many("too many sessions opened from this address", wait)
         request[CLIENT] = client
         response = await handler(request)
         if request.get(NEW_COOKIE) and not response.prepared:
@@ -122,7 +119,8 @@ class Guard:
         if request.content_type != "application/x-www-form-urlencoded":
             return _json_error(web.HTTPUnsupportedMediaType, "the login form posts application/x-www-form-urlencoded")
         if request.content_length is None or request.content_length > 4096:
-            return _json_error(web.HTTPRequestEntityTooLarge, "the login form is at most 4 KiB")
+            return web.HTTPRequestEntityTooLarge(4096, request.content_length or 0, content_type="application/json",
+                                                 text='{"error": "the login form is at most 4 KiB"}')
         form = await within(request.post(), self.body_timeout_s)
         token = form.get("token")
         if not self.access.required:
@@ -147,16 +145,21 @@ class OneLineLogger:
     def __init__(self, logger: logging.Logger = log) -> None:
         self.logger = logger
 
-    def debug(self, *args, **kw) -> None:
-        pass  # client disconnections and the like: not refusals, not errors
+    def debug(self, msg: str, *args, exc_info=None, **kw) -> None:
+        # a request that is not HTTP at all (aiohttp says so at debug level); else disconnections
+        # and the like: not refusals, not errors
+        if isinstance(exc_info, HttpProcessingError):
+            self._refused(args, exc_info)
 
     def exception(self, msg: str, *args, exc_info=None, **kw) -> None:
         if isinstance(exc_info, HttpProcessingError):
-            remote = args[0] if args else "?"
-            self.logger.warning("refused a malformed request from %s: %d %s", remote, exc_info.code,
-                                printable(exc_info.message, 120))
+            self._refused(args, exc_info)
         else:
             self.logger.exception(msg, *args, exc_info=exc_info, **kw)
+
+    def _refused(self, args: tuple, exc: HttpProcessingError) -> None:
+        remote = args[0] if args else "?"
+        self.logger.warning("refused a malformed request from %s: %d %s", remote, exc.code, printable(exc.message, 120))
 
     def __getattr__(self, name):  # warning, info, ...: as the real logger
         return getattr(self.logger, name)

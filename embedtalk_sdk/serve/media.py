@@ -139,6 +139,20 @@ async def consume_microphone(track: MediaStreamTrack, push: Any, name: str = "mi
 
 
 ICE_SCHEMES = ("stun", "stuns", "turn", "turns")
+SDP_ERRORS = (ValueError, KeyError, IndexError, AssertionError, StopIteration, TypeError, AttributeError)  # aiortc's parser
+
+
+def check_offer(sdp: str) -> None:
+    """Parse an SDP offer (aiortc's parser) and require a video section: ValueError says what is
+    wrong. Cheap, so a server checks it before it spends a peer connection on the offer."""
+    from aiortc.sdp import SessionDescription
+
+    try:
+        parsed = SessionDescription.parse(sdp)
+    except SDP_ERRORS as e:
+        raise ValueError(f"the SDP offer cannot be read: {type(e).__name__} {str(e)[:80]}") from None
+    if not any(m.kind == "video" for m in parsed.media):
+        raise ValueError("the offer has no video: add a recvonly video transceiver")
 
 
 def parse_ice_server(url: str) -> dict:

@@ -20,6 +20,10 @@ class RateLimiter:
         self.rate, self.burst, self.max_clients = float(rate), int(burst), int(max_clients)
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, time)
 
+    def __len__(self) -> int:
+        """How many addresses are remembered (at most max_clients)."""
+        return len(self._buckets)
+
     def take(self, key: str, now: float | None = None) -> float:
         """Take one token for `key`: 0.0 when allowed, else the seconds until one is available."""
         now = time.monotonic() if now is None else now
