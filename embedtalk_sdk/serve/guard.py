@@ -1,13 +1,15 @@
 """The server's front door: aiohttp middlewares and hooks that run before any route.
 
 In order, for every request: the per-address request limit (429 + Retry-After), the Host check
-(a loopback server answers only to its loopback names), the client (`access.Access`: 401 without
-the token or a client cookie; `GET /?token=` trades the token for a cookie and a redirect), the
-Origin check on WebSocket upgrades and state-changing methods (403). (The per-address limit on
-session creation, `creations`, is taken by the session route once an offer is well formed.) Every response carries the security headers (a Content-Security-Policy
-without inline script, nosniff, no referrer, no framing). Every refusal (status >= 400) is one
-line in the log, with the method, the path (never the query: it may hold the token) and the peer
-address; aiohttp's own refusals of malformed requests are one line too (`OneLineLogger`).
+(a loopback server answers only to its loopback names: 421), `GET /health` passes; the Origin
+check on WebSocket upgrades and state-changing methods (403); the login form (`POST /login`);
+the client (`access.Access`: 401 without the token or a client cookie; `GET /?token=` trades the
+token for a cookie and a redirect). The per-address limit on session creation (`creations`) is
+taken by the session route once an offer is well formed. Every response carries the security
+headers (a Content-Security-Policy without inline script, nosniff, no referrer, no framing).
+Every refusal (status >= 400) is one line in the log, with the method, the path (never the
+query: it may hold the token) and the peer address; aiohttp's own refusals of malformed requests
+are one line too (`OneLineLogger`).
 """
 from __future__ import annotations
 
@@ -170,9 +172,8 @@ async def within(awaitable, seconds: float):
     import asyncio
 
     try:
-        async with asyncio.timeout(seconds):
-            return await awaitable
-    except TimeoutError:
+        return await asyncio.wait_for(awaitable, seconds)
+    except asyncio.TimeoutError:
         raise _json_error(web.HTTPRequestTimeout, f"the request body did not arrive within {seconds:g} s") from None
 
 
