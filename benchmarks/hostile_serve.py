@@ -540,16 +540,17 @@ async def main_async(args, port: int, token: str, proc: subprocess.Popen, log: L
     auth = {"Authorization": f"Bearer {token}"}
     connector = aiohttp.TCPConnector(limit=32)
     async with aiohttp.ClientSession(connector=connector) as http:
-        for _ in range(600):
+        deadline = time.monotonic() + 900  # loading and measuring the avatar: minutes on a busy machine
+        while True:
             try:
                 async with http.get(url + "/health") as r:
                     if r.status == 200:
                         break
             except aiohttp.ClientError:
                 pass
-            if proc.poll() is not None:
-                raise RuntimeError("the server exited:\n" + "\n".join(line for _, line in log.lines))
-            await asyncio.sleep(0.25)
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start:\n" + "\n".join(line for _, line in log.lines))
+            await asyncio.sleep(0.5)
         async with http.get(url + "/avatars", headers=auth) as r:
             avatar = (await r.json())["avatars"][0]["id"]
         async with http.get(f"{url}/?token={token}", allow_redirects=False) as r:  # a second browser's cookie

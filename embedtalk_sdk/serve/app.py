@@ -354,11 +354,11 @@ class Server:
         if body.get("type", "offer") != "offer" or not isinstance(body.get("sdp"), str):
             raise web.HTTPBadRequest(text=_err('give {"avatar": id, "sdp": "...", "type": "offer"}'),
                                      content_type="application/json")
+        self.registry.get(body.get("avatar"))  # an unknown avatar (404) costs no creation
         try:
-            check_offer(body["sdp"])  # before admission: a malformed offer costs no peer connection
+            check_offer(body["sdp"])  # nor does a malformed offer: checked before any peer connection
         except ValueError as e:
             raise web.HTTPBadRequest(text=_err(str(e)), content_type="application/json") from None
-        self.registry.get(body.get("avatar"))  # an unknown avatar (404) costs no creation either
         wait = self.guard.creations.take(request.remote or "?")
         if wait:  # what is limited is the expensive part: a peer connection, its keys and ICE
             raise web.HTTPTooManyRequests(text=_err("too many sessions opened from this address"),
