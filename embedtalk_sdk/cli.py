@@ -190,11 +190,19 @@ def bench(
     frames: int = typer.Option(50, help="frames to time per backend"),
     max_seconds: float = typer.Option(30.0, help="stop timing a backend after this long (slow references, big avatars)"),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="write the report as JSON here"),
+    profile: bool = typer.Option(False, "--profile", help="split a CPU frame's time into its stages instead "
+                                 "(network, projection, binning, blending, ...; runtime/design.md)"),
 ) -> None:
     """Frames per second and latency per backend, with ratios to a baseline timed in the same run
     (torch, or onnxruntime where torch is not installed)."""
-    from embedtalk_sdk.runtime.bench import run_bench, save_chart
+    from embedtalk_sdk.runtime.bench import format_profile, profile_backend, run_bench, save_chart
 
+    if profile:
+        report = profile_backend(bundle, "onnxruntime" if backend == "all" else backend, frames)
+        if out:
+            out.write_text(json.dumps(report, indent=2))
+        print(format_profile(report))
+        return
     report = run_bench(bundle, backend, frames, log=lambda m: console.print(m), max_seconds=max_seconds)
     text = json.dumps(report, indent=2)
     if out:

@@ -27,7 +27,7 @@ from embedtalk_sdk.runtime.audio.io import AudioError, load_audio, pcm_chunk, pr
 from embedtalk_sdk.runtime.audio.mel import RowBuffer, frame_windows, frames_ready, n_video_frames, window_bounds
 from embedtalk_sdk.runtime.camera import pingpong
 from embedtalk_sdk.runtime.aus import AU_NAMES, AU_SCALE, BLINK_INDEX, N_AUS
-from embedtalk_sdk.runtime.backends.base import Backend, create_backend, to_uint8
+from embedtalk_sdk.runtime.backends.base import Backend, available_backends, create_backend, to_uint8, warm_cpu_renderer
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 from embedtalk_sdk.runtime.manifest import check_avatar_manifest
 from embedtalk_sdk.runtime.track import open_track
@@ -111,6 +111,8 @@ class Avatar:
         Raises BundleError (bad/corrupt/too-new bundle, missing or mismatched encoder file),
         ValueError (unknown backend), BackendError (the backend cannot run here).
         """
+        if backend == "onnxruntime" or (backend == "auto" and available_backends()[:1] == ["onnxruntime"]):
+            warm_cpu_renderer()  # numba's start-up, in a thread, while the bundle is verified and loaded
         bundle = Bundle.open(path)
         check_avatar_manifest(bundle.manifest, str(bundle.path))  # before a backend sizes buffers from it
         return cls(bundle, create_backend(backend, bundle), batch=batch, encoder_file=encoder_file)
@@ -172,6 +174,11 @@ class Avatar:
     def window(self) -> int:
         """Feature rows in one frame's audio window (the network's audio input is [window, F])."""
         return self._window
+
+    @property
+    def backend(self) -> Backend:
+        """The backend that plays this avatar (its buffers are reused: one clip at a time)."""
+        return self._backend
 
     @property
     def backend_name(self) -> str:

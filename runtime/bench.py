@@ -58,6 +58,82 @@ def time_backend(bundle: str | Path, backend: str, n_frames: int, warmup: int = 
     }
 
 
+# The per-frame stages `profile_backend` reports, in pipeline order (the backend's own timers:
+# OnnxRuntimeBackend.stages / CpuRenderer.stages).
+STAGES = ("network", "gaussians", "projection", "binning", "blending")
+STAGE_NAMES = {
+    "audio features": "audio features (the bundle's encoder, whole clip)",
+    "network": "network (deform.onnx, batches of 8)",
+    "gaussians": "offsets + sigmoid",
+    "projection": "projection + culling",
+    "binning": "depth sort + tile binning",
+    "blending": "blending + compositing over the track + uint8",
+    "other": "frame loop (windows, AUs, track lookup, copies)",
+}
+
+
+def profile_backend(bundle: str | Path, backend: str = "onnxruntime", n_frames: int = 200, warmup: int = 16) -> dict:
+    """Where a frame's time goes: per stage (STAGES, the frame loop's time outside the backend,
+    and the clip's audio features) ms of wall time and of CPU time (all of this process's threads:
+    core-ms, which other work on a busy machine disturbs less) per frame; and the torso track's
+    decoding (once per load, in a worker thread), ms per track image. Needs a backend with stage
+    timers (`stages`: the CPU backend)."""
+    from embedtalk_sdk.runtime.avatar import Avatar
+    from embedtalk_sdk.runtime.track import VideoTrack
+
+    avatar = Avatar.load(bundle, backend=backend)
+    if not hasattr(avatar.backend, "stages"):
+        raise ValueError(f"backend {avatar.backend_name!r} has no stage timers; profile the CPU backend (onnxruntime)")
+    audio = synthesize_speech((n_frames + warmup) / avatar.fps + 0.1, seed=7).samples
+    clock = (time.perf_counter(), time.process_time())
+    avatar.audio_features(audio, 16000)
+    features = (time.perf_counter() - clock[0], time.process_time() - clock[1])
+    stages: dict[str, list[float]] = {}
+    frames = avatar.frames(audio, sample_rate=16000)
+    for n, _ in enumerate(frames):  # compile, allocate, fill the track cache
+        if n + 1 == warmup:
+            break
+    avatar.backend.stages = stages
+    clock = (time.perf_counter(), time.process_time())
+    done = sum(1 for _ in frames)
+    loop = (time.perf_counter() - clock[0], time.process_time() - clock[1])
+    avatar.backend.stages = None
+    rows = {k: [v * 1e3 / done for v in stages.get(k, (0.0, 0.0))] for k in STAGES}
+    rows["other"] = [max(0.0, loop[i] * 1e3 / done - sum(r[i] for r in rows.values())) for i in (0, 1)]
+    rows = {"audio features": [v * 1e3 / avatar.n_frames(audio.shape[0]) for v in features], **rows}
+    entry = avatar.bundle.manifest["tracks"]["torso"]
+    kb = int(avatar.bundle.manifest["tracks"]["torso_frames"])
+    decode_ms = 0.0
+    if entry["codec"] == "h264":
+        t0 = time.perf_counter()
+        VideoTrack(avatar.bundle.bytes_of(entry["file"]), entry["file"], kb, avatar.height, avatar.width).wait()
+        decode_ms = (time.perf_counter() - t0) * 1e3 / kb
+    return {
+        "bundle": str(bundle), "backend": avatar.backend_name, "width": avatar.width, "height": avatar.height,
+        "gaussians": int(avatar.bundle.manifest["gaussians"]["count"]), "frames": done,
+        "fps": round(done / loop[0], 2), "ms_per_frame": round(loop[0] * 1e3 / done, 2),
+        "cpu_ms_per_frame": round(loop[1] * 1e3 / done, 2),
+        "stages_ms": {k: round(v[0], 3) for k, v in rows.items()},
+        "stages_cpu_ms": {k: round(v[1], 3) for k, v in rows.items()},
+        "track": {"codec": entry["codec"], "images": kb, "decode_ms_per_image": round(decode_ms, 3)},
+    }
+
+
+def format_profile(report: dict) -> str:
+    """A profile as a markdown table: per stage ms per frame (wall, and CPU over all threads)."""
+    wall, cpu = report["ms_per_frame"], report["cpu_ms_per_frame"]
+    lines = [f"{report['bundle']}: {report['width']}x{report['height']}, {report['gaussians']} Gaussians, "
+             f"{report['backend']}, {report['frames']} frames: {report['fps']} fps, {wall} ms/frame "
+             f"({cpu} CPU ms/frame)", "", "| stage | wall ms / frame | share | CPU ms / frame |", "|---|---|---|---|"]
+    for k, v in report["stages_ms"].items():
+        share = "(before the loop)" if k == "audio features" else f"{100 * v / wall:.0f}%"
+        lines.append(f"| {STAGE_NAMES[k]} | {v:.2f} | {share} | {report['stages_cpu_ms'][k]:.2f} |")
+    t = report["track"]
+    lines.append(f"| torso track decoding ({t['codec']}, {t['images']} images; once per load, worker thread) | "
+                 f"{t['decode_ms_per_image']:.2f} per image | - | - |")
+    return "\n".join(lines)
+
+
 def run_bench(bundle: str | Path, backend: str = "all", n_frames: int = 50, log: Callable[[str], None] = print,
               max_seconds: float = 30.0) -> dict:  # fmt: skip
     """Report {bundle, size, baseline, results: [... speedup_vs_baseline]} for one or all backends."""

@@ -114,4 +114,39 @@ def test_stages_are_timed():
     stages: dict[str, float] = {}
     rasterize_u8(*args, np.zeros((20, 24, 3), np.uint8), stages=stages)
     rasterize_u8(*args, np.zeros((20, 24, 3), np.uint8), stages=stages)
-    assert set(stages) == {"projection", "binning", "blending"} and all(v > 0 for v in stages.values())
+    assert set(stages) == {"projection", "binning", "blending"} and all(wall > 0 and cpu >= 0 for wall, cpu in stages.values())
+
+
+def test_binning_orders_equal_depths_by_index():
+    # Step 6: each tile's list in (depth, index) order. Many exact ties (quantised depths) and an
+    # unstable sort underneath: the lists must still be the stable order.
+    rng = np.random.default_rng(5)
+    n = 3000
+    depth = np.round(rng.uniform(0.5, 1.5, n), 2)  # ~100 distinct values: long runs of ties
+    rect = np.zeros((n, 4), np.int32)
+    rect[:, 0] = rng.integers(0, 3, n)
+    rect[:, 1] = rect[:, 0] + rng.integers(0, 2, n)
+    rect[:, 2] = rng.integers(0, 3, n)
+    rect[:, 3] = rect[:, 2] + rng.integers(-1, 2, n)  # some empty (culled)
+    offsets, ids = bin_tiles(depth, rect, 4, 4)
+    order = np.argsort(depth, kind="stable")
+    for t in range(16):
+        tx, ty = t % 4, t // 4
+        want = [g for g in order if rect[g, 0] <= tx <= rect[g, 1] and rect[g, 2] <= ty <= rect[g, 3]]
+        assert ids[offsets[t]:offsets[t + 1]].tolist() == want, f"tile {t}"
+
+
+def test_profile_splits_a_frame_into_its_stages(tmp_path):
+    from test_runtime import make_test_bundle
+
+    from embedtalk_sdk.runtime.bench import STAGES, format_profile, profile_backend
+
+    report = profile_backend(make_test_bundle(tmp_path / "t.etk"), n_frames=24, warmup=4)
+    assert report["frames"] >= 24
+    wall, cpu = report["stages_ms"], report["stages_cpu_ms"]
+    assert set(wall) == set(cpu) == {"audio features", *STAGES, "other"}
+    assert all(wall[k] > 0 and cpu[k] > 0 for k in STAGES)
+    # the stages and the rest of the loop make up the frame (audio features come before the loop)
+    assert sum(wall[k] for k in (*STAGES, "other")) == pytest.approx(report["ms_per_frame"], rel=0.02, abs=0.05)
+    assert report["track"]["codec"] == "h264" and report["track"]["decode_ms_per_image"] > 0
+    assert "| blending + compositing over the track + uint8 |" in format_profile(report)

@@ -24,6 +24,8 @@ from numba import get_parallel_chunksize, njit, prange, set_parallel_chunksize
 from numba.core import types
 from numba.extending import intrinsic
 
+from embedtalk_sdk.runtime.stages import add_stage, stage_clock
+
 TILE = 16
 NEAR = 0.01
 EPS2D = 0.3
@@ -128,7 +130,15 @@ def project(means, quats, scales, opacities, viewmat, K, width, height):
 def bin_tiles(depth, rect, tiles_x, tiles_y):
     """Step 6: CSR of Gaussian ids per tile, each tile's list in (depth, index) order.
     depth f64[N], rect i32[N,4] -> offsets i64[n_tiles+1], ids i32[pairs]."""
-    order = np.argsort(depth, kind="mergesort")  # stable: ties by index
+    order = np.argsort(depth)  # quicksort (numba's mergesort took 3x as long), then ties by index:
+    i, n = 0, order.shape[0]
+    while i < n:  # runs of equal depth sorted by index: the stable order, whatever the sort did
+        j = i + 1
+        while j < n and depth[order[j]] == depth[order[i]]:
+            j += 1
+        if j - i > 1:
+            order[i:j] = np.sort(order[i:j])
+        i = j
     n_tiles = tiles_x * tiles_y
     offsets = np.zeros(n_tiles + 1, np.int64)
     for g in order:
@@ -312,6 +322,7 @@ def _accumulate_tile(t, offsets, ids, mean2d, conic, opacities, colors, support,
                 py[c] = np.float32(i0 + r) + HALF
                 T[c] = ONE if (i0 + r < i1 and j0 + h * LANES + col < j1) else -ONE  # outside: stopped
                 R[c], G[c], B[c] = ZERO, ZERO, ZERO
+    open_rows = np.ones(TILE // LANES * TILE, np.bool_)  # [half, row]: a pixel there still open
     for k in range(offsets[t], offsets[t + 1]):
         g = ids[k]
         ia, ib = row_range(np.float64(mean2d[g, 1]), support[g, 3], i0, i1)
@@ -326,8 +337,13 @@ def _accumulate_tile(t, offsets, ids, mean2d, conic, opacities, colors, support,
         mx, my, A, Bq, C, o = mean2d[g, 0], mean2d[g, 1], conic[g, 0], conic[g, 1], conic[g, 2], opacities[g]
         cr, cg, cb = colors[g, 0], colors[g, 1], colors[g, 2]
         for h in range((ja - j0) // LANES, (jb - j0) // LANES + 1):
-            lo = h * TILE * LANES + (ia - i0) * LANES
-            for c in range(lo, lo + (ib - ia + 1) * LANES):
+            ra, rb = ia - i0, ib - i0
+            while ra <= rb and not open_rows[h * TILE + ra]:  # rows whose pixels all stopped
+                ra += 1
+            while rb >= ra and not open_rows[h * TILE + rb]:
+                rb -= 1
+            lo = h * TILE * LANES + ra * LANES
+            for c in range(lo, lo + (rb - ra + 1) * LANES):
                 c = np.uint64(c)  # unsigned: no negative-index wraparound, so the loop vectorises
                 dx, dy = px[c] - mx, py[c] - my
                 a = min(ALPHA_MAX, o * exp_neg(sigma(dx, dy, A, Bq, C)))
@@ -341,10 +357,14 @@ def _accumulate_tile(t, offsets, ids, mean2d, conic, opacities, colors, support,
                 G[c] += cg * w
                 B[c] += cb * w
                 T[c] = T_next if add else (-Tc if stop_here else Tc)
-        if (k - offsets[t]) % 16 == 15:  # now and then: has every pixel stopped?
+        if (k - offsets[t]) % 16 == 15:  # now and then: which rows still have an open pixel?
             open_pixels = False
-            for c in range(TILE * TILE):
-                open_pixels |= T[c] > ZERO
+            for hr in range(TILE // LANES * TILE):
+                row_open = False
+                for c in range(hr * LANES, hr * LANES + LANES):
+                    row_open |= T[c] > ZERO
+                open_rows[hr] = row_open
+                open_pixels |= row_open
             if not open_pixels:
                 break
     return state
@@ -462,9 +482,9 @@ def rasterize_u8(
 ) -> np.ndarray:
     """`rasterize_cpu` over a uint8 background [H,W,3] -> uint8 [H,W,3] (into `out` if given): the
     same pixels as to_uint8(rasterize_cpu(..., background / 255)[0]), bit for bit, in one pass
-    (the playback path: runtime/backends/base.py:CpuRenderer). With `stages`, adds the seconds
-    spent in "projection" (steps 1-5), "binning" (step 6: depth sort, tile lists) and "blending"
-    (step 7, compositing and uint8 rounding included) to it."""
+    (the playback path: runtime/backends/base.py:CpuRenderer). With `stages` (a dict), adds the
+    [wall, process CPU] seconds of "projection" (steps 1-5), "binning" (step 6: depth sort, tile
+    lists) and "blending" (step 7, compositing and uint8 rounding included) to it."""
     means, quats, scales, opacities, colors, viewmat, K = _gaussians(means, quats, scales, opacities, colors, viewmat, K)
     background = np.asarray(background)
     if background.dtype != np.uint8 or background.ndim != 3 or background.shape[2] != 3:
@@ -476,15 +496,23 @@ def rasterize_u8(
     elif out.shape != (H, W, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous:
         raise ValueError(f"out: expected contiguous uint8 {(H, W, 3)}, got {out.dtype} {out.shape}")
     tiles_x, tiles_y = -(-W // TILE), -(-H // TILE)
-    t0 = time.perf_counter()
+    t0 = stage_clock(stages)
     mean2d, conic, depth, rect, support = project(means, quats, scales, opacities, viewmat, K, W, H)
-    t1 = time.perf_counter()
+    t0 = add_stage(stages, "projection", t0)
     offsets, ids = bin_tiles(depth, rect, tiles_x, tiles_y)
-    t2 = time.perf_counter()
+    t0 = add_stage(stages, "binning", t0)
     with tiles_one_at_a_time():
         blend_u8(offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x, out)
-    if stages is not None:
-        t3 = time.perf_counter()
-        for name, dt in (("projection", t1 - t0), ("binning", t2 - t1), ("blending", t3 - t2)):
-            stages[name] = stages.get(name, 0.0) + dt
+    add_stage(stages, "blending", t0)
     return out
+
+
+def warm_up() -> None:
+    """Load the playback kernels (rasterize_u8's) into this process: numba's first call of a cached
+    kernel sets up its registries (~0.3 s); a first call ever compiles them into the cache."""
+    n = 2
+    means = np.array([[0.0, 0.0, 1.0], [0.01, 0.0, 1.1]], np.float32)
+    ones = np.ones((n, 4), np.float32)
+    K = np.array([[16.0, 0, 8], [0, 16.0, 8], [0, 0, 1]], np.float32)
+    rasterize_u8(means, ones, ones[:, :3] * 0.05, np.full(n, 0.5, np.float32), ones[:, :3] * 0.5,
+                 np.eye(4, dtype=np.float32), K, np.zeros((16, 16, 3), np.uint8))

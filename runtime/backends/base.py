@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import time
+import threading
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -19,6 +19,7 @@ from scipy.special import expit
 
 from embedtalk_sdk.runtime.aus import N_AUS
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
+from embedtalk_sdk.runtime.stages import add_stage, stage_clock
 
 log = logging.getLogger("embedtalk_sdk.runtime")
 
@@ -130,19 +131,59 @@ def check_shape(what: str, got: list, want: list, bundle: Bundle) -> None:
 # ---------------------------------------------------------------- rendering on the CPU
 
 
-def _rasterize_u8():
-    from embedtalk_sdk.plugins.cpu import rasterize_u8  # numba: compiled on first use
+class _Warmup:
+    """The CPU rasteriser loading in a daemon thread: importing numba, its typing and lowering
+    registries (which the first call of any cached kernel pays) and the cached kernels themselves
+    take ~0.5 s of a cold process; `Avatar.load` starts this first, so it overlaps the bundle's
+    verification, the ONNX sessions and the track, and `CpuRenderer` waits for it at its first frame."""
 
-    return rasterize_u8
+    def __init__(self) -> None:
+        self.plugin: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="embedtalk-cpu-warmup", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            from embedtalk_sdk.plugins.cpu import rasterize  # numba: compiled on first use, then cached
+
+            rasterize.warm_up()
+            self.plugin = rasterize
+        except BaseException as e:  # noqa: BLE001 - raised in the thread that renders
+            self.error = e
+
+    def result(self) -> Any:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.plugin
+
+
+_warmup: _Warmup | None = None
+_warmup_lock = threading.Lock()
+
+
+def warm_cpu_renderer() -> None:
+    """Start loading the CPU rasteriser in the background (once per process; cheap after that)."""
+    global _warmup
+    with _warmup_lock:
+        if _warmup is None or _warmup.error is not None:
+            _warmup = _Warmup()
+
+
+def _cpu_plugin():
+    warm_cpu_renderer()
+    assert _warmup is not None
+    return _warmup.result()
 
 
 class CpuRenderer:
     """The canonical Gaussians of a bundle plus the CPU rasteriser; any backend may use it.
 
     Holds preallocated per-Gaussian buffers, so `render` allocates only what the rasteriser
-    itself allocates. Set `stages` to a dict to have `render` add its seconds per stage to it
-    ("gaussians": offsets and sigmoid; the rasteriser's "projection", "binning", "blending"):
-    `embedtalk-sdk bench --profile`.
+    itself allocates. Set `stages` to a dict to have `render` add its [wall, process CPU] seconds
+    per stage to it ("gaussians": offsets and sigmoid; the rasteriser's "projection", "binning",
+    "blending"): `embedtalk-sdk bench --profile`.
     """
 
     stages: dict[str, float] | None = None
@@ -157,7 +198,8 @@ class CpuRenderer:
         self.K = np.ascontiguousarray(np.asarray(bundle.manifest["K"], dtype=np.float32).reshape(3, 3))
         self._means = np.empty_like(self.means)
         self._opacity = np.empty_like(self.opacity_logits)
-        self._rasterize = _rasterize_u8()
+        self._rasterize = None  # the plugin, once the warm-up thread has loaded it (first render)
+        warm_cpu_renderer()
 
     @staticmethod
     def _load(bundle: Bundle, name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -181,12 +223,13 @@ class CpuRenderer:
         """See `Backend.render`."""
         if background.dtype != np.uint8:
             raise TypeError(f"background must be uint8 [H,W,3], got {background.dtype}")
-        t0 = time.perf_counter()
+        if self._rasterize is None:
+            self._rasterize = _cpu_plugin().rasterize_u8
+        t0 = stage_clock(self.stages)
         np.add(self.means, delta_means, out=self._means)
         np.add(self.opacity_logits, delta_opacity, out=self._opacity)
         expit(self._opacity, out=self._opacity)
-        if self.stages is not None:
-            self.stages["gaussians"] = self.stages.get("gaussians", 0.0) + time.perf_counter() - t0
+        add_stage(self.stages, "gaussians", t0)
         # one pass: blend, composite over background / 255 (background_to_float's rule), round to uint8
         return self._rasterize(self._means, self.quats, self.scales, self._opacity, self.colors,
                                np.ascontiguousarray(viewmat, dtype=np.float32), self.K, background, out,

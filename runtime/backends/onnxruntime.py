@@ -20,6 +20,7 @@ from embedtalk_sdk.runtime.backends.base import (
 )
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 from embedtalk_sdk.runtime.onnx_check import check_self_contained
+from embedtalk_sdk.runtime.stages import add_stage, stage_clock
 
 
 def _cores() -> int:
@@ -86,8 +87,24 @@ class OnnxRuntimeBackend:
         self._delta_means = np.empty((batch, n, 3), dtype=np.float32)
         self._delta_opacity = np.empty((batch, n), dtype=np.float32)
 
+    @property
+    def stages(self) -> dict[str, float] | None:
+        """None, or a dict to which `deform` adds its [wall, CPU] seconds ("network") and `render`
+        its stages' (`CpuRenderer.stages`): `embedtalk-sdk bench --profile`."""
+        return self._renderer.stages
+
+    @stages.setter
+    def stages(self, stages: dict[str, float] | None) -> None:
+        self._renderer.stages = stages
+
     def deform(self, audio_window: np.ndarray, aus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """See `Backend.deform`; returns views of buffers reused by the next call."""
+        t0 = stage_clock(self._renderer.stages)
+        dm, do = self._deform(audio_window, aus)
+        add_stage(self._renderer.stages, "network", t0)
+        return dm, do
+
+    def _deform(self, audio_window: np.ndarray, aus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         b = self.io.batch_of(audio_window, aus)
         if b > self._delta_means.shape[0]:
             self._alloc(b)
