@@ -563,48 +563,57 @@ async def main_async(args, port: int, token: str, proc: subprocess.Popen, log: L
         await asyncio.sleep(5.0)
         baseline = live.fps_per_second(t_warm, time.monotonic())
         rss0, fds0 = proc_stats(proc.pid)
-        t0 = time.monotonic()
-        slow = [asyncio.ensure_future(slowloris(port, kind, token))
-                for kind in ["silent"] * 20 + ["headers"] * 20 + ["body"] * 5]
-        c = Cases(url, port, http, auth, live, other)
-        http.cookie_jar.clear()
-        await run_cases(c, token)
-        await floods(c)
-        slow_results = await asyncio.gather(*slow)
-        t1 = time.monotonic()
-        for kind, group in (("silent", slow_results[:20]), ("headers", slow_results[20:40]), ("body", slow_results[40:])):
-            worst = max(t for _, t in group)
-            what = sorted({w for w, _ in group})
-            if kind == "body":
-                ok = what == ["408"] and worst < 40
-                c.record("slowloris", "5 bodies trickling 2 bytes/s", "408 within 30 s", f"{what} after <= {worst:.1f} s",
-                         ok=ok, refusals=len(group))
-            else:
-                ok = what == ["closed"] and worst < 13
-                name = "20 connections sending nothing" if kind == "silent" else "20 connections trickling headers"
-                c.record("slowloris", name, "closed within 10 s", f"{what} after <= {worst:.1f} s", ok=ok)
-        during = live.fps_per_second(t0, t1)
-        await asyncio.sleep(2.0)
-        async with http.get(url + "/metrics", headers=auth) as r:
-            metrics = await r.json()
-        await http.connector.close()  # and the server closes what is left idle after its header timeout (10 s)
-        t_after = time.monotonic()
-        await asyncio.sleep(12.0)
-        after = live.fps_per_second(t_after, time.monotonic())
-        rss1, fds1 = proc_stats(proc.pid)
+        stats = [(rss0, fds0)]  # the server's (RSS, fds) at the start and after each round
+        failed: list[dict] = []
+        for round_ in range(args.rounds):
+            if round_:  # the per-client buckets refill (sessions per minute) before the same cases again
+                await asyncio.sleep(61.0)
+                http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32))
+            t0 = time.monotonic()
+            slow = [asyncio.ensure_future(slowloris(port, kind, token))
+                    for kind in ["silent"] * 20 + ["headers"] * 20 + ["body"] * 5]
+            c = Cases(url, port, http, auth, live, other)
+            http.cookie_jar.clear()
+            await run_cases(c, token)
+            await floods(c)
+            slow_results = await asyncio.gather(*slow)
+            t1 = time.monotonic()
+            for kind, group in (("silent", slow_results[:20]), ("headers", slow_results[20:40]), ("body", slow_results[40:])):
+                worst = max(t for _, t in group)
+                what = sorted({w for w, _ in group})
+                if kind == "body":
+                    ok = what == ["408"] and worst < 40
+                    c.record("slowloris", "5 bodies trickling 2 bytes/s", "408 within 30 s", f"{what} after <= {worst:.1f} s",
+                             ok=ok, refusals=len(group))
+                else:
+                    ok = what == ["closed"] and worst < 13
+                    name = "20 connections sending nothing" if kind == "silent" else "20 connections trickling headers"
+                    c.record("slowloris", name, "closed within 10 s", f"{what} after <= {worst:.1f} s", ok=ok)
+            during = live.fps_per_second(t0, t1)
+            await asyncio.sleep(2.0)
+            async with http.get(url + "/metrics", headers=auth) as r:
+                metrics = await r.json()
+            await http.connector.close()  # and the server closes what is left idle after its header timeout (10 s)
+            t_after = time.monotonic()
+            await asyncio.sleep(12.0)
+            after = live.fps_per_second(t_after, time.monotonic())
+            stats.append(proc_stats(proc.pid))
+            failed += [dict(r, round=round_ + 1) for r in c.rows if not r["ok"]]
+            if round_:
+                await http.close()
         lines = log.since(t0)
         await live.stop()
     refusal_lines = [line for line in lines if " refused " in line]
     other_lines = [line for line in lines if " refused " not in line]
     mine = metrics["per_session"].get(live.sid, {})
     return {"cases": c.rows, "n_cases": len(c.rows), "n_requests_in_floods": 1300,
-            "failed": [r for r in c.rows if not r["ok"]],
+            "failed": failed, "rounds": args.rounds,
             "live_fps_baseline_per_s": baseline, "live_fps_during_per_s": during, "live_fps_after_per_s": after,
             "live_fps_min_during": min(during) if during else None,
             "live_fps_mean_during": round(float(np.mean(during)), 2) if during else None,
             "server_live_session": {k: mine.get(k) for k in ("frames_sent", "dropped_frames", "latency_ms_p50")},
             "hostile_phase_s": round(t1 - t0, 1),
-            "rss_mb": [rss0, rss1], "open_fds": [fds0, fds1],
+            "rss_mb": [r for r, _ in stats], "open_fds": [f for _, f in stats],
             "log_lines_during": len(lines), "refusal_lines": len(refusal_lines),
             "refusals_expected": c.http_refusals, "other_log_lines": other_lines[:20],
             "token_in_log": any(token in line for _, line in log.lines)}
@@ -615,6 +624,8 @@ def main() -> None:
     ap.add_argument("avatar", type=Path)
     ap.add_argument("-o", "--out", type=Path, default=Path("hostile_serve.json"))
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds of the live session before measuring")
+    ap.add_argument("--rounds", type=int, default=1, help="hostile phases one after another (a minute apart): "
+                    "RSS after each tells growth per round from a one-time warm-up")
     args = ap.parse_args()
     token = base64.urlsafe_b64encode(os.urandom(24)).decode().rstrip("=")
     port = free_port()
@@ -634,13 +645,13 @@ def main() -> None:
     print(f"{'group':12s} {'case':58s} {'expected':18s} {'got':34s} ok")
     for r in report["cases"]:
         print(f"{r['group']:12s} {r['case'][:58]:58s} {r['expected'][:18]:18s} {r['got'][:34]:34s} {'yes' if r['ok'] else 'NO'}")
-    print(f"\n{report['n_cases']} cases (the floods: 1 300 requests), {len(report['failed'])} not as expected; "
+    print(f"\n{report['n_cases']} cases (the floods: 1 300 requests) x {report['rounds']} round(s), "
+          f"{len(report['failed'])} not as expected; "
           f"hostile phase {report['hostile_phase_s']} s")
     print(f"live session fps received per second: before {report['live_fps_baseline_per_s']}, during: min "
           f"{report['live_fps_min_during']}, mean {report['live_fps_mean_during']}, after "
           f"{report['live_fps_after_per_s']}")
-    print(f"server RSS {report['rss_mb'][0]} -> {report['rss_mb'][1]} MB; open fds {report['open_fds'][0]} -> "
-          f"{report['open_fds'][1]}")
+    print(f"server RSS at the start and after each round {report['rss_mb']} MB; open fds {report['open_fds']}")
     print(f"server log during the phase: {report['log_lines_during']} lines, {report['refusal_lines']} refusal lines "
           f"for {report['refusals_expected']} refusals; other lines: {report['other_log_lines']}; token in the log: "
           f"{report['token_in_log']}")
