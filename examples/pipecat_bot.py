@@ -180,6 +180,10 @@ class Bot:
     async def _shutdown(self, app: web.Application) -> None:
         for task in self.tasks:
             await task.cancel()
+        # the pipelines' ends stop the avatar's render threads: wait for them, so nothing renders
+        # after shutdown (or at interpreter exit, inside onnxruntime)
+        if self._runs:
+            await asyncio.wait(set(self._runs), timeout=10.0)
         await self.handler.close()
 
 

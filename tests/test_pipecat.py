@@ -4,13 +4,19 @@ interruption over the data channel.
 
 What is checked: the client receives >= 20 fps; the bot's frames are the avatar's own frames for the
 audio its timeline played (`Avatar.speak` of that audio, 1/255 mean); each received frame is one of
-them after VP8 (PSNR >= 40 dB against its best match); the microphone's speech and the text moved the
-mouth; after the interrupt the speech stops within 2 frames and the frames are idle."""
+them after VP8 (PSNR >= 30 dB against its best match); the microphone's speech and the text moved the
+mouth; after the interrupt the speech stops within 2 frames and the frames are idle.
+
+And in headless chromium: the example's own page with a fake microphone, connected by its button,
+plays the bot's video at >= 20 fps, the microphone's sentence reaches the avatar, and a screenshot
+shows the avatar (as tests/test_serve_browser.py checks serve's page)."""
 from __future__ import annotations
 
 import asyncio
 import importlib.util
 import json
+import re
+import threading
 import time
 from pathlib import Path
 
@@ -37,6 +43,11 @@ def load_example():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def assert_no_render_threads() -> None:
+    left = [t.name for t in threading.enumerate() if re.fullmatch(r"render-avatar-\d+", t.name)]
+    assert not left, f"render threads still running after the bot's shutdown: {left}"
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -98,6 +109,9 @@ def test_pipecat_bot_end_to_end(trained_avatar, tmp_path):
         await runner.cleanup()
 
     asyncio.run(main())
+    # the bot's shutdown ended its pipelines and their render threads (a thread left rendering on the
+    # avatar made the `speak` below fail now and then, and aborted the interpreter at exit)
+    assert_no_render_threads()
 
     # >= 20 fps at the client
     times = np.array([t for t, _ in received])
@@ -144,3 +158,77 @@ def test_pipecat_bot_end_to_end(trained_avatar, tmp_path):
     assert all(np.abs(f.image.astype(np.float64) - silent[f.n]).mean() <= 1 for f in quiet), "not idle after interrupt"
     say_frames = [f for _, f in frames if f.segment == segments[-1] and f.speech]
     assert len(say_frames) < 1.5 * avatar.fps + 10, "the text was not cut off by the interrupt"
+
+
+PAGE_STATE = """(() => { const v = document.getElementById('v'); const r = v.getBoundingClientRect();
+  const q = v.getVideoPlaybackQuality();
+  return {readyState: v.readyState, paused: v.paused, t: v.currentTime, w: v.videoWidth, h: v.videoHeight,
+          frames: q.totalVideoFrames, status: document.getElementById('s').textContent,
+          rect: [r.left, r.top, r.width, r.height], dpr: window.devicePixelRatio}; })()"""
+
+
+def test_pipecat_bot_page_in_headless_chromium(trained_avatar, tmp_path):
+    from test_serve_browser import DevTools, check_screenshot, fake_microphone, keep_screenshots, launch, need_chromium, stop
+
+    browser = need_chromium()
+    bot_module = load_example()
+    registry = AvatarRegistry.load(trained_avatar["bundle"], backend="onnxruntime", log_fn=lambda m: None)
+    avatar = registry.entries()[0].avatar
+    speech_frames = []
+    bot = bot_module.Bot(avatar, tts=EspeakTTS(), on_frame=lambda f: speech_frames.append(f.n) if f.speech else None)
+    restrict_ice_to_loopback()
+    mic = fake_microphone(tmp_path)
+    shots = tmp_path / "shots"
+    shots.mkdir()
+
+    async def main() -> dict:
+        import base64
+
+        runner = web.AppRunner(bot.app())
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        proc = launch(browser, tmp_path / "profile", mic)
+        try:
+            async with DevTools(tmp_path / "profile") as cdp:
+                await cdp.call("Page.navigate", url=f"http://127.0.0.1:{port}/")
+                for _ in range(100):
+                    if await cdp.eval("document.readyState") == "complete":
+                        break
+                    await asyncio.sleep(0.1)
+                await cdp.eval("document.getElementById('go').click()")
+                state, deadline = None, time.monotonic() + 40
+                while time.monotonic() < deadline:
+                    state = await cdp.eval(PAGE_STATE)
+                    if state["readyState"] >= 2 and not state["paused"] and state["t"] > 1.0:
+                        break
+                    await asyncio.sleep(0.25)
+                assert state["readyState"] >= 2 and state["t"] > 1.0, f"the bot's video never played: {state}"
+                first, t_first = state["frames"], time.monotonic()
+                shot = None
+                for i in range(40):  # the fake microphone loops its sentence: wait until the avatar speaks it
+                    await asyncio.sleep(0.25)
+                    if speech_frames and shot is None:
+                        png = base64.b64decode((await cdp.call("Page.captureScreenshot", format="png"))["data"])
+                        shot = shots / f"pipecat_speaking_{i}.png"
+                        shot.write_bytes(png)
+                        state = await cdp.eval(PAGE_STATE)
+                    if shot is not None and time.monotonic() - t_first >= 4.0:
+                        break
+                end = await cdp.eval(PAGE_STATE)
+                fps = (end["frames"] - first) / (time.monotonic() - t_first)
+                return {"state": state, "fps": fps, "shot": shot, "status": end["status"]}
+        finally:
+            stop(proc)
+            await runner.cleanup()
+
+    result = asyncio.run(main())
+    assert_no_render_threads()
+    keep_screenshots(shots)
+    assert result["status"] == "connected, listening", result["status"]
+    assert speech_frames, "the fake microphone's sentence never reached the avatar"
+    assert result["fps"] >= 20, f"the page played {result['fps']:.1f} fps"
+    assert result["shot"] is not None
+    assert (result["state"]["w"], result["state"]["h"]) == (avatar.width, avatar.height), result["state"]
+    check_screenshot(result["shot"], result["state"], avatar)

@@ -154,7 +154,7 @@ def test_headless_chromium_autostart_with_fake_microphone(trained_avatar, tmp_pa
     assert (state["w"], state["h"]) == (registry.get(registry.ids[0]).avatar.width,) * 2, state
     assert per["fps"] >= 20, per
     assert per["speaking"] or result["spoke"], "the fake microphone's sentence never reached the avatar"
-    _check_screenshot(result["shot"], state, registry.get(registry.ids[0]).avatar)
+    check_screenshot(result["shot"], state, registry.get(registry.ids[0]).avatar)
     c = result["controls"]
     assert c["tts"].startswith("saying") and "of speech" in c["tts"], c
     assert c["upload"] == "saying 2 s of audio", c
@@ -268,7 +268,7 @@ async def _use_the_controls(cdp: Cdp, url: str, wav: Path) -> dict:
     return out
 
 
-def _check_screenshot(path: Path, state: dict, avatar) -> None:
+def check_screenshot(path: Path, state: dict, avatar) -> None:
     from PIL import Image
 
     img = Image.open(path).convert("RGB")
@@ -346,7 +346,7 @@ def test_headless_chromium_over_https_with_the_token_link(trained_avatar, tmp_pa
     assert result["metrics"]["fps"] >= 20, result["metrics"]
     assert result["metrics"]["speaking"] or result["spoke"], "the fake microphone's sentence never reached the avatar"
     registry = AvatarRegistry.load(trained_avatar["bundle"], backend="onnxruntime", log_fn=lambda m: None)
-    _check_screenshot(result["shot"], state, registry.get(registry.ids[0]).avatar)
+    check_screenshot(result["shot"], state, registry.get(registry.ids[0]).avatar)
     assert sessions_after == 0, "closing the tab did not free the session"
 
 
