@@ -243,9 +243,12 @@ def test_audio_and_video_follow_one_clock_for_two_minutes(avatar, speech):
         asyncio.run(main())
     finally:
         renderer.stop()
-    k = np.arange(len(stamps))
-    slope = np.polyfit(k, np.array(stamps), 1)[0]  # clock seconds per video frame
-    drift = abs(slope - 1 / fps) * k[-1]
+    # Drift, not jitter: a busy machine only ever makes a frame late (at 8x, a 10 ms stall of the
+    # loop is 80 ms of clock), so compare the earliest frames of the first and the last 10 s; a line
+    # fitted through all stamps read one 68 ms stall near the end as 102 ms of drift on CI.
+    lateness = np.array(stamps) - np.arange(len(stamps)) / fps
+    window = int(10 * fps)
+    drift = abs(lateness[-window:].min() - lateness[:window].min())
     assert drift <= 0.040, f"video drifted {drift * 1000:.0f} ms from the clock over 2 minutes"
     # runs of consecutive video frames with their audio: one per segment, each 2 s (50 frames, 51 when
     # it starts inside a frame), the interrupted one shorter; a segment end right after each full run
