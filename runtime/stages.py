@@ -16,7 +16,13 @@ def add_stage(stages: dict | None, name: str, since: tuple[float, float] | None)
     if stages is None or since is None:
         return None
     now = stage_clock(stages)
-    acc = stages.setdefault(name, [0.0, 0.0])
-    acc[0] += now[0] - since[0]
-    acc[1] += now[1] - since[1]
+    add_seconds(stages, name, now[0] - since[0], now[1] - since[1])
     return now
+
+
+def add_seconds(stages: dict | None, name: str, wall: float, cpu: float) -> None:
+    """Add `wall` and `cpu` seconds, timed elsewhere (e.g. in compiled code), to stages[name]."""
+    if stages is not None:
+        acc = stages.setdefault(name, [0.0, 0.0])
+        acc[0] += wall
+        acc[1] += cpu

@@ -24,6 +24,7 @@ from numba import get_parallel_chunksize, njit, prange, set_parallel_chunksize
 from numba.core import types
 from numba.extending import intrinsic
 
+from embedtalk_sdk.plugins.cpu.inputs import float32_array, gaussian_arrays, u8_canvas
 from embedtalk_sdk.runtime.stages import add_stage, stage_clock
 
 TILE = 16
@@ -426,21 +427,6 @@ class tiles_one_at_a_time:
         set_parallel_chunksize(self.old)
 
 
-def _f32(x: np.ndarray, shape: tuple, name: str) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim != len(shape) or any(s != -1 and s != d for s, d in zip(shape, x.shape)):
-        raise ValueError(f"{name}: expected shape {shape} (-1: any), got {x.shape}")
-    return x
-
-
-def _gaussians(means, quats, scales, opacities, colors, viewmat, K) -> tuple[np.ndarray, ...]:
-    means = _f32(means, (-1, 3), "means")
-    n = means.shape[0]
-    quats, scales = _f32(quats, (n, 4), "quats"), _f32(scales, (n, 3), "scales")
-    opacities, colors = _f32(opacities, (n,), "opacities"), _f32(colors, (n, 3), "colors")
-    return means, quats, scales, opacities, colors, _f32(viewmat, (4, 4), "viewmat"), _f32(K, (3, 3), "K")
-
-
 def rasterize_cpu(
     means: np.ndarray,
     quats: np.ndarray,
@@ -457,8 +443,9 @@ def rasterize_cpu(
     colors [N,3], viewmat [4,4] w2c OpenCV, K [3,3], background [H,W,3]
     -> (image f32[H,W,3], alpha f32[H,W]). Inputs are converted to contiguous float32.
     """
-    means, quats, scales, opacities, colors, viewmat, K = _gaussians(means, quats, scales, opacities, colors, viewmat, K)
-    background = _f32(background, (-1, -1, 3), "background")
+    means, quats, scales, opacities, colors, viewmat, K = gaussian_arrays(means, quats, scales, opacities, colors,
+                                                                          viewmat, K)
+    background = float32_array(background, (-1, -1, 3), "background")
     H, W = background.shape[:2]
     tiles_x, tiles_y = -(-W // TILE), -(-H // TILE)
 
@@ -485,16 +472,10 @@ def rasterize_u8(
     (the playback path: runtime/backends/base.py:CpuRenderer). With `stages` (a dict), adds the
     [wall, process CPU] seconds of "projection" (steps 1-5), "binning" (step 6: depth sort, tile
     lists) and "blending" (step 7, compositing and uint8 rounding included) to it."""
-    means, quats, scales, opacities, colors, viewmat, K = _gaussians(means, quats, scales, opacities, colors, viewmat, K)
-    background = np.asarray(background)
-    if background.dtype != np.uint8 or background.ndim != 3 or background.shape[2] != 3:
-        raise ValueError(f"background: expected uint8 [H,W,3], got {background.dtype} {background.shape}")
-    background = np.ascontiguousarray(background)
+    means, quats, scales, opacities, colors, viewmat, K = gaussian_arrays(means, quats, scales, opacities, colors,
+                                                                          viewmat, K)
+    background, out = u8_canvas(background, out)
     H, W = background.shape[:2]
-    if out is None:
-        out = np.empty((H, W, 3), np.uint8)
-    elif out.shape != (H, W, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous:
-        raise ValueError(f"out: expected contiguous uint8 {(H, W, 3)}, got {out.dtype} {out.shape}")
     tiles_x, tiles_y = -(-W // TILE), -(-H // TILE)
     t0 = stage_clock(stages)
     mean2d, conic, depth, rect, support = project(means, quats, scales, opacities, viewmat, K, W, H)

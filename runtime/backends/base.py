@@ -132,9 +132,9 @@ def check_shape(what: str, got: list, want: list, bundle: Bundle) -> None:
 
 
 class _Warmup:
-    """The CPU rasteriser loading in a daemon thread: importing numba, its typing and lowering
-    registries (which the first call of any cached kernel pays) and the cached kernels themselves
-    take ~0.5 s of a cold process; `Avatar.load` starts this first, so it overlaps the bundle's
+    """The CPU rasteriser loading in a daemon thread. The compiled one (plugins/cpu/playback.py) takes
+    ~1 ms; numba's fallback takes ~0.7 s of a cold process (numba's import, its typing and lowering
+    registries, the cached kernels): `Avatar.load` starts this first, so it overlaps the bundle's
     verification, the ONNX sessions and the track, and `CpuRenderer` waits for it at its first frame."""
 
     def __init__(self) -> None:
@@ -145,10 +145,10 @@ class _Warmup:
 
     def _run(self) -> None:
         try:
-            from embedtalk_sdk.plugins.cpu import rasterize  # numba: compiled on first use, then cached
+            from embedtalk_sdk.plugins.cpu import playback  # compiled, or numba's kernels (cached)
 
-            rasterize.warm_up()
-            self.plugin = rasterize
+            playback.warm_up()
+            self.plugin = playback
         except BaseException as e:  # noqa: BLE001 - raised in the thread that renders
             self.error = e
 

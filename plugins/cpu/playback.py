@@ -1,0 +1,57 @@
+"""The CPU playback rasteriser: `rasterize_u8` through the compiled extension (splat.cpp) when the
+install built it, else through numba's kernels (rasterize.py). Both give the same frames bit for bit
+(tests/test_splat_ext.py); the compiled one imports in ~1 ms where numba's start-up costs a cold
+process ~0.7 s before its first frame. This module imports numba only for the fallback."""
+from __future__ import annotations
+
+import numpy as np
+
+from embedtalk_sdk.plugins.cpu.inputs import gaussian_arrays, u8_canvas
+from embedtalk_sdk.runtime.stages import add_seconds
+
+try:
+    from embedtalk_sdk.plugins.cpu import _splat
+except ImportError:  # no C++ compiler at install time (setup.py: the extension is optional)
+    _splat = None
+
+COMPILED = _splat is not None
+STAGES = ("projection", "binning", "blending")
+
+
+def rasterize_u8(
+    means: np.ndarray,
+    quats: np.ndarray,
+    scales: np.ndarray,
+    opacities: np.ndarray,
+    colors: np.ndarray,
+    viewmat: np.ndarray,
+    K: np.ndarray,
+    background: np.ndarray,
+    out: np.ndarray | None = None,
+    stages: dict[str, list[float]] | None = None,
+) -> np.ndarray:
+    """Gaussians over a uint8 background [H,W,3] -> uint8 [H,W,3] (into `out` if given): rasterize.py's
+    `rasterize_u8` (same arguments, same pixels), compiled when available. With `stages` (a dict), adds
+    the [wall, process CPU] seconds of "projection", "binning" and "blending" to it."""
+    if _splat is None:
+        from embedtalk_sdk.plugins.cpu import rasterize
+
+        return rasterize.rasterize_u8(means, quats, scales, opacities, colors, viewmat, K, background, out, stages)
+    means, quats, scales, opacities, colors, viewmat, K = gaussian_arrays(means, quats, scales, opacities, colors,
+                                                                          viewmat, K)
+    background, out = u8_canvas(background, out)
+    H, W = background.shape[:2]
+    times = _splat.rasterize_u8(means.shape[0], means, quats, scales, opacities, colors, viewmat, K, H, W,
+                                background, out)
+    for name, (wall, cpu) in zip(STAGES, times):
+        add_seconds(stages, name, wall, cpu)
+    return out
+
+
+def warm_up() -> None:
+    """Make the first frame fast: nothing to do for the compiled rasteriser; numba's kernels are
+    loaded (a first call ever compiles them into numba's cache)."""
+    if _splat is None:
+        from embedtalk_sdk.plugins.cpu import rasterize
+
+        rasterize.warm_up()

@@ -1,0 +1,445 @@
+// The playback rasteriser (plugins/design.md, steps 1-7, forward only) compiled ahead of time: the
+// same operations, in the same order and precision, as rasterize.py's numba kernels behind
+// rasterize_u8 (project, bin_tiles, blend_u8 with exp_neg), so the frames are bit for bit the same
+// (tests/test_splat_ext.py). It exists for the cold start: a process imports it in ~1 ms, where numba
+// needs ~0.7 s of import and registry set-up before the first frame (runtime/design.md).
+// Built with -ffp-contract=off and without fast-math: no fused multiply-adds, no reassociation.
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <numeric>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+constexpr int TILE = 16;
+constexpr int LANES = 8;  // a tile's state: two halves of 16 rows x 8 columns
+constexpr int HALVES = TILE / LANES;
+constexpr int PIXELS = TILE * TILE;
+constexpr double NEAR = 0.01;
+constexpr double EPS2D = 0.3;
+constexpr double SIGMA_MARGIN = 1e-2;
+// float32 constants rounded from the double literals, as np.float32(...) rounds them
+const float ALPHA_MIN = static_cast<float>(1.0 / 255.0);
+const float ALPHA_MAX = static_cast<float>(0.99);
+const float T_MIN = static_cast<float>(1e-4);
+const float HALF = 0.5f;
+const float ONE = 1.0f;
+const float ZERO = 0.0f;
+const float U8_MAX = 255.0f;
+const float LN2_HI = static_cast<float>(0.693359375);
+const float LN2_LO = static_cast<float>(-2.12194440e-4);
+const float LOG2E = static_cast<float>(1.44269504088896341);
+const float EXP_S_MAX = 20.0f;
+const float P0 = static_cast<float>(1.9875691500e-4), P1 = static_cast<float>(1.3981999507e-3),
+            P2 = static_cast<float>(8.3334519073e-3), P3 = static_cast<float>(4.1665795894e-2),
+            P4 = static_cast<float>(1.6666665459e-1), P5 = static_cast<float>(5.0000001201e-1);
+
+// Python's (and numba's) min/max of two values: the first unless the second is strictly beyond it.
+template <typename T> inline T py_min(T a, T b) { return b < a ? b : a; }
+template <typename T> inline T py_max(T a, T b) { return b > a ? b : a; }
+
+struct Projected {
+    std::vector<float> mean2d, conic;
+    std::vector<double> depth, support;
+    std::vector<int32_t> rect;
+    explicit Projected(size_t n) : mean2d(2 * n, 0.f), conic(3 * n, 0.f), depth(n), support(4 * n, 0.0), rect(4 * n) {}
+};
+
+// Steps 1-5 and the tile box for Gaussian g (rasterize.py:_project_one, line for line).
+void project_one(int64_t g, const float* means, const float* quats, const float* scales, const float* opacities,
+                 const double* vm, const double* K, int width, int height, Projected& p) {
+    int32_t* rect = &p.rect[4 * g];
+    rect[0] = 0; rect[1] = -1; rect[2] = 0; rect[3] = -1;
+    const double m0 = means[3 * g], m1 = means[3 * g + 1], m2 = means[3 * g + 2];
+    const double x = vm[0] * m0 + vm[1] * m1 + vm[2] * m2 + vm[3];
+    const double y = vm[4] * m0 + vm[5] * m1 + vm[6] * m2 + vm[7];
+    const double z = vm[8] * m0 + vm[9] * m1 + vm[10] * m2 + vm[11];
+    p.depth[g] = z;
+    const double o = opacities[g];
+    if (!(z >= NEAR && o >= 1.0 / 255.0)) return;  // NaN-proof
+
+    double w = quats[4 * g], qx = quats[4 * g + 1], qy = quats[4 * g + 2], qz = quats[4 * g + 3];
+    const double qn = std::sqrt(w * w + qx * qx + qy * qy + qz * qz);
+    w = w / qn; qx = qx / qn; qy = qy / qn; qz = qz / qn;
+    const double r00 = 1 - 2 * (qy * qy + qz * qz), r01 = 2 * (qx * qy - w * qz), r02 = 2 * (qx * qz + w * qy);
+    const double r10 = 2 * (qx * qy + w * qz), r11 = 1 - 2 * (qx * qx + qz * qz), r12 = 2 * (qy * qz - w * qx);
+    const double r20 = 2 * (qx * qz - w * qy), r21 = 2 * (qy * qz + w * qx), r22 = 1 - 2 * (qx * qx + qy * qy);
+    const double fx = K[0], fy = K[4], cx = K[2], cy = K[5];
+    const double tan_x = 0.5 * width / fx, tan_y = 0.5 * height / fy;
+    const double tx = z * py_min(py_max(x / z, -(cx / fx + 0.3 * tan_x)), (width - cx) / fx + 0.3 * tan_x);
+    const double ty = z * py_min(py_max(y / z, -(cy / fy + 0.3 * tan_y)), (height - cy) / fy + 0.3 * tan_y);
+    const double j00 = fx / z, j02 = -fx * tx / (z * z), j11 = fy / z, j12 = -fy * ty / (z * z);
+    double a = EPS2D, b = 0.0, c = EPS2D;
+    const double cols[3][3] = {{r00, r10, r20}, {r01, r11, r21}, {r02, r12, r22}};
+    for (int k = 0; k < 3; ++k) {
+        const double rk0 = cols[k][0], rk1 = cols[k][1], rk2 = cols[k][2];
+        const double s_k = scales[3 * g + k];
+        const double v0 = (vm[0] * rk0 + vm[1] * rk1 + vm[2] * rk2) * s_k;
+        const double v1 = (vm[4] * rk0 + vm[5] * rk1 + vm[6] * rk2) * s_k;
+        const double v2 = (vm[8] * rk0 + vm[9] * rk1 + vm[10] * rk2) * s_k;
+        const double u0 = j00 * v0 + j02 * v2, u1 = j11 * v1 + j12 * v2;
+        a += u0 * u0;
+        b += u0 * u1;
+        c += u1 * u1;
+    }
+    const double det = a * c - b * b;
+    if (!(det > 0.0)) return;
+    const double mx = fx * x / z + cx, my = fy * y / z + cy;
+    p.mean2d[2 * g] = static_cast<float>(mx);
+    p.mean2d[2 * g + 1] = static_cast<float>(my);
+    p.conic[3 * g] = static_cast<float>(c / det);
+    p.conic[3 * g + 1] = static_cast<float>(-b / det);
+    p.conic[3 * g + 2] = static_cast<float>(a / det);
+    const double log_o = std::log(255.0 * o);
+    const double s_max = log_o + SIGMA_MARGIN;
+    double* support = &p.support[4 * g];
+    support[0] = b / c;
+    support[1] = 2.0 * s_max * det / c;
+    support[2] = det / (c * c);
+    support[3] = std::sqrt(2.0 * s_max * c);
+
+    const double mid = 0.5 * (a + c);
+    const double lam = mid + std::sqrt(py_max(0.1, 0.25 * (a - c) * (a - c) + b * b));
+    const double r = std::ceil(std::sqrt(2.0 * log_o * lam));
+    const int tiles_x = (width + TILE - 1) / TILE, tiles_y = (height + TILE - 1) / TILE;
+    auto tile_of = [](double v, int n) {  // clamp in float first: v can be huge next to the near plane
+        return static_cast<int64_t>(std::floor(py_min(py_max(v / TILE, -1.0), static_cast<double>(n))));
+    };
+    rect[0] = static_cast<int32_t>(py_max<int64_t>(0, tile_of(mx - r, tiles_x)));
+    rect[1] = static_cast<int32_t>(py_min<int64_t>(tiles_x - 1, tile_of(mx + r, tiles_x)));
+    rect[2] = static_cast<int32_t>(py_max<int64_t>(0, tile_of(my - r, tiles_y)));
+    rect[3] = static_cast<int32_t>(py_min<int64_t>(tiles_y - 1, tile_of(my + r, tiles_y)));
+}
+
+// Step 6: each tile's Gaussian ids in (depth, index) order (NaN depths last), as CSR.
+void bin_tiles(const Projected& p, int64_t n, int tiles_x, int tiles_y, std::vector<int64_t>& offsets,
+               std::vector<int32_t>& ids) {
+    std::vector<int32_t> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    const double* depth = p.depth.data();
+    std::sort(order.begin(), order.end(), [depth](int32_t i, int32_t j) {
+        const double a = depth[i], b = depth[j];
+        const bool na = std::isnan(a), nb = std::isnan(b);
+        if (na || nb) return na == nb ? i < j : nb;
+        return a < b || (a == b && i < j);
+    });
+    const int64_t n_tiles = static_cast<int64_t>(tiles_x) * tiles_y;
+    offsets.assign(n_tiles + 1, 0);
+    for (int32_t g : order) {
+        const int32_t* rc = &p.rect[4 * g];
+        for (int ty = rc[2]; ty <= rc[3]; ++ty)
+            for (int tx = rc[0]; tx <= rc[1]; ++tx) offsets[static_cast<int64_t>(ty) * tiles_x + tx + 1] += 1;
+    }
+    for (int64_t t = 0; t < n_tiles; ++t) offsets[t + 1] += offsets[t];
+    std::vector<int64_t> fill(offsets.begin(), offsets.end() - 1);
+    ids.resize(offsets[n_tiles]);
+    for (int32_t g : order) {
+        const int32_t* rc = &p.rect[4 * g];
+        for (int ty = rc[2]; ty <= rc[3]; ++ty)
+            for (int tx = rc[0]; tx <= rc[1]; ++tx) ids[fill[static_cast<int64_t>(ty) * tiles_x + tx]++] = g;
+    }
+}
+
+inline float pow2_neg(float nf) {  // 2^-n for an integer-valued n in [0, 126], from its exponent bits
+    const int32_t bits = (127 - static_cast<int32_t>(nf)) << 23;
+    float out;
+    std::memcpy(&out, &bits, sizeof out);
+    return out;
+}
+
+inline float exp_neg(float s) {  // rasterize.py:exp_neg
+    s = py_min(s, EXP_S_MAX);
+    const float nf = static_cast<float>(static_cast<int32_t>(s * LOG2E + HALF));
+    const float x = (nf * LN2_HI - s) + nf * LN2_LO;
+    const float p = ((((P0 * x + P1) * x + P2) * x + P3) * x + P4) * x + P5;
+    return (p * (x * x) + x + ONE) * pow2_neg(nf);
+}
+
+inline float sigma(float dx, float dy, float A, float B, float C) {
+    return HALF * (A * dx * dx + C * dy * dy) + B * dx * dy;
+}
+
+// The blend of one Gaussian over lanes [lo, hi) of a tile (rasterize.py:_accumulate_tile's inner
+// loop), one lane at a time: for CPUs without AVX2.
+void blend_lanes_scalar(float* T, float* R, float* G, float* B, const float* px, const float* py, int lo, int hi,
+                        float mx, float my, float A, float Bq, float C, float o, float cr, float cg, float cb) {
+    for (int c = lo; c < hi; ++c) {
+        const float dx = px[c] - mx, dy = py[c] - my;
+        const float a = py_min(ALPHA_MAX, o * exp_neg(sigma(dx, dy, A, Bq, C)));
+        const float Tc = T[c];
+        const float T_next = Tc * (ONE - a);
+        const bool ok = (Tc > ZERO) & (a >= ALPHA_MIN);
+        const bool stop_here = ok & (T_next < T_MIN);
+        const bool add = ok & !stop_here;
+        const float w = add ? a * Tc : ZERO;
+        R[c] += cr * w;
+        G[c] += cg * w;
+        B[c] += cb * w;
+        T[c] = add ? T_next : (stop_here ? -Tc : Tc);
+    }
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define SPLAT_AVX2 1
+// The same, 8 lanes per step (lo, hi: multiples of 8; the tile's arrays are 32-byte aligned). Every
+// operation is the scalar one's: min_ps(a, b) is (a < b ? a : b) like py_min(b, a), cvtt truncates
+// like the int32 cast, the compares are ordered (false on NaN) like C's.
+__attribute__((target("avx2"))) void blend_lanes_avx2(float* T, float* R, float* G, float* B, const float* px,
+                                                        const float* py, int lo, int hi, float mx, float my, float A,
+                                                        float Bq, float C, float o, float cr, float cg, float cb) {
+    const __m256 vmx = _mm256_set1_ps(mx), vmy = _mm256_set1_ps(my), vA = _mm256_set1_ps(A);
+    const __m256 vB = _mm256_set1_ps(Bq), vC = _mm256_set1_ps(C), vo = _mm256_set1_ps(o);
+    const __m256 vcr = _mm256_set1_ps(cr), vcg = _mm256_set1_ps(cg), vcb = _mm256_set1_ps(cb);
+    const __m256 half = _mm256_set1_ps(HALF), one = _mm256_set1_ps(ONE), zero = _mm256_setzero_ps();
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int c = lo; c < hi; c += LANES) {
+        const __m256 dx = _mm256_sub_ps(_mm256_load_ps(px + c), vmx);
+        const __m256 dy = _mm256_sub_ps(_mm256_load_ps(py + c), vmy);
+        const __m256 quad = _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(vA, dx), dx),
+                                          _mm256_mul_ps(_mm256_mul_ps(vC, dy), dy));
+        __m256 s = _mm256_add_ps(_mm256_mul_ps(half, quad), _mm256_mul_ps(_mm256_mul_ps(vB, dx), dy));
+        // exp_neg(s)
+        s = _mm256_min_ps(_mm256_set1_ps(EXP_S_MAX), s);
+        const __m256i n = _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(s, _mm256_set1_ps(LOG2E)), half));
+        const __m256 nf = _mm256_cvtepi32_ps(n);
+        const __m256 x = _mm256_add_ps(_mm256_sub_ps(_mm256_mul_ps(nf, _mm256_set1_ps(LN2_HI)), s),
+                                       _mm256_mul_ps(nf, _mm256_set1_ps(LN2_LO)));
+        __m256 p = _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(P0), x), _mm256_set1_ps(P1));
+        p = _mm256_add_ps(_mm256_mul_ps(p, x), _mm256_set1_ps(P2));
+        p = _mm256_add_ps(_mm256_mul_ps(p, x), _mm256_set1_ps(P3));
+        p = _mm256_add_ps(_mm256_mul_ps(p, x), _mm256_set1_ps(P4));
+        p = _mm256_add_ps(_mm256_mul_ps(p, x), _mm256_set1_ps(P5));
+        const __m256 pow2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_sub_epi32(_mm256_set1_epi32(127), n), 23));
+        const __m256 e = _mm256_mul_ps(_mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(x, x)), x), one), pow2);
+        const __m256 a = _mm256_min_ps(_mm256_mul_ps(vo, e), _mm256_set1_ps(ALPHA_MAX));
+        // the pixel's step 7
+        const __m256 Tc = _mm256_load_ps(T + c);
+        const __m256 T_next = _mm256_mul_ps(Tc, _mm256_sub_ps(one, a));
+        const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(Tc, zero, _CMP_GT_OQ),
+                                        _mm256_cmp_ps(a, _mm256_set1_ps(ALPHA_MIN), _CMP_GE_OQ));
+        const __m256 stop_here = _mm256_and_ps(ok, _mm256_cmp_ps(T_next, _mm256_set1_ps(T_MIN), _CMP_LT_OQ));
+        const __m256 add = _mm256_andnot_ps(stop_here, ok);
+        const __m256 w = _mm256_and_ps(add, _mm256_mul_ps(a, Tc));
+        _mm256_store_ps(R + c, _mm256_add_ps(_mm256_load_ps(R + c), _mm256_mul_ps(vcr, w)));
+        _mm256_store_ps(G + c, _mm256_add_ps(_mm256_load_ps(G + c), _mm256_mul_ps(vcg, w)));
+        _mm256_store_ps(B + c, _mm256_add_ps(_mm256_load_ps(B + c), _mm256_mul_ps(vcb, w)));
+        const __m256 kept = _mm256_blendv_ps(Tc, _mm256_xor_ps(Tc, sign), stop_here);
+        _mm256_store_ps(T + c, _mm256_blendv_ps(kept, T_next, add));
+    }
+}
+#endif
+
+using BlendLanes = void (*)(float*, float*, float*, float*, const float*, const float*, int, int, float, float, float,
+                            float, float, float, float, float, float);
+
+// AVX2 where the CPU has it, unless EMBEDTALK_CPU_SIMD=0 (the tests run the scalar path that way).
+BlendLanes pick_blend_lanes() {
+#ifdef SPLAT_AVX2
+    const char* simd = std::getenv("EMBEDTALK_CPU_SIMD");
+    if (__builtin_cpu_supports("avx2") && !(simd && std::strcmp(simd, "0") == 0)) return blend_lanes_avx2;
+#endif
+    return blend_lanes_scalar;
+}
+
+const BlendLanes blend_lanes = pick_blend_lanes();
+
+inline int lane(int i, int j, int i0, int j0) {
+    return ((j - j0) / LANES) * TILE * LANES + (i - i0) * LANES + (j - j0) % LANES;
+}
+
+// Step 7 for tile t over a uint8 background, into uint8 out (rasterize.py:blend_u8).
+void blend_tile_u8(int64_t t, const int64_t* offsets, const int32_t* ids, const Projected& p, const float* opacities,
+                   const float* colors, const uint8_t* background, int H, int W, int tiles_x, uint8_t* out) {
+    const int i0 = static_cast<int>(t / tiles_x) * TILE, j0 = static_cast<int>(t % tiles_x) * TILE;
+    const int i1 = std::min(i0 + TILE, H), j1 = std::min(j0 + TILE, W);
+    alignas(32) float T[PIXELS], R[PIXELS], G[PIXELS], B[PIXELS], px[PIXELS], py[PIXELS];
+    for (int h = 0; h < HALVES; ++h)
+        for (int r = 0; r < TILE; ++r)
+            for (int col = 0; col < LANES; ++col) {
+                const int c = h * TILE * LANES + r * LANES + col;
+                px[c] = static_cast<float>(j0 + h * LANES + col) + HALF;
+                py[c] = static_cast<float>(i0 + r) + HALF;
+                T[c] = (i0 + r < i1 && j0 + h * LANES + col < j1) ? ONE : -ONE;  // outside: stopped
+                R[c] = G[c] = B[c] = ZERO;
+            }
+    bool open_rows[HALVES * TILE];
+    std::fill(open_rows, open_rows + HALVES * TILE, true);
+    for (int64_t k = offsets[t]; k < offsets[t + 1]; ++k) {
+        const int32_t g = ids[k];
+        const double* sup = &p.support[4 * g];
+        const double my64 = p.mean2d[2 * g + 1], reach = sup[3];
+        const int ia = py_max<int64_t>(i0, static_cast<int64_t>(std::ceil(py_max(my64 - reach - 0.5, i0 - 1.0))));
+        const int ib = py_min<int64_t>(i1 - 1, static_cast<int64_t>(std::floor(py_min(my64 + reach - 0.5, i1 + 1.0))));
+        const double kB = sup[0], P = sup[1], Q = sup[2];
+        const double xr = std::sqrt(P * (Q + kB * kB) / Q);
+        const double mx64 = p.mean2d[2 * g];
+        const int ja = py_max<int64_t>(j0, static_cast<int64_t>(std::ceil(py_max(mx64 - xr - 0.5, j0 - 1.0))));
+        const int jb = py_min<int64_t>(j1 - 1, static_cast<int64_t>(std::floor(py_min(mx64 + xr - 0.5, j1 + 1.0))));
+        if (!(ia > ib || ja > jb)) {
+            const float mx = p.mean2d[2 * g], my = p.mean2d[2 * g + 1];
+            const float A = p.conic[3 * g], Bq = p.conic[3 * g + 1], C = p.conic[3 * g + 2], o = opacities[g];
+            const float cr = colors[3 * g], cg = colors[3 * g + 1], cb = colors[3 * g + 2];
+            for (int h = (ja - j0) / LANES; h <= (jb - j0) / LANES; ++h) {
+                int ra = ia - i0, rb = ib - i0;
+                while (ra <= rb && !open_rows[h * TILE + ra]) ++ra;  // rows whose pixels all stopped
+                while (rb >= ra && !open_rows[h * TILE + rb]) --rb;
+                const int lo = h * TILE * LANES + ra * LANES;
+                blend_lanes(T, R, G, B, px, py, lo, lo + (rb - ra + 1) * LANES, mx, my, A, Bq, C, o, cr, cg, cb);
+            }
+        }
+        if ((k - offsets[t]) % 16 == 15) {  // now and then: which rows still have an open pixel?
+            bool open_pixels = false;
+            for (int hr = 0; hr < HALVES * TILE; ++hr) {
+                bool row_open = false;
+                for (int c = hr * LANES; c < hr * LANES + LANES; ++c) row_open |= T[c] > ZERO;
+                open_rows[hr] = row_open;
+                open_pixels |= row_open;
+            }
+            if (!open_pixels) break;
+        }
+    }
+    for (int i = i0; i < i1; ++i)
+        for (int j = j0; j < j1; ++j) {
+            const int c = lane(i, j, i0, j0);
+            const float Tf = std::fabs(T[c]);
+            const float* rgb[3] = {R, G, B};
+            for (int ch = 0; ch < 3; ++ch) {
+                const int64_t at = (static_cast<int64_t>(i) * W + j) * 3 + ch;
+                const float v = rgb[ch][c] + Tf * (static_cast<float>(background[at]) / U8_MAX);
+                out[at] = static_cast<uint8_t>(std::nearbyint(py_min(py_max(v, ZERO), ONE) * U8_MAX));
+            }
+        }
+}
+
+struct Clock {  // wall and process CPU seconds (std::clock counts every thread of the process on POSIX)
+    double wall, cpu;
+    static Clock now() {
+        const auto w = std::chrono::steady_clock::now().time_since_epoch();
+        return {std::chrono::duration<double>(w).count(), static_cast<double>(std::clock()) / CLOCKS_PER_SEC};
+    }
+};
+
+// A C-contiguous buffer of n items of `itemsize` bytes, writable if asked; false with an error set.
+bool get_buffer(PyObject* obj, Py_buffer* view, Py_ssize_t n, Py_ssize_t itemsize, bool writable, const char* name) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) != 0) return false;
+    if (view->itemsize != itemsize || view->len != n * itemsize) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd items of %zd bytes, got %zd bytes of %zd-byte items", name,
+                     n, itemsize, view->len, view->itemsize);
+        PyBuffer_Release(view);
+        return false;
+    }
+    return true;
+}
+
+PyObject* rasterize_u8(PyObject*, PyObject* args) {
+    PyObject *o_means, *o_quats, *o_scales, *o_opac, *o_colors, *o_viewmat, *o_K, *o_bg, *o_out;
+    Py_ssize_t n;
+    int H, W;
+    if (!PyArg_ParseTuple(args, "nOOOOOOOiiOO", &n, &o_means, &o_quats, &o_scales, &o_opac, &o_colors, &o_viewmat,
+                          &o_K, &H, &W, &o_bg, &o_out))
+        return nullptr;
+    if (n < 0 || n > INT32_MAX || H <= 0 || W <= 0) {
+        PyErr_SetString(PyExc_ValueError, "rasterize_u8: bad sizes");
+        return nullptr;
+    }
+    struct Spec { PyObject* obj; Py_ssize_t n, itemsize; bool writable; const char* name; };
+    const Py_ssize_t pixels = static_cast<Py_ssize_t>(H) * W * 3;
+    const Spec specs[9] = {{o_means, 3 * n, 4, false, "means"},   {o_quats, 4 * n, 4, false, "quats"},
+                           {o_scales, 3 * n, 4, false, "scales"}, {o_opac, n, 4, false, "opacities"},
+                           {o_colors, 3 * n, 4, false, "colors"}, {o_viewmat, 16, 4, false, "viewmat"},
+                           {o_K, 9, 4, false, "K"},               {o_bg, pixels, 1, false, "background"},
+                           {o_out, pixels, 1, true, "out"}};
+    Py_buffer views[9];
+    int got = 0;
+    for (; got < 9; ++got)
+        if (!get_buffer(specs[got].obj, &views[got], specs[got].n, specs[got].itemsize, specs[got].writable,
+                        specs[got].name))
+            break;
+    if (got < 9) {
+        for (int i = 0; i < got; ++i) PyBuffer_Release(&views[i]);
+        return nullptr;
+    }
+    const float* means = static_cast<const float*>(views[0].buf);
+    const float* quats = static_cast<const float*>(views[1].buf);
+    const float* scales = static_cast<const float*>(views[2].buf);
+    const float* opacities = static_cast<const float*>(views[3].buf);
+    const float* colors = static_cast<const float*>(views[4].buf);
+    const float* viewmat = static_cast<const float*>(views[5].buf);
+    const float* Kf = static_cast<const float*>(views[6].buf);
+    const uint8_t* background = static_cast<const uint8_t*>(views[7].buf);
+    uint8_t* out = static_cast<uint8_t*>(views[8].buf);
+    double stages[6];
+    Py_BEGIN_ALLOW_THREADS
+    double vm[16], K[9];
+    for (int i = 0; i < 16; ++i) vm[i] = viewmat[i];
+    for (int i = 0; i < 9; ++i) K[i] = Kf[i];
+    const int tiles_x = (W + TILE - 1) / TILE, tiles_y = (H + TILE - 1) / TILE;
+    Clock c0 = Clock::now();
+    Projected p(static_cast<size_t>(n));
+#pragma omp parallel for schedule(static)
+    for (int64_t g = 0; g < n; ++g) project_one(g, means, quats, scales, opacities, vm, K, W, H, p);
+    Clock c1 = Clock::now();
+    std::vector<int64_t> offsets;
+    std::vector<int32_t> ids;
+    bin_tiles(p, n, tiles_x, tiles_y, offsets, ids);
+    Clock c2 = Clock::now();
+    const int64_t n_tiles = static_cast<int64_t>(tiles_x) * tiles_y;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t t = 0; t < n_tiles; ++t)
+        blend_tile_u8(t, offsets.data(), ids.data(), p, opacities, colors, background, H, W, tiles_x, out);
+    Clock c3 = Clock::now();
+    const Clock cs[4] = {c0, c1, c2, c3};
+    for (int s = 0; s < 3; ++s) {
+        stages[2 * s] = cs[s + 1].wall - cs[s].wall;
+        stages[2 * s + 1] = cs[s + 1].cpu - cs[s].cpu;
+    }
+    Py_END_ALLOW_THREADS
+    for (int i = 0; i < 9; ++i) PyBuffer_Release(&views[i]);
+    return Py_BuildValue("((dd)(dd)(dd))", stages[0], stages[1], stages[2], stages[3], stages[4], stages[5]);
+}
+
+PyObject* threads(PyObject*, PyObject*) {
+#ifdef _OPENMP
+    return PyLong_FromLong(omp_get_max_threads());
+#else
+    return PyLong_FromLong(1);
+#endif
+}
+
+PyObject* simd(PyObject*, PyObject*) {
+#ifdef SPLAT_AVX2
+    if (blend_lanes == blend_lanes_avx2) return PyUnicode_FromString("avx2");
+#endif
+    return PyUnicode_FromString("scalar");
+}
+
+PyMethodDef methods[] = {
+    {"rasterize_u8", rasterize_u8, METH_VARARGS,
+     "rasterize_u8(n, means, quats, scales, opacities, colors, viewmat, K, H, W, background, out) -> "
+     "((wall, cpu) of projection, binning, blending). float32 C-contiguous inputs, uint8 [H,W,3] background "
+     "and out; rasterize.py:rasterize_u8 checks and converts them."},
+    {"simd", simd, METH_NOARGS, "The blend's instruction set: 'avx2' or 'scalar'."},
+    {"threads", threads, METH_NOARGS, "The OpenMP threads a frame uses (1 when built without OpenMP)."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_splat",
+                      "The playback rasteriser compiled ahead of time (plugins/cpu/splat.cpp).", -1, methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__splat(void) { return PyModule_Create(&module); }

@@ -1,0 +1,114 @@
+"""The compiled playback rasteriser (plugins/cpu/splat.cpp, through plugins/cpu/playback.py) against
+numba's (plugins/cpu/rasterize.py:rasterize_u8, itself held to the oracle by test_cpu_fast.py and
+test_rasterize.py): the same frames bit for bit, in its AVX2 and its scalar blend; and a played
+avatar's first frame needs no numba at all (the cold start of runtime/design.md)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedtalk_sdk.plugins.cpu import playback, rasterize
+from test_cpu_fast import head_scene
+from test_rasterize import as_f32, random_scene
+
+pytestmark = pytest.mark.skipif(
+    not playback.COMPILED, reason="the install did not build plugins/cpu/splat.cpp (no C++ compiler?)")
+
+# (n, H, W): frames that are not whole tiles, one tile, a crowded 16x16, a big frame
+SIZES = [(200, 40, 56), (3000, 128, 96), (50, 16, 16), (400, 16, 16), (8000, 250, 170)]
+
+
+def scenes():
+    for seed in range(4):
+        for n, H, W in SIZES:
+            rng = np.random.default_rng(seed)
+            args = as_f32(random_scene(rng, n=n, H=H, W=W))[:-1]
+            yield args, rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    for size in (64, 256):
+        rng = np.random.default_rng(size)
+        yield head_scene(rng, 6000, size), rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def test_compiled_frames_equal_numbas_bit_for_bit():
+    for args, bg in scenes():
+        want = rasterize.rasterize_u8(*args, bg)
+        got = playback.rasterize_u8(*args, bg)
+        assert got.dtype == np.uint8 and got.shape == want.shape
+        assert np.array_equal(got, want), f"{int((got != want).sum())} values differ, {bg.shape}"
+
+
+def test_scalar_blend_equals_numbas_bit_for_bit(tmp_path):
+    # the path of CPUs without AVX2, chosen at import: run it in a fresh process
+    cases = list(scenes())[::3]
+    np.savez(tmp_path / "cases.npz", **{f"{i}_{k}": a for i, (args, bg) in enumerate(cases)
+                                        for k, a in enumerate([*args, bg])})
+    code = ("import sys, numpy as np\n"
+            "from embedtalk_sdk.plugins.cpu import _splat, playback\n"
+            "assert _splat.simd() == 'scalar', _splat.simd()\n"
+            "z = np.load(sys.argv[1])\n"
+            f"for i in range({len(cases)}):\n"
+            "    a = [z[f'{i}_{k}'] for k in range(8)]\n"
+            "    np.save(f'{sys.argv[2]}/{i}.npy', playback.rasterize_u8(*a))\n")
+    env = {**os.environ, "EMBEDTALK_CPU_SIMD": "0"}
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "cases.npz"), str(tmp_path)], env=env, check=True)
+    for i, (args, bg) in enumerate(cases):
+        assert np.array_equal(np.load(tmp_path / f"{i}.npy"), rasterize.rasterize_u8(*args, bg)), f"case {i}"
+
+
+def test_compiled_checks_its_inputs_and_writes_into_out():
+    args, bg = next(scenes())
+    out = np.zeros_like(bg)
+    assert playback.rasterize_u8(*args, bg, out=out) is out
+    with pytest.raises(ValueError, match="background"):
+        playback.rasterize_u8(*args, bg.astype(np.float32))
+    with pytest.raises(ValueError, match="out"):
+        playback.rasterize_u8(*args, bg, out=np.zeros((3, 3, 3), np.uint8))
+    with pytest.raises(ValueError, match="quats"):
+        playback.rasterize_u8(args[0], args[1][:-1], *args[2:], bg)
+
+
+def test_compiled_reports_its_stages():
+    args, bg = next(scenes())
+    stages: dict = {}
+    for _ in range(2):
+        playback.rasterize_u8(*args, bg, stages=stages)
+    assert sorted(stages) == ["binning", "blending", "projection"]
+    assert all(wall > 0 and cpu >= 0 for wall, cpu in stages.values())
+
+
+def test_numba_fallback_gives_the_same_frames(monkeypatch):
+    args, bg = next(scenes())
+    want = playback.rasterize_u8(*args, bg)
+    monkeypatch.setattr(playback, "_splat", None)  # an install without a C++ compiler
+    assert np.array_equal(playback.rasterize_u8(*args, bg), want)
+
+
+def test_an_avatar_plays_its_first_frame_without_numba(trained_avatar, tmp_path):
+    # A fresh process: Avatar.load and the first frame, and numba never imported (it costs ~0.7 s).
+    code = ("import json, sys, time\n"
+            "from embedtalk_sdk.runtime.avatar import Avatar\n"
+            "import numpy as np\n"
+            "t0 = time.perf_counter()\n"
+            "avatar = Avatar.load(sys.argv[1], backend='onnxruntime')\n"
+            "t1 = time.perf_counter()\n"
+            "frame = next(avatar.frames(np.zeros(16000, np.float32), sample_rate=16000))\n"
+            "t2 = time.perf_counter()\n"
+            "np.save(sys.argv[2], frame)\n"
+            "print(json.dumps({'numba': 'numba' in sys.modules, 'load_ms': 1e3 * (t1 - t0), "
+            "'first_ms': 1e3 * (t2 - t1)}))\n")
+    frame_path = tmp_path / "first.npy"
+    out = subprocess.run([sys.executable, "-c", code, str(trained_avatar["bundle"]), str(frame_path)],
+                         capture_output=True, text=True, check=True)
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not report["numba"], "numba was imported on the playback path"
+    from embedtalk_sdk.runtime.avatar import Avatar
+
+    want = next(Avatar.load(trained_avatar["bundle"], backend="onnxruntime").frames(
+        np.zeros(16000, np.float32), sample_rate=16000))
+    assert np.array_equal(np.load(frame_path), want)
