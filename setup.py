@@ -13,5 +13,5 @@ elif sys.platform == "darwin":  # Apple's clang has no OpenMP without libomp: on
 else:
     flags, link = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-fno-fast-math"], ["-fopenmp"]
 
-setup(ext_modules=[Extension("embedtalk_sdk.plugins.cpu._splat", ["plugins/cpu/splat.cpp"], language="c++",
+setup(ext_modules=[Extension("embedtalk_sdk.plugins.cpu.splat_ext", ["plugins/cpu/splat.cpp"], language="c++",
                              extra_compile_args=flags, extra_link_args=link, optional=True)])

@@ -17,11 +17,16 @@ from embedtalk_sdk.plugins.cpu import playback, rasterize
 from test_cpu_fast import head_scene
 from test_rasterize import as_f32, random_scene
 
-pytestmark = pytest.mark.skipif(
+needs_compiled = pytest.mark.skipif(
     not playback.COMPILED, reason="the install did not build plugins/cpu/splat.cpp (no C++ compiler?)")
 
 # (n, H, W): frames that are not whole tiles, one tile, a crowded 16x16, a big frame
 SIZES = [(200, 40, 56), (3000, 128, 96), (50, 16, 16), (400, 16, 16), (8000, 250, 170)]
+
+
+def test_the_install_built_the_compiled_rasteriser():
+    # pip install builds it wherever g++ (or clang, MSVC) and Python's headers are: CI must have it
+    assert playback.COMPILED, "plugins/cpu/splat.cpp was not built: install g++ and reinstall (pip install -e .)"
 
 
 def scenes():
@@ -35,6 +40,7 @@ def scenes():
         yield head_scene(rng, 6000, size), rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
 
 
+@needs_compiled
 def test_compiled_frames_equal_numbas_bit_for_bit():
     for args, bg in scenes():
         want = rasterize.rasterize_u8(*args, bg)
@@ -43,14 +49,15 @@ def test_compiled_frames_equal_numbas_bit_for_bit():
         assert np.array_equal(got, want), f"{int((got != want).sum())} values differ, {bg.shape}"
 
 
+@needs_compiled
 def test_scalar_blend_equals_numbas_bit_for_bit(tmp_path):
     # the path of CPUs without AVX2, chosen at import: run it in a fresh process
     cases = list(scenes())[::3]
     np.savez(tmp_path / "cases.npz", **{f"{i}_{k}": a for i, (args, bg) in enumerate(cases)
                                         for k, a in enumerate([*args, bg])})
     code = ("import sys, numpy as np\n"
-            "from embedtalk_sdk.plugins.cpu import _splat, playback\n"
-            "assert _splat.simd() == 'scalar', _splat.simd()\n"
+            "from embedtalk_sdk.plugins.cpu import splat_ext, playback\n"
+            "assert splat_ext.simd() == 'scalar', splat_ext.simd()\n"
             "z = np.load(sys.argv[1])\n"
             f"for i in range({len(cases)}):\n"
             "    a = [z[f'{i}_{k}'] for k in range(8)]\n"
@@ -61,6 +68,7 @@ def test_scalar_blend_equals_numbas_bit_for_bit(tmp_path):
         assert np.array_equal(np.load(tmp_path / f"{i}.npy"), rasterize.rasterize_u8(*args, bg)), f"case {i}"
 
 
+@needs_compiled
 def test_compiled_checks_its_inputs_and_writes_into_out():
     args, bg = next(scenes())
     out = np.zeros_like(bg)
@@ -73,6 +81,7 @@ def test_compiled_checks_its_inputs_and_writes_into_out():
         playback.rasterize_u8(args[0], args[1][:-1], *args[2:], bg)
 
 
+@needs_compiled
 def test_compiled_reports_its_stages():
     args, bg = next(scenes())
     stages: dict = {}
@@ -82,13 +91,15 @@ def test_compiled_reports_its_stages():
     assert all(wall > 0 and cpu >= 0 for wall, cpu in stages.values())
 
 
+@needs_compiled
 def test_numba_fallback_gives_the_same_frames(monkeypatch):
     args, bg = next(scenes())
     want = playback.rasterize_u8(*args, bg)
-    monkeypatch.setattr(playback, "_splat", None)  # an install without a C++ compiler
+    monkeypatch.setattr(playback, "splat_ext", None)  # an install without a C++ compiler
     assert np.array_equal(playback.rasterize_u8(*args, bg), want)
 
 
+@needs_compiled
 def test_an_avatar_plays_its_first_frame_without_numba(trained_avatar, tmp_path):
     # A fresh process: Avatar.load and the first frame, and numba never imported (it costs ~0.7 s).
     code = ("import json, sys, time\n"

@@ -10,11 +10,11 @@ from embedtalk_sdk.plugins.cpu.inputs import gaussian_arrays, u8_canvas
 from embedtalk_sdk.runtime.stages import add_seconds
 
 try:
-    from embedtalk_sdk.plugins.cpu import _splat
+    from embedtalk_sdk.plugins.cpu import splat_ext
 except ImportError:  # no C++ compiler at install time (setup.py: the extension is optional)
-    _splat = None
+    splat_ext = None
 
-COMPILED = _splat is not None
+COMPILED = splat_ext is not None
 STAGES = ("projection", "binning", "blending")
 
 
@@ -33,7 +33,7 @@ def rasterize_u8(
     """Gaussians over a uint8 background [H,W,3] -> uint8 [H,W,3] (into `out` if given): rasterize.py's
     `rasterize_u8` (same arguments, same pixels), compiled when available. With `stages` (a dict), adds
     the [wall, process CPU] seconds of "projection", "binning" and "blending" to it."""
-    if _splat is None:
+    if splat_ext is None:
         from embedtalk_sdk.plugins.cpu import rasterize
 
         return rasterize.rasterize_u8(means, quats, scales, opacities, colors, viewmat, K, background, out, stages)
@@ -41,7 +41,7 @@ def rasterize_u8(
                                                                           viewmat, K)
     background, out = u8_canvas(background, out)
     H, W = background.shape[:2]
-    times = _splat.rasterize_u8(means.shape[0], means, quats, scales, opacities, colors, viewmat, K, H, W,
+    times = splat_ext.rasterize_u8(means.shape[0], means, quats, scales, opacities, colors, viewmat, K, H, W,
                                 background, out)
     for name, (wall, cpu) in zip(STAGES, times):
         add_seconds(stages, name, wall, cpu)
@@ -51,7 +51,7 @@ def rasterize_u8(
 def warm_up() -> None:
     """Make the first frame fast: nothing to do for the compiled rasteriser; numba's kernels are
     loaded (a first call ever compiles them into numba's cache)."""
-    if _splat is None:
+    if splat_ext is None:
         from embedtalk_sdk.plugins.cpu import rasterize
 
         rasterize.warm_up()

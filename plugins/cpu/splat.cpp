@@ -437,9 +437,9 @@ PyMethodDef methods[] = {
     {"threads", threads, METH_NOARGS, "The OpenMP threads a frame uses (1 when built without OpenMP)."},
     {nullptr, nullptr, 0, nullptr}};
 
-PyModuleDef module = {PyModuleDef_HEAD_INIT, "_splat",
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "splat_ext",
                       "The playback rasteriser compiled ahead of time (plugins/cpu/splat.cpp).", -1, methods};
 
 }  // namespace
 
-PyMODINIT_FUNC PyInit__splat(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit_splat_ext(void) { return PyModule_Create(&module); }
