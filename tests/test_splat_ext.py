@@ -38,6 +38,13 @@ def scenes():
     for size in (64, 256):
         rng = np.random.default_rng(size)
         yield head_scene(rng, 6000, size), rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    # every Gaussian three times, in other colours and opacities: equal depths, so the order of a
+    # tile's list (depth, then index) decides the pixels
+    rng = np.random.default_rng(9)
+    means, quats, scales, opacities, colors, viewmat, K = head_scene(rng, 1500, 96)
+    same = [np.concatenate([x] * 3) for x in (means, quats, scales)]
+    other = [rng.uniform(0.3, 0.95, 4500).astype(np.float32), rng.uniform(0, 1, (4500, 3)).astype(np.float32)]
+    yield [*same, *other, viewmat, K], rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
 
 
 @needs_compiled

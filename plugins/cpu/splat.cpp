@@ -126,33 +126,112 @@ void project_one(int64_t g, const float* means, const float* quats, const float*
     rect[3] = static_cast<int32_t>(py_min<int64_t>(tiles_y - 1, tile_of(my + r, tiles_y)));
 }
 
-// Step 6: each tile's Gaussian ids in (depth, index) order (NaN depths last), as CSR.
-void bin_tiles(const Projected& p, int64_t n, int tiles_x, int tiles_y, std::vector<int64_t>& offsets,
-               std::vector<int32_t>& ids) {
-    std::vector<int32_t> order(n);
-    std::iota(order.begin(), order.end(), 0);
-    const double* depth = p.depth.data();
-    std::sort(order.begin(), order.end(), [depth](int32_t i, int32_t j) {
-        const double a = depth[i], b = depth[j];
-        const bool na = std::isnan(a), nb = std::isnan(b);
-        if (na || nb) return na == nb ? i < j : nb;
-        return a < b || (a == b && i < j);
-    });
+// The drawn Gaussians (non-empty rect) in (depth, index) order. Their depths are >= NEAR > 0 (a NaN
+// or nearer one is culled), and positive doubles order like their bit patterns as integers, so a
+// stable LSD radix sort of the bits (11-bit digits, digits all keys share skipped) starting from
+// index order gives exactly numba's order: depth, then index.
+std::vector<int32_t> depth_order(const Projected& p, int64_t n) {
+    std::vector<uint64_t> key, key_tmp;
+    std::vector<int32_t> id, id_tmp;
+    key.reserve(n);
+    id.reserve(n);
+    for (int64_t g = 0; g < n; ++g)
+        if (p.rect[4 * g + 1] >= p.rect[4 * g]) {
+            uint64_t bits;
+            std::memcpy(&bits, &p.depth[g], sizeof bits);
+            key.push_back(bits);
+            id.push_back(static_cast<int32_t>(g));
+        }
+    const size_t m = key.size();
+    key_tmp.resize(m);
+    id_tmp.resize(m);
+    constexpr int DIGIT = 11, BUCKETS = 1 << DIGIT;
+    std::vector<uint32_t> count(BUCKETS);
+    for (int shift = 0; shift < 64; shift += DIGIT) {
+        std::fill(count.begin(), count.end(), 0u);
+        for (uint64_t k : key) ++count[(k >> shift) & (BUCKETS - 1)];
+        if (m == 0 || count[(key[0] >> shift) & (BUCKETS - 1)] == m) continue;  // one digit for all
+        uint32_t sum = 0;
+        for (uint32_t& c : count) { const uint32_t here = c; c = sum; sum += here; }
+        for (size_t i = 0; i < m; ++i) {
+            const uint32_t at = count[(key[i] >> shift) & (BUCKETS - 1)]++;
+            key_tmp[at] = key[i];
+            id_tmp[at] = id[i];
+        }
+        key.swap(key_tmp);
+        id.swap(id_tmp);
+    }
+    return id;
+}
+
+// Step 6: each tile's Gaussian ids in (depth, index) order, as CSR. The counts come from a 2D
+// difference array (four writes per Gaussian, then prefix sums), the lists from one pass in depth
+// order, so every list comes out sorted.
+// ids hold positions in `order` (the depth order), so a tile's list reads the packed Splats forward.
+void bin_tiles(const Projected& p, const std::vector<int32_t>& order, int tiles_x, int tiles_y,
+               std::vector<int64_t>& offsets, std::vector<int32_t>& ids) {
     const int64_t n_tiles = static_cast<int64_t>(tiles_x) * tiles_y;
-    offsets.assign(n_tiles + 1, 0);
+    const int64_t row = tiles_x + 1;
+    std::vector<int64_t> diff((tiles_y + 1) * row, 0);
     for (int32_t g : order) {
-        const int32_t* rc = &p.rect[4 * g];
-        for (int ty = rc[2]; ty <= rc[3]; ++ty)
-            for (int tx = rc[0]; tx <= rc[1]; ++tx) offsets[static_cast<int64_t>(ty) * tiles_x + tx + 1] += 1;
+        const int32_t* rc = &p.rect[4 * g];  // x0, x1, y0, y1, inclusive
+        diff[rc[2] * row + rc[0]] += 1;
+        diff[rc[2] * row + rc[1] + 1] -= 1;
+        diff[(rc[3] + 1) * row + rc[0]] -= 1;
+        diff[(rc[3] + 1) * row + rc[1] + 1] += 1;
+    }
+    offsets.assign(n_tiles + 1, 0);
+    std::vector<int64_t> above(tiles_x + 1, 0);  // column sums of diff over the rows so far
+    for (int ty = 0; ty < tiles_y; ++ty) {
+        int64_t run = 0;
+        for (int tx = 0; tx < tiles_x; ++tx) {
+            above[tx] += diff[ty * row + tx];
+            run += above[tx];
+            offsets[static_cast<int64_t>(ty) * tiles_x + tx + 1] = run;
+        }
     }
     for (int64_t t = 0; t < n_tiles; ++t) offsets[t + 1] += offsets[t];
     std::vector<int64_t> fill(offsets.begin(), offsets.end() - 1);
     ids.resize(offsets[n_tiles]);
-    for (int32_t g : order) {
-        const int32_t* rc = &p.rect[4 * g];
-        for (int ty = rc[2]; ty <= rc[3]; ++ty)
-            for (int tx = rc[0]; tx <= rc[1]; ++tx) ids[fill[static_cast<int64_t>(ty) * tiles_x + tx]++] = g;
+    for (int32_t k = 0; k < static_cast<int32_t>(order.size()); ++k) {
+        const int32_t* rc = &p.rect[4 * order[k]];
+        for (int ty = rc[2]; ty <= rc[3]; ++ty) {
+            int64_t* f = &fill[static_cast<int64_t>(ty) * tiles_x];
+            for (int tx = rc[0]; tx <= rc[1]; ++tx) ids[f[tx]++] = k;
+        }
     }
+}
+
+// What the blend reads of one drawn Gaussian, in one cache line: a tile's list then costs one line
+// per Gaussian instead of five scattered rows. reach and xr are the support's y and x extent
+// (rasterize.py: support[3] and _accumulate_tile's xr).
+struct alignas(64) Splat {
+    float mx, my, A, B, C, o, cr, cg, cb;
+    double reach, xr;
+};
+
+std::vector<Splat> pack(const Projected& p, const std::vector<int32_t>& order, const float* opacities,
+                        const float* colors) {
+    std::vector<Splat> splats(order.size());
+#pragma omp parallel for schedule(static)
+    for (int64_t k = 0; k < static_cast<int64_t>(order.size()); ++k) {
+        const int64_t g = order[k];
+        const double* sup = &p.support[4 * g];
+        const double kB = sup[0], P = sup[1], Q = sup[2];
+        Splat& sp = splats[k];
+        sp.mx = p.mean2d[2 * g];
+        sp.my = p.mean2d[2 * g + 1];
+        sp.A = p.conic[3 * g];
+        sp.B = p.conic[3 * g + 1];
+        sp.C = p.conic[3 * g + 2];
+        sp.o = opacities[g];
+        sp.cr = colors[3 * g];
+        sp.cg = colors[3 * g + 1];
+        sp.cb = colors[3 * g + 2];
+        sp.reach = sup[3];
+        sp.xr = std::sqrt(P * (Q + kB * kB) / Q);
+    }
+    return splats;
 }
 
 inline float pow2_neg(float nf) {  // 2^-n for an integer-valued n in [0, 126], from its exponent bits
@@ -258,13 +337,20 @@ BlendLanes pick_blend_lanes() {
 
 const BlendLanes blend_lanes = pick_blend_lanes();
 
+// nearbyint for 0 <= x < 2^23 in the default rounding mode (half to even), without a libm call:
+// adding 2^23 leaves no fraction bits, so the addition itself rounds.
+inline float round_half_even(float x) {
+    volatile float big = 8388608.0f;  // volatile: the sum must be rounded to float, not folded away
+    return (x + big) - big;
+}
+
 inline int lane(int i, int j, int i0, int j0) {
     return ((j - j0) / LANES) * TILE * LANES + (i - i0) * LANES + (j - j0) % LANES;
 }
 
 // Step 7 for tile t over a uint8 background, into uint8 out (rasterize.py:blend_u8).
-void blend_tile_u8(int64_t t, const int64_t* offsets, const int32_t* ids, const Projected& p, const float* opacities,
-                   const float* colors, const uint8_t* background, int H, int W, int tiles_x, uint8_t* out) {
+void blend_tile_u8(int64_t t, const int64_t* offsets, const int32_t* ids, const Splat* splats,
+                   const uint8_t* background, int H, int W, int tiles_x, uint8_t* out) {
     const int i0 = static_cast<int>(t / tiles_x) * TILE, j0 = static_cast<int>(t % tiles_x) * TILE;
     const int i1 = std::min(i0 + TILE, H), j1 = std::min(j0 + TILE, W);
     alignas(32) float T[PIXELS], R[PIXELS], G[PIXELS], B[PIXELS], px[PIXELS], py[PIXELS];
@@ -280,26 +366,23 @@ void blend_tile_u8(int64_t t, const int64_t* offsets, const int32_t* ids, const 
     bool open_rows[HALVES * TILE];
     std::fill(open_rows, open_rows + HALVES * TILE, true);
     for (int64_t k = offsets[t]; k < offsets[t + 1]; ++k) {
-        const int32_t g = ids[k];
-        const double* sup = &p.support[4 * g];
-        const double my64 = p.mean2d[2 * g + 1], reach = sup[3];
-        const int ia = py_max<int64_t>(i0, static_cast<int64_t>(std::ceil(py_max(my64 - reach - 0.5, i0 - 1.0))));
-        const int ib = py_min<int64_t>(i1 - 1, static_cast<int64_t>(std::floor(py_min(my64 + reach - 0.5, i1 + 1.0))));
-        const double kB = sup[0], P = sup[1], Q = sup[2];
-        const double xr = std::sqrt(P * (Q + kB * kB) / Q);
-        const double mx64 = p.mean2d[2 * g];
-        const int ja = py_max<int64_t>(j0, static_cast<int64_t>(std::ceil(py_max(mx64 - xr - 0.5, j0 - 1.0))));
-        const int jb = py_min<int64_t>(j1 - 1, static_cast<int64_t>(std::floor(py_min(mx64 + xr - 0.5, j1 + 1.0))));
+#if defined(__GNUC__)
+        if (k + 8 < offsets[t + 1]) __builtin_prefetch(&splats[ids[k + 8]]);  // its line, ahead of need
+#endif
+        const Splat& sp = splats[ids[k]];
+        const double my64 = sp.my, mx64 = sp.mx;
+        const int ia = py_max<int64_t>(i0, static_cast<int64_t>(std::ceil(py_max(my64 - sp.reach - 0.5, i0 - 1.0))));
+        const int ib = py_min<int64_t>(i1 - 1, static_cast<int64_t>(std::floor(py_min(my64 + sp.reach - 0.5, i1 + 1.0))));
+        const int ja = py_max<int64_t>(j0, static_cast<int64_t>(std::ceil(py_max(mx64 - sp.xr - 0.5, j0 - 1.0))));
+        const int jb = py_min<int64_t>(j1 - 1, static_cast<int64_t>(std::floor(py_min(mx64 + sp.xr - 0.5, j1 + 1.0))));
         if (!(ia > ib || ja > jb)) {
-            const float mx = p.mean2d[2 * g], my = p.mean2d[2 * g + 1];
-            const float A = p.conic[3 * g], Bq = p.conic[3 * g + 1], C = p.conic[3 * g + 2], o = opacities[g];
-            const float cr = colors[3 * g], cg = colors[3 * g + 1], cb = colors[3 * g + 2];
             for (int h = (ja - j0) / LANES; h <= (jb - j0) / LANES; ++h) {
                 int ra = ia - i0, rb = ib - i0;
                 while (ra <= rb && !open_rows[h * TILE + ra]) ++ra;  // rows whose pixels all stopped
                 while (rb >= ra && !open_rows[h * TILE + rb]) --rb;
                 const int lo = h * TILE * LANES + ra * LANES;
-                blend_lanes(T, R, G, B, px, py, lo, lo + (rb - ra + 1) * LANES, mx, my, A, Bq, C, o, cr, cg, cb);
+                blend_lanes(T, R, G, B, px, py, lo, lo + (rb - ra + 1) * LANES, sp.mx, sp.my, sp.A, sp.B, sp.C, sp.o,
+                            sp.cr, sp.cg, sp.cb);
             }
         }
         if ((k - offsets[t]) % 16 == 15) {  // now and then: which rows still have an open pixel?
@@ -321,7 +404,7 @@ void blend_tile_u8(int64_t t, const int64_t* offsets, const int32_t* ids, const 
             for (int ch = 0; ch < 3; ++ch) {
                 const int64_t at = (static_cast<int64_t>(i) * W + j) * 3 + ch;
                 const float v = rgb[ch][c] + Tf * (static_cast<float>(background[at]) / U8_MAX);
-                out[at] = static_cast<uint8_t>(std::nearbyint(py_min(py_max(v, ZERO), ONE) * U8_MAX));
+                out[at] = static_cast<uint8_t>(round_half_even(py_min(py_max(v, ZERO), ONE) * U8_MAX));
             }
         }
 }
@@ -396,12 +479,14 @@ PyObject* rasterize_u8(PyObject*, PyObject* args) {
     Clock c1 = Clock::now();
     std::vector<int64_t> offsets;
     std::vector<int32_t> ids;
-    bin_tiles(p, n, tiles_x, tiles_y, offsets, ids);
+    const std::vector<int32_t> order = depth_order(p, n);
+    bin_tiles(p, order, tiles_x, tiles_y, offsets, ids);
+    const std::vector<Splat> splats = pack(p, order, opacities, colors);
     Clock c2 = Clock::now();
     const int64_t n_tiles = static_cast<int64_t>(tiles_x) * tiles_y;
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t t = 0; t < n_tiles; ++t)
-        blend_tile_u8(t, offsets.data(), ids.data(), p, opacities, colors, background, H, W, tiles_x, out);
+        blend_tile_u8(t, offsets.data(), ids.data(), splats.data(), background, H, W, tiles_x, out);
     Clock c3 = Clock::now();
     const Clock cs[4] = {c0, c1, c2, c3};
     for (int s = 0; s < 3; ++s) {
