@@ -99,6 +99,19 @@ def test_compiled_reports_its_stages():
 
 
 @needs_compiled
+def test_sigmoid_equals_scipys_expit_bit_for_bit():
+    from scipy.special import expit
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 4, 200_000), rng.normal(0, 40, 100_000),
+                        [0.0, -0.0, 1e-30, 88, 89, -88, -89, -104, -200, 200, np.inf, -np.inf]]).astype(np.float32)
+    got = playback.sigmoid_(x.copy())
+    assert np.array_equal(got, expit(x))
+    with pytest.raises(ValueError, match="float32"):
+        playback.sigmoid_(x.astype(np.float64))
+
+
+@needs_compiled
 def test_numba_fallback_gives_the_same_frames(monkeypatch):
     args, bg = next(scenes())
     want = playback.rasterize_u8(*args, bg)
@@ -118,13 +131,15 @@ def test_an_avatar_plays_its_first_frame_without_numba(trained_avatar, tmp_path)
             "frame = next(avatar.frames(np.zeros(16000, np.float32), sample_rate=16000))\n"
             "t2 = time.perf_counter()\n"
             "np.save(sys.argv[2], frame)\n"
-            "print(json.dumps({'numba': 'numba' in sys.modules, 'load_ms': 1e3 * (t1 - t0), "
+            "print(json.dumps({'numba': 'numba' in sys.modules, 'scipy.special': 'scipy.special' in sys.modules, "
+            "'load_ms': 1e3 * (t1 - t0), "
             "'first_ms': 1e3 * (t2 - t1)}))\n")
     frame_path = tmp_path / "first.npy"
     out = subprocess.run([sys.executable, "-c", code, str(trained_avatar["bundle"]), str(frame_path)],
                          capture_output=True, text=True, check=True)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert not report["numba"], "numba was imported on the playback path"
+    assert not report["scipy.special"], "scipy.special was imported on the playback path (~0.2 s)"
     from embedtalk_sdk.runtime.avatar import Avatar
 
     want = next(Avatar.load(trained_avatar["bundle"], backend="onnxruntime").frames(

@@ -55,3 +55,16 @@ def warm_up() -> None:
         from embedtalk_sdk.plugins.cpu import rasterize
 
         rasterize.warm_up()
+
+
+def sigmoid_(x: np.ndarray) -> np.ndarray:
+    """x <- 1 / (1 + exp(-x)) in place, for a C-contiguous float32 array: scipy.special.expit's values
+    bit for bit (the same libm expf), without importing scipy.special (~0.2 s of a cold process)."""
+    if x.dtype != np.float32 or not x.flags.c_contiguous or not x.flags.writeable:
+        raise ValueError(f"sigmoid_: expected a writable C-contiguous float32 array, got {x.dtype}")
+    if splat_ext is None:
+        from scipy.special import expit
+
+        return expit(x, out=x)
+    splat_ext.sigmoid_(x.size, x)
+    return x

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from scipy.special import expit
 
+from embedtalk_sdk.plugins.cpu import playback
 from embedtalk_sdk.runtime.aus import N_AUS
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 from embedtalk_sdk.runtime.stages import add_stage, stage_clock
@@ -228,7 +228,7 @@ class CpuRenderer:
         t0 = stage_clock(self.stages)
         np.add(self.means, delta_means, out=self._means)
         np.add(self.opacity_logits, delta_opacity, out=self._opacity)
-        expit(self._opacity, out=self._opacity)
+        playback.sigmoid_(self._opacity)
         add_stage(self.stages, "gaussians", t0)
         # one pass: blend, composite over background / 255 (background_to_float's rule), round to uint8
         return self._rasterize(self._means, self.quats, self.scales, self._opacity, self.colors,
