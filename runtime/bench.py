@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from embedtalk_sdk.plugins.cpu import playback
 from embedtalk_sdk.runtime.audio.speech import synthesize_speech
 from embedtalk_sdk.runtime.bundle import bundle_megabytes, bundle_parts, format_parts
 from embedtalk_sdk.runtime.backends.base import available_backends
@@ -109,7 +110,8 @@ def profile_backend(bundle: str | Path, backend: str = "onnxruntime", n_frames: 
         VideoTrack(avatar.bundle.bytes_of(entry["file"]), entry["file"], kb, avatar.height, avatar.width).wait()
         decode_ms = (time.perf_counter() - t0) * 1e3 / kb
     return {
-        "bundle": str(bundle), "backend": avatar.backend_name, "width": avatar.width, "height": avatar.height,
+        "bundle": str(bundle), "backend": avatar.backend_name, "rasteriser": playback.describe() if avatar.backend_name == "onnxruntime" else "the backend's",
+        "width": avatar.width, "height": avatar.height,
         "gaussians": int(avatar.bundle.manifest["gaussians"]["count"]), "frames": done,
         "fps": round(done / loop[0], 2), "ms_per_frame": round(loop[0] * 1e3 / done, 2),
         "cpu_ms_per_frame": round(loop[1] * 1e3 / done, 2),
@@ -123,7 +125,8 @@ def format_profile(report: dict) -> str:
     """A profile as a markdown table: per stage ms per frame (wall, and CPU over all threads)."""
     wall, cpu = report["ms_per_frame"], report["cpu_ms_per_frame"]
     lines = [f"{report['bundle']}: {report['width']}x{report['height']}, {report['gaussians']} Gaussians, "
-             f"{report['backend']}, {report['frames']} frames: {report['fps']} fps, {wall} ms/frame "
+             f"{report['backend']} ({report['rasteriser']} rasteriser), {report['frames']} frames: "
+             f"{report['fps']} fps, {wall} ms/frame "
              f"({cpu} CPU ms/frame)", "", "| stage | wall ms / frame | share | CPU ms / frame |", "|---|---|---|---|"]
     for k, v in report["stages_ms"].items():
         share = "(before the loop)" if k == "audio features" else f"{100 * v / wall:.0f}%"

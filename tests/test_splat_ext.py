@@ -145,3 +145,26 @@ def test_an_avatar_plays_its_first_frame_without_numba(trained_avatar, tmp_path)
     want = next(Avatar.load(trained_avatar["bundle"], backend="onnxruntime").frames(
         np.zeros(16000, np.float32), sample_rate=16000))
     assert np.array_equal(np.load(frame_path), want)
+
+
+@needs_compiled
+def test_without_the_extension_an_avatar_plays_the_same_frame_and_says_why(trained_avatar, tmp_path):
+    # An install whose compiler was missing: the import of the extension fails, numba's kernels play
+    code = ("import logging, sys\n"
+            "sys.modules['embedtalk_sdk.plugins.cpu.splat_ext'] = None  # ImportError, as if never built\n"
+            "logging.basicConfig(level=logging.WARNING)\n"
+            "import numpy as np\n"
+            "from embedtalk_sdk.runtime.avatar import Avatar\n"
+            "avatar = Avatar.load(sys.argv[1], backend='onnxruntime')\n"
+            "np.save(sys.argv[2], next(avatar.frames(np.zeros(16000, np.float32), sample_rate=16000)))\n"
+            "assert 'numba' in sys.modules\n")
+    frame_path = tmp_path / "first.npy"
+    out = subprocess.run([sys.executable, "-c", code, str(trained_avatar["bundle"]), str(frame_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "compiled rasteriser was not built" in out.stderr and "Install a C++ compiler" in out.stderr
+    from embedtalk_sdk.runtime.avatar import Avatar
+
+    want = next(Avatar.load(trained_avatar["bundle"], backend="onnxruntime").frames(
+        np.zeros(16000, np.float32), sample_rate=16000))
+    assert np.array_equal(np.load(frame_path), want)

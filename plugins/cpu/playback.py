@@ -48,6 +48,13 @@ def rasterize_u8(
     return out
 
 
+def describe() -> str:
+    """Which CPU rasteriser plays frames here, e.g. "compiled (avx2, 2 threads)"."""
+    if splat_ext is None:
+        return "numba's kernels (the compiled rasteriser was not built: no C++ compiler at install)"
+    return f"compiled ({splat_ext.simd()}, {splat_ext.threads()} threads)"
+
+
 def warm_up() -> None:
     """Make the first frame fast: nothing to do for the compiled rasteriser; numba's kernels are
     loaded (a first call ever compiles them into numba's cache)."""

@@ -148,6 +148,9 @@ class _Warmup:
             from embedtalk_sdk.plugins.cpu import playback  # compiled, or numba's kernels (cached)
 
             playback.warm_up()
+            if not playback.COMPILED:
+                log.warning("CPU rasteriser: %s; frames are the same, the first one ~0.7 s later. Install a "
+                            "C++ compiler (g++) and reinstall embedtalk-sdk to build it.", playback.describe())
             self.plugin = playback
         except BaseException as e:  # noqa: BLE001 - raised in the thread that renders
             self.error = e
