@@ -2,9 +2,16 @@
 
 The extension is optional: where no C++ compiler is found the install goes on and playback uses the
 numba rasteriser, which gives the same frames after a slower cold start (plugins/design.md)."""
+import hashlib
 import sys
+from pathlib import Path
 
 from setuptools import Extension, setup
+
+SOURCE = "plugins/cpu/splat.cpp"
+# The build records its source's hash: tests/test_splat_ext.py fails on a stale build (an optional
+# extension whose rebuild failed keeps the old one in an editable checkout without a word).
+SOURCE_SHA256 = hashlib.sha256((Path(__file__).parent / SOURCE).read_bytes()).hexdigest()
 
 if sys.platform == "win32":
     flags, link = ["/O2", "/std:c++17", "/openmp", "/fp:precise"], []
@@ -13,5 +20,6 @@ elif sys.platform == "darwin":  # Apple's clang has no OpenMP without libomp: on
 else:
     flags, link = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-fno-fast-math"], ["-fopenmp"]
 
-setup(ext_modules=[Extension("embedtalk_sdk.plugins.cpu.splat_ext", ["plugins/cpu/splat.cpp"], language="c++",
+setup(ext_modules=[Extension("embedtalk_sdk.plugins.cpu.splat_ext", [SOURCE], language="c++",
+                             define_macros=[("SPLAT_SOURCE_SHA256", f'"{SOURCE_SHA256}"')],
                              extra_compile_args=flags, extra_link_args=link, optional=True)])

@@ -4,6 +4,7 @@ test_rasterize.py): the same frames bit for bit, in its AVX2 and its scalar blen
 avatar's first frame needs no numba at all (the cold start of runtime/design.md)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -24,9 +25,12 @@ needs_compiled = pytest.mark.skipif(
 SIZES = [(200, 40, 56), (3000, 128, 96), (50, 16, 16), (400, 16, 16), (8000, 250, 170)]
 
 
-def test_the_install_built_the_compiled_rasteriser():
+def test_the_install_built_the_compiled_rasteriser_from_this_source():
     # pip install builds it wherever g++ (or clang, MSVC) and Python's headers are: CI must have it
     assert playback.COMPILED, "plugins/cpu/splat.cpp was not built: install g++ and reinstall (pip install -e .)"
+    source = Path(__file__).resolve().parents[1] / "plugins" / "cpu" / "splat.cpp"
+    assert playback.splat_ext.source_sha256() == hashlib.sha256(source.read_bytes()).hexdigest(), (
+        "the compiled rasteriser is stale (built from another splat.cpp): rebuild it with pip install -e .")
 
 
 def scenes():

@@ -529,6 +529,12 @@ PyObject* simd(PyObject*, PyObject*) {
     return PyUnicode_FromString("scalar");
 }
 
+#ifndef SPLAT_SOURCE_SHA256
+#define SPLAT_SOURCE_SHA256 "unknown"
+#endif
+
+PyObject* source_sha256(PyObject*, PyObject*) { return PyUnicode_FromString(SPLAT_SOURCE_SHA256); }
+
 PyMethodDef methods[] = {
     {"rasterize_u8", rasterize_u8, METH_VARARGS,
      "rasterize_u8(n, means, quats, scales, opacities, colors, viewmat, K, H, W, background, out) -> "
@@ -537,6 +543,7 @@ PyMethodDef methods[] = {
     {"sigmoid_", sigmoid_, METH_VARARGS,
      "sigmoid_(n, x): x <- 1 / (1 + exp(-x)) in place, x a writable C-contiguous float32 buffer of n items "
      "(scipy.special.expit's float32 values)."},
+    {"source_sha256", source_sha256, METH_NOARGS, "sha256 of the splat.cpp this module was built from."},
     {"simd", simd, METH_NOARGS, "The blend's instruction set: 'avx2' or 'scalar'."},
     {"threads", threads, METH_NOARGS, "The OpenMP threads a frame uses (1 when built without OpenMP)."},
     {nullptr, nullptr, 0, nullptr}};
