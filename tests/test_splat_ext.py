@@ -123,6 +123,21 @@ def test_numba_fallback_gives_the_same_frames(monkeypatch):
     assert np.array_equal(playback.rasterize_u8(*args, bg), want)
 
 
+def play_in_a_fresh_process(code: str, bundle, tmp_path: Path) -> tuple[subprocess.CompletedProcess, np.ndarray]:
+    """Run `code` with argv (bundle, where to np.save the first frame) -> (the process, that frame)."""
+    frame_path = tmp_path / "first.npy"
+    out = subprocess.run([sys.executable, "-c", code, str(bundle), str(frame_path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out, np.load(frame_path)
+
+
+def first_frame(bundle) -> np.ndarray:
+    """The first frame of one second of silence, rendered in this process."""
+    from embedtalk_sdk.runtime.avatar import Avatar
+
+    return next(Avatar.load(bundle, backend="onnxruntime").frames(np.zeros(16000, np.float32), sample_rate=16000))
+
+
 @needs_compiled
 def test_an_avatar_plays_its_first_frame_without_numba(trained_avatar, tmp_path):
     # A fresh process: Avatar.load and the first frame, and numba never imported (it costs ~0.7 s).
@@ -138,17 +153,11 @@ def test_an_avatar_plays_its_first_frame_without_numba(trained_avatar, tmp_path)
             "print(json.dumps({'numba': 'numba' in sys.modules, 'scipy.special': 'scipy.special' in sys.modules, "
             "'load_ms': 1e3 * (t1 - t0), "
             "'first_ms': 1e3 * (t2 - t1)}))\n")
-    frame_path = tmp_path / "first.npy"
-    out = subprocess.run([sys.executable, "-c", code, str(trained_avatar["bundle"]), str(frame_path)],
-                         capture_output=True, text=True, check=True)
+    out, frame = play_in_a_fresh_process(code, trained_avatar["bundle"], tmp_path)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert not report["numba"], "numba was imported on the playback path"
     assert not report["scipy.special"], "scipy.special was imported on the playback path (~0.2 s)"
-    from embedtalk_sdk.runtime.avatar import Avatar
-
-    want = next(Avatar.load(trained_avatar["bundle"], backend="onnxruntime").frames(
-        np.zeros(16000, np.float32), sample_rate=16000))
-    assert np.array_equal(np.load(frame_path), want)
+    assert np.array_equal(frame, first_frame(trained_avatar["bundle"]))
 
 
 @needs_compiled
@@ -162,13 +171,6 @@ def test_without_the_extension_an_avatar_plays_the_same_frame_and_says_why(train
             "avatar = Avatar.load(sys.argv[1], backend='onnxruntime')\n"
             "np.save(sys.argv[2], next(avatar.frames(np.zeros(16000, np.float32), sample_rate=16000)))\n"
             "assert 'numba' in sys.modules\n")
-    frame_path = tmp_path / "first.npy"
-    out = subprocess.run([sys.executable, "-c", code, str(trained_avatar["bundle"]), str(frame_path)],
-                         capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
+    out, frame = play_in_a_fresh_process(code, trained_avatar["bundle"], tmp_path)
     assert "compiled rasteriser was not built" in out.stderr and "Install a C++ compiler" in out.stderr
-    from embedtalk_sdk.runtime.avatar import Avatar
-
-    want = next(Avatar.load(trained_avatar["bundle"], backend="onnxruntime").frames(
-        np.zeros(16000, np.float32), sample_rate=16000))
-    assert np.array_equal(np.load(frame_path), want)
+    assert np.array_equal(frame, first_frame(trained_avatar["bundle"]))
