@@ -110,7 +110,8 @@ def profile_backend(bundle: str | Path, backend: str = "onnxruntime", n_frames: 
         VideoTrack(avatar.bundle.bytes_of(entry["file"]), entry["file"], kb, avatar.height, avatar.width).wait()
         decode_ms = (time.perf_counter() - t0) * 1e3 / kb
     return {
-        "bundle": str(bundle), "backend": avatar.backend_name, "rasteriser": playback.describe() if avatar.backend_name == "onnxruntime" else "the backend's",
+        "bundle": str(bundle), "backend": avatar.backend_name,
+        "rasteriser": playback.describe() if avatar.backend_name == "onnxruntime" else "the backend's",
         "width": avatar.width, "height": avatar.height,
         "gaussians": int(avatar.bundle.manifest["gaussians"]["count"]), "frames": done,
         "fps": round(done / loop[0], 2), "ms_per_frame": round(loop[0] * 1e3 / done, 2),

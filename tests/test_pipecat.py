@@ -168,7 +168,10 @@ PAGE_STATE = """(() => { const v = document.getElementById('v'); const r = v.get
 
 
 def test_pipecat_bot_page_in_headless_chromium(trained_avatar, tmp_path):
-    from test_serve_browser import DevTools, check_screenshot, fake_microphone, keep_screenshots, launch, need_chromium, stop
+    from test_serve_browser import (
+        DevTools, check_screenshot, fake_microphone, keep_screenshots, launch, need_chromium, screenshot, stop,
+        wait_for_playing,
+    )
 
     browser = need_chromium()
     bot_module = load_example()
@@ -182,8 +185,6 @@ def test_pipecat_bot_page_in_headless_chromium(trained_avatar, tmp_path):
     shots.mkdir()
 
     async def main() -> dict:
-        import base64
-
         runner = web.AppRunner(bot.app())
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -198,21 +199,14 @@ def test_pipecat_bot_page_in_headless_chromium(trained_avatar, tmp_path):
                         break
                     await asyncio.sleep(0.1)
                 await cdp.eval("document.getElementById('go').click()")
-                state, deadline = None, time.monotonic() + 40
-                while time.monotonic() < deadline:
-                    state = await cdp.eval(PAGE_STATE)
-                    if state["readyState"] >= 2 and not state["paused"] and state["t"] > 1.0:
-                        break
-                    await asyncio.sleep(0.25)
+                state = await wait_for_playing(cdp, PAGE_STATE)
                 assert state["readyState"] >= 2 and state["t"] > 1.0, f"the bot's video never played: {state}"
                 first, t_first = state["frames"], time.monotonic()
                 shot = None
                 for i in range(40):  # the fake microphone loops its sentence: wait until the avatar speaks it
                     await asyncio.sleep(0.25)
                     if speech_frames and shot is None:
-                        png = base64.b64decode((await cdp.call("Page.captureScreenshot", format="png"))["data"])
-                        shot = shots / f"pipecat_speaking_{i}.png"
-                        shot.write_bytes(png)
+                        shot = await screenshot(cdp, shots / f"pipecat_speaking_{i}.png")
                         state = await cdp.eval(PAGE_STATE)
                     if shot is not None and time.monotonic() - t_first >= 4.0:
                         break

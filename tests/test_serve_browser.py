@@ -190,14 +190,27 @@ class DevTools:
         await self.client.close()
 
 
-async def _talking(cdp: Cdp, shots: Path, prefix: str = "") -> dict:
-    """Wait for the autostarted session's video, then watch it speak at >= 20 fps; a screenshot."""
-    state, deadline = None, time.monotonic() + 40
+async def wait_for_playing(cdp: Cdp, state_js: str, timeout: float = 40) -> dict | None:
+    """Poll the page's video state (`state_js`) until it plays (data, not paused, past 1 s) or `timeout`
+    passes; the last state."""
+    state, deadline = None, time.monotonic() + timeout
     while time.monotonic() < deadline:
-        state = await cdp.eval(VIDEO_STATE)
+        state = await cdp.eval(state_js)
         if state and state["readyState"] >= 2 and not state["paused"] and state["t"] > 1.0:
             break
         await asyncio.sleep(0.25)
+    return state
+
+
+async def screenshot(cdp: Cdp, path: Path) -> Path:
+    """The page as a PNG at `path`."""
+    path.write_bytes(base64.b64decode((await cdp.call("Page.captureScreenshot", format="png"))["data"]))
+    return path
+
+
+async def _talking(cdp: Cdp, shots: Path, prefix: str = "") -> dict:
+    """Wait for the autostarted session's video, then watch it speak at >= 20 fps; a screenshot."""
+    state = await wait_for_playing(cdp, VIDEO_STATE)
     assert state and state["session"], f"no session started: {state}"
     spoke, shot, metrics = False, None, None
     for i in range(20):  # while the sentence plays (the fake microphone loops it)
@@ -207,17 +220,14 @@ async def _talking(cdp: Cdp, shots: Path, prefix: str = "") -> dict:
         metrics = per
         spoke = spoke or per["speaking"]
         if per["speaking"] and shot is None and per["fps"] >= 20:
-            png = base64.b64decode((await cdp.call("Page.captureScreenshot", format="png"))["data"])
-            shot = shots / f"{prefix}speaking_{i}.png"
-            shot.write_bytes(png)
+            shot = await screenshot(cdp, shots / f"{prefix}speaking_{i}.png")
             state = await cdp.eval(VIDEO_STATE)
         if shot is not None and i >= 8:
             break
         await asyncio.sleep(0.5)
     final = await cdp.eval(VIDEO_STATE)
     if shot is None:  # keep evidence for the failure message
-        png = base64.b64decode((await cdp.call("Page.captureScreenshot", format="png"))["data"])
-        (shots / f"{prefix}no_speech.png").write_bytes(png)
+        await screenshot(cdp, shots / f"{prefix}no_speech.png")
     assert shot is not None, f"never saw the session speaking at >= 20 fps: {metrics}, {final}"
     return {"state": final, "metrics": metrics, "spoke": spoke, "shot": shot}
 
@@ -374,8 +384,7 @@ async def _drive_https(url: str, token: str, profile: Path, shots: Path, insecur
             if login and login["text"]:
                 break
             await asyncio.sleep(0.25)
-        png = base64.b64decode((await cdp.call("Page.captureScreenshot", format="png"))["data"])
-        (shots / "https_login.png").write_bytes(png)
+        await screenshot(cdp, shots / "https_login.png")
         await asyncio.sleep(1.0)  # time for a session to appear, were the page to start one
         status, body = await loop.run_in_executor(None, https_get, url + "/metrics", insecure, bearer)
         login["sessions_on_server"] = json.loads(body)["sessions"]

@@ -145,9 +145,7 @@ class _Warmup:
 
     def _run(self) -> None:
         try:
-            from embedtalk_sdk.plugins.cpu import playback  # compiled, or numba's kernels (cached)
-
-            playback.warm_up()
+            playback.warm_up()  # compiled: nothing to do; numba's kernels: loaded from its cache
             if not playback.COMPILED:
                 log.warning("CPU rasteriser: %s; frames are the same, the first one ~0.7 s later. Install a "
                             "C++ compiler (g++) and reinstall embedtalk-sdk to build it.", playback.describe())
