@@ -19,7 +19,13 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+# Emoji codes off: a colon-separated hex fingerprint holds ":CD:", which rich would print as a disc.
+console = Console(stderr=True, emoji=False)
+
+
+def say(message: str) -> None:
+    """Print a library's line as written: no markup, emoji or highlighting read into it."""
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -64,7 +70,7 @@ def synth(
 
     with progress_bar("synth", int(seconds * 25)) as update:
         synthesize_dataset(out, seconds=seconds, size=size, seed=seed, progress=lambda d, t: update(d, t))
-    console.print(f"dataset written to {out}")
+    say(f"dataset written to {out}")
 
 
 def _train_config(iterations: int, audio_encoder: str, hubert_path: Optional[str], lpips_weights: Optional[str],
@@ -87,7 +93,7 @@ def run_training(data: Path, out: Path, cfg, resume: bool = False, checkpoint_se
     from embedtalk_sdk.train.resume import Cadence
     from embedtalk_sdk.train.trainer import Trainer
 
-    trainer = Trainer(data, cfg, log=lambda m: console.print(m))
+    trainer = Trainer(data, cfg, log=say)
     console.print(
         f"training on {trainer.device} ({trainer.rasterizer} rasteriser), "
         f"{len(trainer.gaussians)} Gaussians, {len(trainer.train)} train / {len(trainer.val)} val frames"
@@ -156,7 +162,7 @@ def export_cmd(
     from embedtalk_sdk.export.exporter import export_bundle
 
     try:
-        export_bundle(ckpt, out, data, track_frames, log=lambda m: console.print(m),
+        export_bundle(ckpt, out, data, track_frames, log=say,
                       engine=engine, targets=parse_targets(target), hubert_path=hubert_path,
                       shared_encoder=shared_encoder, track_quality=None if raw_track else track_quality,
                       table_dtype=table_dtype)  # fmt: skip
@@ -177,10 +183,10 @@ def speak(
     from embedtalk_sdk.runtime.avatar import Avatar
 
     avatar = Avatar.load(bundle, backend=backend, encoder_file=encoder_file)
-    console.print(f"backend: {avatar.backend_name}")
+    say(f"backend: {avatar.backend_name}")
     with progress_bar("speak", 1) as update:
         avatar.speak(audio, out=out, progress=lambda done, total: update(done, total))
-    console.print(f"wrote {out}")
+    say(f"wrote {out}")
 
 
 @app.command()
@@ -203,7 +209,7 @@ def bench(
             out.write_text(json.dumps(report, indent=2))
         print(format_profile(report))
         return
-    report = run_bench(bundle, backend, frames, log=lambda m: console.print(m), max_seconds=max_seconds)
+    report = run_bench(bundle, backend, frames, log=say, max_seconds=max_seconds)
     text = json.dumps(report, indent=2)
     if out:
         out.write_text(text)
@@ -233,7 +239,7 @@ def demo(
     cfg = _train_config(iterations, "phonetic", None, lpips_weights, init_points, "auto", seed,
                         max_gaussians=max_gaussians, mouth_crops=0)
     metrics = run_demo(out, seconds=seconds, size=size, train_config=cfg, progress_bar=progress_bar,
-                       train_fn=run_training, log=lambda m: console.print(m))  # fmt: skip
+                       train_fn=run_training, log=say)  # fmt: skip
     console.print_json(json.dumps(metrics))
 
 
@@ -286,12 +292,12 @@ def preprocess(
     if segmentation_model:
         opts.segmentation_model = str(segmentation_model)
     with _step_bars() as update:
-        record = run_preprocess(video, out, opts, progress=update, log=lambda m: console.print(m))
+        record = run_preprocess(video, out, opts, progress=update, log=say)
     for warning in record["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     steps = {k: f"{v['status']}, {v['seconds']} s" for k, v in record["steps"].items()}
     console.print_json(json.dumps(steps))
-    console.print(f"dataset written to {out} (log: {out / 'preprocess_log.json'})")
+    say(f"dataset written to {out} (log: {out / 'preprocess_log.json'})")
 
 
 @app.command("eval")
@@ -312,8 +318,8 @@ def eval_cmd(
                           backend=backend, max_frames=frames, progress=lambda d, t: update(d, t))  # fmt: skip
     console.print_json(json.dumps(report["metrics"]))
     if report["metrics"]["lpips"] is None:
-        console.print(f"note: {report['notes']['lpips']}")
-    console.print(f"wrote {report['files']['json']} and {report['files']['video']}")
+        say(f"note: {report['notes']['lpips']}")
+    say(f"wrote {report['files']['json']} and {report['files']['video']}")
 
 
 @app.command()
@@ -366,7 +372,7 @@ def serve(
                         self_signed=self_signed, http_redirect_port=http_redirect_port,
                         ice_servers=tuple(ice_server or ()), allow_origins=tuple(allow_origin or ()))
     run(str(avatars), host=host, port=port, max_sessions=max_sessions, backend=backend, tts=tts, limits=limits,
-        lookahead_rows=lookahead_rows, log_fn=lambda m: console.print(m, markup=False), exposure=exposure)
+        lookahead_rows=lookahead_rows, log_fn=say, exposure=exposure)
 
 
 @app.command("livekit-worker")

@@ -432,3 +432,14 @@ def test_upload_refuses_form_content_types(registry):
 
 async def _open(server: Server, owner: str, sink):
     return server.open_session(server.registry.ids[0], sink, start=True, owner=owner)
+
+
+def test_cli_prints_library_lines_as_written(capsys):
+    """A fingerprint holding ":CD:" came out with a disc emoji (CI, stop 27); markup-like text must survive too."""
+    from embedtalk_sdk import cli
+
+    line = "SHA-256 fingerprint 7F:83:1E:CD:43:91:05 [red]not markup[/red] :smile:"
+    cli.say(line)
+    cli.console.print("wrote 1E:CD:43")
+    err = capsys.readouterr().err
+    assert line in err and "wrote 1E:CD:43" in err, err
