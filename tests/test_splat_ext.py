@@ -1,6 +1,6 @@
 """The compiled playback rasteriser (plugins/cpu/splat.cpp, through plugins/cpu/playback.py) against
 numba's (plugins/cpu/rasterize.py:rasterize_u8, itself held to the oracle by test_cpu_fast.py and
-test_rasterize.py): the same frames bit for bit, in its AVX2 and its scalar blend; and a played
+test_rasterize.py): the same frames bit for bit, in its AVX-512, AVX2 and scalar blends; and a played
 avatar's first frame needs no numba at all (the cold start of runtime/design.md)."""
 from __future__ import annotations
 
@@ -42,6 +42,9 @@ def scenes():
     for size in (64, 256):
         rng = np.random.default_rng(size)
         yield head_scene(rng, 6000, size), rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    # enough drawn Gaussians (> 8192) that binning splits the depth order into one run per thread
+    rng = np.random.default_rng(12)
+    yield head_scene(rng, 20000, 128), rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
     # every Gaussian three times, in other colours and opacities: equal depths, so the order of a
     # tile's list (depth, then index) decides the pixels
     rng = np.random.default_rng(9)
@@ -61,19 +64,22 @@ def test_compiled_frames_equal_numbas_bit_for_bit():
 
 
 @needs_compiled
-def test_scalar_blend_equals_numbas_bit_for_bit(tmp_path):
-    # the path of CPUs without AVX2, chosen at import: run it in a fresh process
-    cases = list(scenes())[::3]
+@pytest.mark.parametrize("cap, simd", [("0", "scalar"), ("avx2", "avx2")])
+def test_narrower_blends_equal_numbas_bit_for_bit(tmp_path, cap, simd):
+    # the paths of CPUs without AVX-512 (AVX2) or without AVX2 (scalar), chosen at import: a fresh process
+    if simd == "avx2" and playback.splat_ext.simd() == "scalar":
+        pytest.skip("this CPU has no AVX2")
+    cases = list(scenes())[::3] + list(scenes())[-2:]
     np.savez(tmp_path / "cases.npz", **{f"{i}_{k}": a for i, (args, bg) in enumerate(cases)
                                         for k, a in enumerate([*args, bg])})
     code = ("import sys, numpy as np\n"
             "from embedtalk_sdk.plugins.cpu import splat_ext, playback\n"
-            "assert splat_ext.simd() == 'scalar', splat_ext.simd()\n"
+            f"assert splat_ext.simd() == {simd!r}, splat_ext.simd()\n"
             "z = np.load(sys.argv[1])\n"
             f"for i in range({len(cases)}):\n"
             "    a = [z[f'{i}_{k}'] for k in range(8)]\n"
             "    np.save(f'{sys.argv[2]}/{i}.npy', playback.rasterize_u8(*a))\n")
-    env = {**os.environ, "EMBEDTALK_CPU_SIMD": "0"}
+    env = {**os.environ, "EMBEDTALK_CPU_SIMD": cap}
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "cases.npz"), str(tmp_path)], env=env, check=True)
     for i, (args, bg) in enumerate(cases):
         assert np.array_equal(np.load(tmp_path / f"{i}.npy"), rasterize.rasterize_u8(*args, bg)), f"case {i}"

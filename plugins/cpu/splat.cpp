@@ -163,40 +163,65 @@ std::vector<int32_t> depth_order(const Projected& p, int64_t n) {
     return id;
 }
 
-// Step 6: each tile's Gaussian ids in (depth, index) order, as CSR. The counts come from a 2D
-// difference array (four writes per Gaussian, then prefix sums), the lists from one pass in depth
-// order, so every list comes out sorted.
+// Step 6: each tile's Gaussian ids in (depth, index) order, as CSR. The depth order is cut into one
+// run per thread; each run's tile counts come from a 2D difference array (four writes per Gaussian,
+// then prefix sums), and each run fills its own slice of every tile's list, after the slices of the
+// runs in front of it, so every list comes out sorted without a merge.
 // ids hold positions in `order` (the depth order), so a tile's list reads the packed Splats forward.
 void bin_tiles(const Projected& p, const std::vector<int32_t>& order, int tiles_x, int tiles_y,
                std::vector<int64_t>& offsets, std::vector<int32_t>& ids) {
     const int64_t n_tiles = static_cast<int64_t>(tiles_x) * tiles_y;
     const int64_t row = tiles_x + 1;
-    std::vector<int64_t> diff((tiles_y + 1) * row, 0);
-    for (int32_t g : order) {
-        const int32_t* rc = &p.rect[4 * g];  // x0, x1, y0, y1, inclusive
-        diff[rc[2] * row + rc[0]] += 1;
-        diff[rc[2] * row + rc[1] + 1] -= 1;
-        diff[(rc[3] + 1) * row + rc[0]] -= 1;
-        diff[(rc[3] + 1) * row + rc[1] + 1] += 1;
-    }
-    offsets.assign(n_tiles + 1, 0);
-    std::vector<int64_t> above(tiles_x + 1, 0);  // column sums of diff over the rows so far
-    for (int ty = 0; ty < tiles_y; ++ty) {
-        int64_t run = 0;
-        for (int tx = 0; tx < tiles_x; ++tx) {
-            above[tx] += diff[ty * row + tx];
-            run += above[tx];
-            offsets[static_cast<int64_t>(ty) * tiles_x + tx + 1] = run;
+    const int64_t m = static_cast<int64_t>(order.size());
+#ifdef _OPENMP
+    const int runs = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), m / 4096)));
+#else
+    const int runs = 1;
+#endif
+    // cursor[r * n_tiles + t]: run r's count in tile t, then where its slice of tile t starts
+    std::vector<int64_t> cursor(static_cast<size_t>(runs) * n_tiles);
+#pragma omp parallel for schedule(static, 1) num_threads(runs)
+    for (int r = 0; r < runs; ++r) {
+        std::vector<int64_t> diff((tiles_y + 1) * row, 0);
+        for (int64_t k = m * r / runs; k < m * (r + 1) / runs; ++k) {
+            const int32_t* rc = &p.rect[4 * order[k]];  // x0, x1, y0, y1, inclusive
+            diff[rc[2] * row + rc[0]] += 1;
+            diff[rc[2] * row + rc[1] + 1] -= 1;
+            diff[(rc[3] + 1) * row + rc[0]] -= 1;
+            diff[(rc[3] + 1) * row + rc[1] + 1] += 1;
+        }
+        std::vector<int64_t> above(tiles_x + 1, 0);  // column sums of diff over the rows so far
+        int64_t* count = &cursor[static_cast<size_t>(r) * n_tiles];
+        for (int ty = 0; ty < tiles_y; ++ty) {
+            int64_t run = 0;
+            for (int tx = 0; tx < tiles_x; ++tx) {
+                above[tx] += diff[ty * row + tx];
+                run += above[tx];
+                count[static_cast<int64_t>(ty) * tiles_x + tx] = run;
+            }
         }
     }
-    for (int64_t t = 0; t < n_tiles; ++t) offsets[t + 1] += offsets[t];
-    std::vector<int64_t> fill(offsets.begin(), offsets.end() - 1);
-    ids.resize(offsets[n_tiles]);
-    for (int32_t k = 0; k < static_cast<int32_t>(order.size()); ++k) {
-        const int32_t* rc = &p.rect[4 * order[k]];
-        for (int ty = rc[2]; ty <= rc[3]; ++ty) {
-            int64_t* f = &fill[static_cast<int64_t>(ty) * tiles_x];
-            for (int tx = rc[0]; tx <= rc[1]; ++tx) ids[f[tx]++] = k;
+    offsets.assign(n_tiles + 1, 0);
+    int64_t total = 0;
+    for (int64_t t = 0; t < n_tiles; ++t) {
+        offsets[t] = total;
+        for (int r = 0; r < runs; ++r) {
+            const int64_t here = cursor[r * n_tiles + t];
+            cursor[r * n_tiles + t] = total;
+            total += here;
+        }
+    }
+    offsets[n_tiles] = total;
+    ids.resize(total);
+#pragma omp parallel for schedule(static, 1) num_threads(runs)
+    for (int r = 0; r < runs; ++r) {
+        int64_t* fill = &cursor[static_cast<size_t>(r) * n_tiles];
+        for (int64_t k = m * r / runs; k < m * (r + 1) / runs; ++k) {
+            const int32_t* rc = &p.rect[4 * order[k]];
+            for (int ty = rc[2]; ty <= rc[3]; ++ty) {
+                int64_t* f = &fill[static_cast<int64_t>(ty) * tiles_x];
+                for (int tx = rc[0]; tx <= rc[1]; ++tx) ids[f[tx]++] = static_cast<int32_t>(k);
+            }
         }
     }
 }
@@ -320,16 +345,75 @@ __attribute__((target("avx2"))) void blend_lanes_avx2(float* T, float* R, float*
         _mm256_store_ps(T + c, _mm256_blendv_ps(kept, T_next, add));
     }
 }
+#if !defined(__clang__)  // GCC 12's avx512fintrin.h warns of its own undefined placeholders
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+// The same, 16 lanes (two rows of a half) per step, then an 8-lane step for an odd row. The masked
+// forms stand for the AVX2 and/andnot/blendv: a lane outside `add` gets w = +0.0, as and_ps gives.
+__attribute__((target("avx512f,avx2"))) void blend_lanes_avx512(float* T, float* R, float* G, float* B,
+                                                                const float* px, const float* py, int lo, int hi,
+                                                                float mx, float my, float A, float Bq, float C,
+                                                                float o, float cr, float cg, float cb) {
+    const __m512 vmx = _mm512_set1_ps(mx), vmy = _mm512_set1_ps(my), vA = _mm512_set1_ps(A);
+    const __m512 vB = _mm512_set1_ps(Bq), vC = _mm512_set1_ps(C), vo = _mm512_set1_ps(o);
+    const __m512 vcr = _mm512_set1_ps(cr), vcg = _mm512_set1_ps(cg), vcb = _mm512_set1_ps(cb);
+    const __m512 half = _mm512_set1_ps(HALF), one = _mm512_set1_ps(ONE), zero = _mm512_setzero_ps();
+    const __m512i sign = _mm512_set1_epi32(INT32_MIN);
+    int c = lo;
+    for (; c + 2 * LANES <= hi; c += 2 * LANES) {
+        const __m512 dx = _mm512_sub_ps(_mm512_loadu_ps(px + c), vmx);
+        const __m512 dy = _mm512_sub_ps(_mm512_loadu_ps(py + c), vmy);
+        const __m512 quad = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(vA, dx), dx),
+                                          _mm512_mul_ps(_mm512_mul_ps(vC, dy), dy));
+        __m512 s = _mm512_add_ps(_mm512_mul_ps(half, quad), _mm512_mul_ps(_mm512_mul_ps(vB, dx), dy));
+        s = _mm512_min_ps(_mm512_set1_ps(EXP_S_MAX), s);
+        const __m512i n = _mm512_cvttps_epi32(_mm512_add_ps(_mm512_mul_ps(s, _mm512_set1_ps(LOG2E)), half));
+        const __m512 nf = _mm512_cvtepi32_ps(n);
+        const __m512 x = _mm512_add_ps(_mm512_sub_ps(_mm512_mul_ps(nf, _mm512_set1_ps(LN2_HI)), s),
+                                       _mm512_mul_ps(nf, _mm512_set1_ps(LN2_LO)));
+        __m512 p = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(P0), x), _mm512_set1_ps(P1));
+        p = _mm512_add_ps(_mm512_mul_ps(p, x), _mm512_set1_ps(P2));
+        p = _mm512_add_ps(_mm512_mul_ps(p, x), _mm512_set1_ps(P3));
+        p = _mm512_add_ps(_mm512_mul_ps(p, x), _mm512_set1_ps(P4));
+        p = _mm512_add_ps(_mm512_mul_ps(p, x), _mm512_set1_ps(P5));
+        const __m512 pow2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32(_mm512_set1_epi32(127), n), 23));
+        const __m512 e = _mm512_mul_ps(_mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, _mm512_mul_ps(x, x)), x), one), pow2);
+        const __m512 a = _mm512_min_ps(_mm512_mul_ps(vo, e), _mm512_set1_ps(ALPHA_MAX));
+        const __m512 Tc = _mm512_loadu_ps(T + c);
+        const __m512 T_next = _mm512_mul_ps(Tc, _mm512_sub_ps(one, a));
+        const __mmask16 ok = _mm512_cmp_ps_mask(Tc, zero, _CMP_GT_OQ) &
+                             _mm512_cmp_ps_mask(a, _mm512_set1_ps(ALPHA_MIN), _CMP_GE_OQ);
+        const __mmask16 stop_here = ok & _mm512_cmp_ps_mask(T_next, _mm512_set1_ps(T_MIN), _CMP_LT_OQ);
+        const __mmask16 add = ok & static_cast<__mmask16>(~stop_here);
+        const __m512 w = _mm512_maskz_mul_ps(add, a, Tc);
+        _mm512_storeu_ps(R + c, _mm512_add_ps(_mm512_loadu_ps(R + c), _mm512_mul_ps(vcr, w)));
+        _mm512_storeu_ps(G + c, _mm512_add_ps(_mm512_loadu_ps(G + c), _mm512_mul_ps(vcg, w)));
+        _mm512_storeu_ps(B + c, _mm512_add_ps(_mm512_loadu_ps(B + c), _mm512_mul_ps(vcb, w)));
+        const __m512 negated = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(Tc), sign));
+        const __m512 kept = _mm512_mask_blend_ps(stop_here, Tc, negated);
+        _mm512_storeu_ps(T + c, _mm512_mask_blend_ps(add, kept, T_next));
+    }
+    if (c < hi) blend_lanes_avx2(T, R, G, B, px, py, c, hi, mx, my, A, Bq, C, o, cr, cg, cb);
+}
+#if !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #endif
 
 using BlendLanes = void (*)(float*, float*, float*, float*, const float*, const float*, int, int, float, float, float,
                             float, float, float, float, float, float);
 
-// AVX2 where the CPU has it, unless EMBEDTALK_CPU_SIMD=0 (the tests run the scalar path that way).
+// The widest the CPU has (AVX-512, AVX2, scalar); EMBEDTALK_CPU_SIMD=avx2 or =0 caps it (the tests
+// run every path that way).
 BlendLanes pick_blend_lanes() {
 #ifdef SPLAT_AVX2
-    const char* simd = std::getenv("EMBEDTALK_CPU_SIMD");
-    if (__builtin_cpu_supports("avx2") && !(simd && std::strcmp(simd, "0") == 0)) return blend_lanes_avx2;
+    const char* cap = std::getenv("EMBEDTALK_CPU_SIMD");
+    const bool scalar_only = cap && std::strcmp(cap, "0") == 0;
+    const bool avx2_only = cap && std::strcmp(cap, "avx2") == 0;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && !scalar_only && !avx2_only)
+        return blend_lanes_avx512;
+    if (__builtin_cpu_supports("avx2") && !scalar_only) return blend_lanes_avx2;
 #endif
     return blend_lanes_scalar;
 }
@@ -344,6 +428,57 @@ inline float round_half_even(float x) { return (x + 8388608.0f) - 8388608.0f; }
 inline int lane(int i, int j, int i0, int j0) {
     return ((j - j0) / LANES) * TILE * LANES + (i - i0) * LANES + (j - j0) % LANES;
 }
+
+// floor and ceil of a double within a tile's reach, as int64 (without a libm call per Gaussian
+// where the build targets no SSE4.1): the truncation, one step down or up when it moved x.
+inline int64_t floor_int(double x) {
+    const int64_t i = static_cast<int64_t>(x);
+    return i - (x < static_cast<double>(i));
+}
+inline int64_t ceil_int(double x) {
+    const int64_t i = static_cast<int64_t>(x);
+    return i + (x > static_cast<double>(i));
+}
+
+// level / 255 for every uint8 level: the division the blend's last step makes, made once.
+struct BackgroundLevels {
+    float of[256];
+    BackgroundLevels() {
+        for (int level = 0; level < 256; ++level) of[level] = static_cast<float>(level) / U8_MAX;
+    }
+};
+const BackgroundLevels BACKGROUND_LEVELS;
+
+// open_rows[hr] <- whether row hr of the tile's halves has a pixel with T > 0; false when none has.
+bool scan_open_rows_scalar(const float* T, bool* open_rows) {
+    bool open_pixels = false;
+    for (int hr = 0; hr < HALVES * TILE; ++hr) {
+        bool row_open = false;
+        for (int c = hr * LANES; c < hr * LANES + LANES; ++c) row_open |= T[c] > ZERO;
+        open_rows[hr] = row_open;
+        open_pixels |= row_open;
+    }
+    return open_pixels;
+}
+
+#ifdef SPLAT_AVX2
+__attribute__((target("avx2"))) bool scan_open_rows_avx2(const float* T, bool* open_rows) {
+    int open_pixels = 0;
+    for (int hr = 0; hr < HALVES * TILE; ++hr) {
+        const int row = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_load_ps(T + hr * LANES), _mm256_setzero_ps(), _CMP_GT_OQ));
+        open_rows[hr] = row != 0;
+        open_pixels |= row;
+    }
+    return open_pixels != 0;
+}
+#endif
+
+using ScanOpenRows = bool (*)(const float*, bool*);
+const ScanOpenRows scan_open_rows =
+#ifdef SPLAT_AVX2
+    blend_lanes != blend_lanes_scalar ? scan_open_rows_avx2 :
+#endif
+                                      scan_open_rows_scalar;
 
 // Step 7 for tile t over a uint8 background, into uint8 out (rasterize.py:blend_u8).
 void blend_tile_u8(int64_t t, const int64_t* offsets, const int32_t* ids, const Splat* splats,
@@ -368,10 +503,10 @@ void blend_tile_u8(int64_t t, const int64_t* offsets, const int32_t* ids, const 
 #endif
         const Splat& sp = splats[ids[k]];
         const double my64 = sp.my, mx64 = sp.mx;
-        const int ia = py_max<int64_t>(i0, static_cast<int64_t>(std::ceil(py_max(my64 - sp.reach - 0.5, i0 - 1.0))));
-        const int ib = py_min<int64_t>(i1 - 1, static_cast<int64_t>(std::floor(py_min(my64 + sp.reach - 0.5, i1 + 1.0))));
-        const int ja = py_max<int64_t>(j0, static_cast<int64_t>(std::ceil(py_max(mx64 - sp.xr - 0.5, j0 - 1.0))));
-        const int jb = py_min<int64_t>(j1 - 1, static_cast<int64_t>(std::floor(py_min(mx64 + sp.xr - 0.5, j1 + 1.0))));
+        const int ia = py_max<int64_t>(i0, ceil_int(py_max(my64 - sp.reach - 0.5, i0 - 1.0)));
+        const int ib = py_min<int64_t>(i1 - 1, floor_int(py_min(my64 + sp.reach - 0.5, i1 + 1.0)));
+        const int ja = py_max<int64_t>(j0, ceil_int(py_max(mx64 - sp.xr - 0.5, j0 - 1.0)));
+        const int jb = py_min<int64_t>(j1 - 1, floor_int(py_min(mx64 + sp.xr - 0.5, j1 + 1.0)));
         if (!(ia > ib || ja > jb)) {
             for (int h = (ja - j0) / LANES; h <= (jb - j0) / LANES; ++h) {
                 int ra = ia - i0, rb = ib - i0;
@@ -382,26 +517,18 @@ void blend_tile_u8(int64_t t, const int64_t* offsets, const int32_t* ids, const 
                             sp.cr, sp.cg, sp.cb);
             }
         }
-        if ((k - offsets[t]) % 16 == 15) {  // now and then: which rows still have an open pixel?
-            bool open_pixels = false;
-            for (int hr = 0; hr < HALVES * TILE; ++hr) {
-                bool row_open = false;
-                for (int c = hr * LANES; c < hr * LANES + LANES; ++c) row_open |= T[c] > ZERO;
-                open_rows[hr] = row_open;
-                open_pixels |= row_open;
-            }
-            if (!open_pixels) break;
-        }
+        // now and then: which rows still have an open pixel?
+        if ((k - offsets[t]) % 16 == 15 && !scan_open_rows(T, open_rows)) break;
     }
+    const float* rgb[3] = {R, G, B};
     for (int i = i0; i < i1; ++i)
         for (int j = j0; j < j1; ++j) {
             const int c = lane(i, j, i0, j0);
             const float Tf = std::fabs(T[c]);
-            const float* rgb[3] = {R, G, B};
+            const int64_t at = (static_cast<int64_t>(i) * W + j) * 3;
             for (int ch = 0; ch < 3; ++ch) {
-                const int64_t at = (static_cast<int64_t>(i) * W + j) * 3 + ch;
-                const float v = rgb[ch][c] + Tf * (static_cast<float>(background[at]) / U8_MAX);
-                out[at] = static_cast<uint8_t>(round_half_even(py_min(py_max(v, ZERO), ONE) * U8_MAX));
+                const float v = rgb[ch][c] + Tf * BACKGROUND_LEVELS.of[background[at + ch]];
+                out[at + ch] = static_cast<uint8_t>(round_half_even(py_min(py_max(v, ZERO), ONE) * U8_MAX));
             }
         }
 }
@@ -521,6 +648,7 @@ PyObject* threads(PyObject*, PyObject*) {
 
 PyObject* simd(PyObject*, PyObject*) {
 #ifdef SPLAT_AVX2
+    if (blend_lanes == blend_lanes_avx512) return PyUnicode_FromString("avx512");
     if (blend_lanes == blend_lanes_avx2) return PyUnicode_FromString("avx2");
 #endif
     return PyUnicode_FromString("scalar");
@@ -541,7 +669,7 @@ PyMethodDef methods[] = {
      "sigmoid_(n, x): x <- 1 / (1 + exp(-x)) in place, x a writable C-contiguous float32 buffer of n items "
      "(scipy.special.expit's float32 values)."},
     {"source_sha256", source_sha256, METH_NOARGS, "sha256 of the splat.cpp this module was built from."},
-    {"simd", simd, METH_NOARGS, "The blend's instruction set: 'avx2' or 'scalar'."},
+    {"simd", simd, METH_NOARGS, "The blend's instruction set: 'avx512', 'avx2' or 'scalar'."},
     {"threads", threads, METH_NOARGS, "The OpenMP threads a frame uses (1 when built without OpenMP)."},
     {nullptr, nullptr, 0, nullptr}};
 
