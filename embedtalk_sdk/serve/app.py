@@ -39,6 +39,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from embedtalk_sdk.runtime.audio.encoders import SAMPLE_RATE
 from embedtalk_sdk.runtime.audio.io import AudioError, AudioTooLong, load_audio, prepare_audio
+from embedtalk_sdk.runtime.errors import EmbedTalkError
 from embedtalk_sdk.serve.access import LOOPBACK_NAMES, OPEN_CLIENT, Access, check_exposure, is_loopback
 from embedtalk_sdk.serve.avatars import Admission, AvatarRegistry, UnknownAvatar
 from embedtalk_sdk.serve.guard import CLIENT, Guard, OneLineLogger, printable, within
@@ -447,11 +448,11 @@ class Server:
         return ws
 
 
-class ServerFull(Exception):
+class ServerFull(EmbedTalkError):
     """Admission refused: the message says why."""
 
 
-class UploadTooLarge(ValueError):
+class UploadTooLarge(EmbedTalkError, ValueError):
     """An upload over the size or duration limit."""
 
 
