@@ -33,6 +33,7 @@ STANDARD_BASES = {
     "embedtalk_sdk.runtime.audio.io.AudioTooLong": ValueError,
     "embedtalk_sdk.runtime.backends.base.BackendError": RuntimeError,
     "embedtalk_sdk.runtime.bundle.BundleError": ValueError,
+    "embedtalk_sdk.runtime.config.ConfigError": ValueError,
     "embedtalk_sdk.plugins.cuda.build.BuildError": RuntimeError,
     "embedtalk_sdk.plugins.cuda.driver.CudaError": RuntimeError,
     "embedtalk_sdk.plugins.cuda.engines.EngineBuildError": RuntimeError,
