@@ -2,7 +2,7 @@
 
 Bundles, checkpoints and manifests store these as JSON objects; `config_from_mapping` reads one
 back and names, in one message, the fields that are missing, unknown or of the wrong type, with
-where the mapping came from. Numpy-free: every layer may use it.
+where the mapping came from. Standard library only: every layer may use it.
 """
 from __future__ import annotations
 
