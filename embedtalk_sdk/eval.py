@@ -26,13 +26,14 @@ from embedtalk_sdk.data.dataset import TalkingDataset
 from embedtalk_sdk.mouth_strip import box_around, save_mouth_strip, strip_picks
 from embedtalk_sdk.metrics import audio_envelope, av_sync, lip_motion, lmd, lpips_distance, psnr, ssim
 from embedtalk_sdk.runtime.backends.base import to_uint8
+from embedtalk_sdk.runtime.errors import EmbedTalkError
 
 SYNC_NOTE = ("offline audio-visual sync: correlation of audio log-RMS and landmark mouth opening over offsets "
              "of +-15 frames; NOT SyncNet Sync-C (no SyncNet weights offline)")
 STILLS = 4
 
 
-class EvalError(ValueError):
+class EvalError(EmbedTalkError, ValueError):
     """Inputs eval cannot use; the message names the file and what to do."""
 
 

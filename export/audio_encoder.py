@@ -28,7 +28,8 @@ def _hubert_files(block: Mapping[str, Any], model_path: str | Path | None, out_p
     if not model_path or not (Path(model_path) / "config.json").is_file():
         raise FileNotFoundError(f"{model_path}: the HuBERT checkpoint this avatar was trained with is not there; "
                                 "pass --hubert-path DIR (a local copy of the same transformers checkpoint)")
-    windows = EncoderWindows.from_dict(block)  # ValueError: a checkpoint from before windowed HuBERT
+    # ConfigError (a ValueError): a checkpoint from before windowed HuBERT
+    windows = EncoderWindows.from_dict(block, "the checkpoint's audio block")
     module = load_hubert(model_path)
     got = (module.model.config.hidden_size, conv_windows(module).hop, conv_windows(module).receptive_field)
     want = (int(block["feature_dim"]), windows.hop, windows.receptive_field)
@@ -43,7 +44,7 @@ def _phonetic_files(block: Mapping[str, Any], model_path: str | Path | None, out
     from embedtalk_sdk.audio.phonetic_model import licence_notice, phonetic_scorer
     from embedtalk_sdk.runtime.audio.phonetic import SphinxSpec
 
-    data = phonetic_scorer(SphinxSpec.from_dict(block["sphinx"]), model_path)
+    data = phonetic_scorer(SphinxSpec.from_dict(block["sphinx"], "the checkpoint's sphinx block"), model_path)
     if hashlib.sha256(data).hexdigest() != block.get("scorer_sha256"):
         raise ValueError("the phonetic scorer built from this pocketsphinx model differs from the one the avatar was "
                          "trained with (sha256): export with the pocketsphinx version used in training (5.1.1)")

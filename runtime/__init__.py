@@ -2,5 +2,6 @@
 from embedtalk_sdk.runtime.avatar import Avatar
 from embedtalk_sdk.runtime.backends.base import available_backends, create_backend
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
+from embedtalk_sdk.runtime.errors import EmbedTalkError
 
-__all__ = ["Avatar", "Bundle", "BundleError", "available_backends", "create_backend"]
+__all__ = ["Avatar", "Bundle", "BundleError", "EmbedTalkError", "available_backends", "create_backend"]

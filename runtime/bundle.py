@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from embedtalk_sdk.runtime.errors import EmbedTalkError
 from embedtalk_sdk.runtime.manifest import DIGEST_KEY, canonical_digest
 
 FORMAT_NAME = "embedtalk-bundle"
@@ -25,7 +26,7 @@ MANIFEST = "manifest.json"
 _CHUNK = 1 << 20
 
 
-class BundleError(ValueError):
+class BundleError(EmbedTalkError, ValueError):
     """A bundle is missing, malformed, corrupt, or too new for this SDK."""
 
 

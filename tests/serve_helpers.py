@@ -1,15 +1,88 @@
-"""Shared by the server tests: a recording sink, an aiortc client, test speech as wav bytes."""
+"""Shared by the server tests: the server in a thread, a recording sink, an aiortc client, test
+speech as wav bytes."""
 from __future__ import annotations
 
 import asyncio
 import io
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from embedtalk_sdk.serve import Server
+
+
+class BackgroundServer:
+    """A `Server` on its own event loop in a daemon thread, so a test can call it from its own.
+
+        with BackgroundServer(server, port=0) as bg:   # port 0: any free port
+            http("GET", bg.url + "/health")
+    """
+
+    def __init__(self, server: Server, host: str = "127.0.0.1", port: int = 0, ssl_context=None) -> None:
+        self.server, self.host, self.port, self.ssl_context = server, host, int(port), ssl_context
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="embedtalk-serve", daemon=True)
+        self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.ssl_context else 'http'}://{self.host}:{self.port}"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._start())
+        except BaseException as e:  # reported by __enter__
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.run_forever()
+
+    async def _start(self) -> None:
+        # As the command's `run` starts. Imported here: test_pipecat uses this module without `serve`.
+        from aiohttp import web
+
+        from embedtalk_sdk.serve.app import listen
+
+        self._runner = web.AppRunner(self.server.app(), **self.server.runner_options())
+        await self._runner.setup()
+        self._listener = await listen(self._runner.server, self.host, self.port, self.ssl_context,
+                                     self.server.limits.header_timeout_s)
+        self.port = int(self._listener.sockets[0].getsockname()[1])  # the port chosen for port 0
+
+    async def _stop(self) -> None:
+        self._listener.close()
+        await self._runner.cleanup()
+
+    def call(self, coro, timeout: float = 30.0):
+        """Run a coroutine on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def __enter__(self) -> BackgroundServer:
+        self._thread.start()
+        self._ready.wait(60)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._runner is not None:
+            self.call(self._stop(), timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
 
 
 class RecordingSink:

@@ -1,6 +1,7 @@
 """Model, baking, deform.onnx parity, checkpoints, density control, loss terms."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -192,6 +193,9 @@ def _payload_edits():
     def bad_config(p):
         p["deform_config"] = "{not json"
 
+    def config_typo(p):  # a width under a name the network does not have would be dropped silently
+        p["deform_config"] = json.dumps({**json.loads(p["deform_config"]), "hiden": 128})
+
     def meta_list(p):
         p["meta"] = "[1, 2]"
 
@@ -204,6 +208,7 @@ def _payload_edits():
         (narrow_embeddings, r"gaussians\.embeddings is \(400, 4\), expected \(400, 8\)"),
         (wrong_layer, r"network weights do not fit its config"),
         (bad_config, r"unreadable network config or meta"),
+        (config_typo, r"unreadable network config .*unknown fields \['hiden'\]"),
         (meta_list, r"meta is list, expected an object"),
     ]
 

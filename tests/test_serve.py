@@ -14,11 +14,10 @@ import pytest
 
 pytest.importorskip("aiortc")
 
-from serve_helpers import RecordingSink, http, wav_bytes, webrtc_client  # noqa: E402
+from serve_helpers import BackgroundServer, RecordingSink, http, wav_bytes, webrtc_client  # noqa: E402
 
 from embedtalk_sdk.runtime.audio.speech import synthesize_speech  # noqa: E402
 from embedtalk_sdk.serve import AvatarRegistry, Limits, Server  # noqa: E402
-from embedtalk_sdk.serve.app import BackgroundServer  # noqa: E402
 from embedtalk_sdk.serve.tts import EspeakTTS  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)

@@ -20,12 +20,12 @@ import pytest
 
 pytest.importorskip("aiortc")
 
-from serve_helpers import http, wav_bytes, webrtc_client  # noqa: E402
+from serve_helpers import BackgroundServer, http, wav_bytes, webrtc_client  # noqa: E402
 
 from embedtalk_sdk.runtime.audio.speech import synthesize_speech  # noqa: E402
 from embedtalk_sdk.serve import AvatarRegistry, Limits, Server  # noqa: E402
 from embedtalk_sdk.serve.access import COOKIE, LOOPBACK_NAMES, Access  # noqa: E402
-from embedtalk_sdk.serve.app import BackgroundServer, Exposure  # noqa: E402
+from embedtalk_sdk.serve.app import Exposure  # noqa: E402
 from embedtalk_sdk.serve.media import restrict_ice_to_loopback  # noqa: E402
 from embedtalk_sdk.serve.tts import EspeakTTS  # noqa: E402
 

@@ -35,11 +35,10 @@ import pytest
 
 pytest.importorskip("aiortc")
 
-from serve_helpers import http, wav_bytes  # noqa: E402
+from serve_helpers import BackgroundServer, http, wav_bytes  # noqa: E402
 
 from embedtalk_sdk.runtime.audio.speech import synthesize_speech  # noqa: E402
 from embedtalk_sdk.serve import AvatarRegistry, Server  # noqa: E402
-from embedtalk_sdk.serve.app import BackgroundServer  # noqa: E402
 from embedtalk_sdk.serve.media import restrict_ice_to_loopback  # noqa: E402
 from embedtalk_sdk.serve.tts import EspeakTTS  # noqa: E402
 

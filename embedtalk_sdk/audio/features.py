@@ -77,8 +77,9 @@ def phonetic_encoder(spec: SphinxSpec = SphinxSpec(), mel: MelSpec | None = MelS
 def _phonetic_builder(mel: MelSpec | None) -> Callable[[FeatureSource], tuple[AudioEncoder, np.ndarray]]:
     def build(src: FeatureSource) -> tuple[AudioEncoder, np.ndarray]:
         if src.block:  # a checkpoint's features, with log-mel rows exactly if it was trained with them
-            block_mel = MelSpec.from_dict(src.block["mel"]) if "mel" in src.block else None
-            enc = phonetic_encoder(SphinxSpec.from_dict(src.block["sphinx"]), block_mel)
+            block = src.block
+            block_mel = MelSpec.from_dict(block["mel"], "the checkpoint's mel block") if "mel" in block else None
+            enc = phonetic_encoder(SphinxSpec.from_dict(block["sphinx"], "the checkpoint's sphinx block"), block_mel)
         else:
             enc = phonetic_encoder(mel=mel)
         return enc, enc.features(load_audio(src.audio_path, SAMPLE_RATE))

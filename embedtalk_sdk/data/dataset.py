@@ -13,11 +13,12 @@ from PIL import Image
 
 from embedtalk_sdk.runtime.camera import intrinsics, viewmat_from_c2w_gl
 from embedtalk_sdk.runtime.aus import BLINK_CSV_COLUMN, CSV_COLUMNS
+from embedtalk_sdk.runtime.errors import EmbedTalkError
 
 SPLITS = ("train", "val", "all")
 
 
-class DatasetError(ValueError):
+class DatasetError(EmbedTalkError, ValueError):
     """A dataset folder is malformed (a missing file raises FileNotFoundError instead)."""
 
 

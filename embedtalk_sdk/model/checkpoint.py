@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from embedtalk_sdk.runtime.errors import EmbedTalkError
 from embedtalk_sdk.runtime.fileio import atomic_path
 from embedtalk_sdk.model.deform import DeformConfig, DeformNet
 from embedtalk_sdk.model.gaussians import GaussianModel
@@ -22,7 +23,7 @@ GAUSSIAN_SHAPES: dict[str, tuple[int | None, ...]] = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(EmbedTalkError, ValueError):
     """A checkpoint that cannot be read; the message names the file and what to do."""
 
 

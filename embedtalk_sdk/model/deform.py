@@ -6,12 +6,14 @@ one Linear on the concatenation, so that baking (W_z gamma(z) as a per-Gaussian 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from embedtalk_sdk.functional.encoding import encoded_dim, positional_encoding
 from embedtalk_sdk.runtime.aus import N_AUS
+from embedtalk_sdk.runtime.config import config_from_mapping
 
 
 
@@ -36,8 +38,10 @@ class DeformConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DeformConfig":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+    def from_dict(cls, d: Mapping[str, Any], source: str | None = None) -> "DeformConfig":
+        """Build from `to_dict`'s output; a missing field takes its default. ConfigError (a
+        ValueError) names the unknown or ill-typed fields and `source`."""
+        return config_from_mapping(cls, d, source, defaults=asdict(cls()))
 
     @property
     def n_convs(self) -> int:

@@ -33,6 +33,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from embedtalk_sdk.runtime.aus import CSV_COLUMNS
+from embedtalk_sdk.runtime.errors import EmbedTalkError
 from embedtalk_sdk.runtime.protobuf import VARINT, fields, read_varint
 
 MEDIAPIPE_FOV_DEG = 63.0
@@ -74,7 +75,7 @@ AU_BLENDSHAPES = {
 AU_CSV_COLUMNS = (*CSV_COLUMNS[:-1], "AU25_r", CSV_COLUMNS[-1])
 
 
-class FaceModelError(ValueError):
+class FaceModelError(EmbedTalkError, ValueError):
     """A face-landmarker model file that cannot be used."""
 
 

@@ -53,6 +53,7 @@ from PIL import Image
 from embedtalk_sdk import __version__
 from embedtalk_sdk.data.layout import write_au_csv, write_landmarks, write_npy, write_transforms, write_wav
 from embedtalk_sdk.runtime.aus import BLINK_CSV_COLUMN
+from embedtalk_sdk.runtime.errors import EmbedTalkError
 from embedtalk_sdk.runtime.fileio import atomic_path, atomic_write
 
 SHARED_MODELS = Path(__file__).resolve().parents[2].parent / "shared" / "models"
@@ -75,7 +76,7 @@ SYNC_MIN_GAIN = 0.1  # ... and clearly better there than anywhere in natural syn
 Progress = Callable[[str, int, int], None]  # (step, done, total)
 
 
-class PreprocessError(ValueError):
+class PreprocessError(EmbedTalkError, ValueError):
     """A video that cannot become a dataset; the message names the file and what to do."""
 
 

@@ -39,6 +39,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from embedtalk_sdk.runtime.audio.encoders import SAMPLE_RATE
 from embedtalk_sdk.runtime.audio.io import AudioError, AudioTooLong, load_audio, prepare_audio
+from embedtalk_sdk.runtime.errors import EmbedTalkError
 from embedtalk_sdk.serve.access import LOOPBACK_NAMES, OPEN_CLIENT, Access, check_exposure, is_loopback
 from embedtalk_sdk.serve.avatars import Admission, AvatarRegistry, UnknownAvatar
 from embedtalk_sdk.serve.guard import CLIENT, Guard, OneLineLogger, printable, within
@@ -447,11 +448,11 @@ class Server:
         return ws
 
 
-class ServerFull(Exception):
+class ServerFull(EmbedTalkError):
     """Admission refused: the message says why."""
 
 
-class UploadTooLarge(ValueError):
+class UploadTooLarge(EmbedTalkError, ValueError):
     """An upload over the size or duration limit."""
 
 
@@ -619,65 +620,3 @@ def _log_to_stderr() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     log.setLevel(logging.INFO)
-
-
-class BackgroundServer:
-    """A `Server` on its own event loop in a daemon thread (tests, benchmarks, embedding in an app).
-
-        with BackgroundServer(server, port=0) as bg:   # port 0: any free port
-            print(bg.url)
-    """
-
-    def __init__(self, server: Server, host: str = "127.0.0.1", port: int = 0, ssl_context=None) -> None:
-        import threading
-
-        self.server, self.host, self.port, self.ssl_context = server, host, int(port), ssl_context
-        self.loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="embedtalk-serve", daemon=True)
-        self._runner: web.AppRunner | None = None
-        self._listener: asyncio.Server | None = None
-        self._error: BaseException | None = None
-
-    @property
-    def url(self) -> str:
-        return f"{'https' if self.ssl_context else 'http'}://{self.host}:{self.port}"
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_until_complete(self._start())
-        except BaseException as e:  # reported by __enter__
-            self._error = e
-            self._ready.set()
-            return
-        self._ready.set()
-        self.loop.run_forever()
-
-    async def _start(self) -> None:
-        self._runner = web.AppRunner(self.server.app(), **self.server.runner_options())
-        await self._runner.setup()
-        self._listener = await listen(self._runner.server, self.host, self.port, self.ssl_context,
-                                      self.server.limits.header_timeout_s)
-        self.port = int(self._listener.sockets[0].getsockname()[1])  # the port chosen for port 0
-
-    async def _stop(self) -> None:
-        self._listener.close()
-        await self._runner.cleanup()
-
-    def call(self, coro, timeout: float = 30.0):
-        """Run a coroutine on the server's loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def __enter__(self) -> "BackgroundServer":
-        self._thread.start()
-        self._ready.wait(60)
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._runner is not None:
-            self.call(self._stop(), timeout=30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)

@@ -18,13 +18,14 @@ import numpy as np
 
 from embedtalk_sdk.runtime.avatar import Avatar
 from embedtalk_sdk.runtime.bundle import MANIFEST, BundleError
+from embedtalk_sdk.runtime.errors import EmbedTalkError
 
 log = logging.getLogger("embedtalk_sdk.serve")
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
-class UnknownAvatar(LookupError):
+class UnknownAvatar(EmbedTalkError, LookupError):
     """An avatar id that is not one of the server's; the message lists the ones there are."""
 
 

@@ -27,6 +27,7 @@ from embedtalk_sdk.runtime.audio.io import AudioError, pcm_chunk
 from embedtalk_sdk.runtime.audio.mel import RowBuffer, frame_windows, frames_ready, n_video_frames, window_bounds
 from embedtalk_sdk.runtime.avatar import Avatar
 
+from embedtalk_sdk.runtime.errors import EmbedTalkError
 from embedtalk_sdk.serve.metrics import SessionMetrics
 
 LIVE_QUEUE_S = 2.0      # live audio kept at most (older samples are dropped: a client pushing too fast)
@@ -35,7 +36,7 @@ VOICED_RMS = 10 ** (-50 / 20)   # a frame's pushed audio above -50 dBFS counts a
 HANGOVER_FRAMES = 10    # unvoiced frames (0.4 s at 25 fps) before "speaking_stopped"
 
 
-class SessionError(ValueError):
+class SessionError(EmbedTalkError, ValueError):
     """A request a session refuses (closed session, bad audio); the message says why."""
 
 

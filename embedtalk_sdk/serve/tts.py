@@ -16,10 +16,12 @@ from typing import Protocol
 
 import numpy as np
 
+from embedtalk_sdk.runtime.errors import EmbedTalkError
+
 MAX_TEXT_CHARS = 2000
 
 
-class TTSError(ValueError):
+class TTSError(EmbedTalkError, ValueError):
     """Text the engine cannot speak, or an engine that cannot start here; the message says which."""
 
 

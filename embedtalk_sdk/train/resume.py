@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from embedtalk_sdk.data.dataset import TalkingDataset
+from embedtalk_sdk.runtime.errors import EmbedTalkError
 from embedtalk_sdk.runtime.fileio import atomic_path
 
 RESUME_FILE = "resume.pt"
@@ -26,7 +27,7 @@ RESUME_VERSION = 1
 RUN_FILES = ("ckpt.pt", "train_metrics.json", "loss.png", RESUME_FILE)
 
 
-class ResumeError(ValueError):
+class ResumeError(EmbedTalkError, ValueError):
     """A run cannot be resumed; the message is one line naming the file and the problem."""
 
 

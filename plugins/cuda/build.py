@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from embedtalk_sdk.runtime.errors import EmbedTalkError
 from embedtalk_sdk.runtime.fileio import atomic_path, atomic_write
 
 HERE = Path(__file__).resolve().parent
@@ -42,7 +43,7 @@ FATBIN_NAMES = {KERNELS: "embedtalk_raster_kernels", DEFORM_KERNELS: "embedtalk_
 LIBRARY_NAME = "libembedtalk_raster"
 
 
-class BuildError(RuntimeError):
+class BuildError(EmbedTalkError, RuntimeError):
     """A compiler is missing or rejected the source; the message carries its log."""
 
 

@@ -13,8 +13,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from embedtalk_sdk.runtime.errors import EmbedTalkError
 
-class CudaError(RuntimeError):
+
+class CudaError(EmbedTalkError, RuntimeError):
     """A CUDA driver call failed, or there is no usable CUDA driver / device."""
 
 

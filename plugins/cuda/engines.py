@@ -26,6 +26,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from embedtalk_sdk.runtime.errors import EmbedTalkError
+
 BACKEND_RTX = "tensorrt-rtx"
 BACKEND_TRT = "tensorrt"
 BATCH_PROFILE = (1, 8, 16)  # min, opt, max frames per network call (Avatar's default batch is 8)
@@ -39,7 +41,7 @@ def version_key(version: str) -> tuple[str, ...]:
     return tuple(str(version).split(".")[:3])
 
 
-class EngineBuildError(RuntimeError):
+class EngineBuildError(EmbedTalkError, RuntimeError):
     """TensorRT(-RTX) is missing, or rejected the network; the message says which and why."""
 
 

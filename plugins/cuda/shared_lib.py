@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from embedtalk_sdk.plugins.cuda import build
+from embedtalk_sdk.runtime.errors import EmbedTalkError
 
 
 class EtkRasterArgs(ctypes.Structure):
@@ -29,8 +30,8 @@ class EtkRasterArgs(ctypes.Structure):
     ]  # fmt: skip
 
 
-class RasterLibraryError(RuntimeError):
-    pass
+class RasterLibraryError(EmbedTalkError, RuntimeError):
+    """The rasteriser library is not built, or one of its calls failed; the message says which."""
 
 
 def find_library() -> Path | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Protocol
 
@@ -28,6 +28,7 @@ import numpy as np
 from embedtalk_sdk.runtime.audio.mel import MelSpec, MelStreamer, log_mel
 from embedtalk_sdk.runtime.audio.phonetic import FEATURE_DIM, N_PHONES, PhoneticStreamer, Scorer, SphinxSpec
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError, sha256_of
+from embedtalk_sdk.runtime.config import config_from_mapping
 from embedtalk_sdk.runtime.onnx_check import check_self_contained
 
 __all__ = [
@@ -187,12 +188,10 @@ class EncoderWindows:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "EncoderWindows":
-        """Build from a dict with every field; other keys ignored."""
-        missing = [f.name for f in fields(cls) if f.name not in d]
-        if missing:
-            raise ValueError(f"EncoderWindows.from_dict: missing fields {missing}")
-        return cls(**{f.name: int(d[f.name]) for f in fields(cls)})
+    def from_dict(cls, d: Mapping[str, Any], source: str | None = None) -> "EncoderWindows":
+        """Build from a dict with every field; other keys (the audio block's) ignored.
+        ConfigError (a ValueError) names the missing or ill-typed fields and `source`."""
+        return config_from_mapping(cls, d, source, ignore_unknown=True)
 
     def n_rows(self, n_samples: int) -> int:
         """Rows of a clip of n_samples (after padding to the receptive field)."""

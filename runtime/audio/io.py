@@ -26,12 +26,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from embedtalk_sdk.runtime.errors import EmbedTalkError
+
 __all__ = ["AudioError", "load_audio", "prepare_audio", "decode_audio"]
 
 _PLACEHOLDER_SIZES = (0, 0xFFFFFFFF)
 
 
-class AudioError(ValueError):
+class AudioError(EmbedTalkError, ValueError):
     """An audio input the SDK cannot use; the message names the input, the problem and the fix."""
 
 

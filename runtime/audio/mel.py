@@ -14,12 +14,14 @@ rational values of fps and rates (Python's round() would round ties to even).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from functools import lru_cache
 from typing import Any, Mapping
 
 import numpy as np
+
+from embedtalk_sdk.runtime.config import config_from_mapping
 
 __all__ = [
     "MelSpec",
@@ -69,19 +71,10 @@ class MelSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "MelSpec":
-        """Build from a dict with every field; other keys (a manifest's "window", ...) ignored."""
-        missing = [f.name for f in fields(cls) if f.name not in d]
-        if missing:
-            raise ValueError(f"MelSpec.from_dict: missing fields {missing} in {dict(d)}")
-        return cls(
-            sample_rate=int(d["sample_rate"]),
-            n_fft=int(d["n_fft"]),
-            hop=int(d["hop"]),
-            n_mels=int(d["n_mels"]),
-            fmin=float(d["fmin"]),
-            fmax=float(d["fmax"]),
-        )
+    def from_dict(cls, d: Mapping[str, Any], source: str | None = None) -> "MelSpec":
+        """Build from a dict with every field; other keys (a manifest's "window", ...) ignored.
+        ConfigError (a ValueError) names the missing or ill-typed fields and `source`."""
+        return config_from_mapping(cls, d, source, ignore_unknown=True)
 
 
 def log_mel(samples: np.ndarray, spec: MelSpec = MelSpec()) -> np.ndarray:

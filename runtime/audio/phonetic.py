@@ -23,11 +23,13 @@ whole clip) and a `PhoneticStreamer` fed in any chunks give the same rows bit fo
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any, Callable, Mapping
 
 import numpy as np
+
+from embedtalk_sdk.runtime.config import config_from_mapping
 
 __all__ = ["SphinxSpec", "PhoneticStreamer", "Scorer", "GROUP", "N_PHONES", "FEATURE_DIM", "mfcc_filterbank",
            "sphinx_cepstra"]
@@ -88,14 +90,10 @@ class SphinxSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SphinxSpec":
-        """Build from a dict with every field (a missing "dither": 0, the definition before it);
-        other keys ignored."""
-        d = {"dither": 0.0, **d}
-        missing = [f.name for f in fields(cls) if f.name not in d]
-        if missing:
-            raise ValueError(f"SphinxSpec.from_dict: missing fields {missing}")
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
+    def from_dict(cls, d: Mapping[str, Any], source: str | None = None) -> "SphinxSpec":
+        """Build from a dict with every field (a missing "dither": 0, the definition before it).
+        ConfigError (a ValueError) names the missing, unknown or ill-typed fields and `source`."""
+        return config_from_mapping(cls, d, source, defaults={"dither": 0.0})
 
 
 def mfcc_filterbank(spec: SphinxSpec) -> np.ndarray:

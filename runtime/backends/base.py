@@ -19,6 +19,7 @@ import numpy as np
 from embedtalk_sdk.plugins.cpu import playback
 from embedtalk_sdk.runtime.aus import N_AUS
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
+from embedtalk_sdk.runtime.errors import EmbedTalkError
 from embedtalk_sdk.runtime.stages import add_stage, stage_clock
 
 log = logging.getLogger("embedtalk_sdk.runtime")
@@ -334,7 +335,7 @@ def available_backends() -> list[str]:
     return [n for n in order if all(_installed(r) for r in registry[n].requires) and _installed(registry[n].module)]
 
 
-class BackendError(RuntimeError):
+class BackendError(EmbedTalkError, RuntimeError):
     """No backend of the requested kind could be created."""
 
 
