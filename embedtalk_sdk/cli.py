@@ -107,7 +107,8 @@ BACKEND_HELP = "auto | tensorrt | tensorrt-rtx | cuda | onnxruntime | torch"
 def synth(
     out: Path = typer.Option(..., "-o", "--out", help="dataset folder to write"),
     seconds: float = typer.Option(LibraryDefault(SYNTH, "synthesize_dataset", "seconds"), help="clip length"),
-    size: int = typer.Option(LibraryDefault(SYNTH, "synthesize_dataset", "size"), help="frame width and height in pixels"),
+    size: int = typer.Option(LibraryDefault(SYNTH, "synthesize_dataset", "size"),
+                             help="frame width and height in pixels"),
     seed: int = typer.Option(LibraryDefault(SYNTH, "synthesize_dataset", "seed")),
 ) -> None:
     """Write the built-in synthetic speaker as a dataset (TalkingGaussian layout)."""
@@ -127,7 +128,8 @@ def _train_config(max_gaussians: Optional[int] = None, **options: Any):
     if max_gaussians is None:
         return cfg
     # The schedule TrainConfig(iterations=N) gets too (None: the Trainer derives it the same way).
-    return dataclasses.replace(cfg, densify=DensifyConfig.for_run(cfg.iterations, pick_device(cfg.device), max_gaussians))
+    densify = DensifyConfig.for_run(cfg.iterations, pick_device(cfg.device), max_gaussians)
+    return dataclasses.replace(cfg, densify=densify)
 
 
 def run_training(data: Path, out: Path, cfg, resume: bool = False, checkpoint_seconds: Optional[float] = None) -> dict:
@@ -152,14 +154,16 @@ def train(
     out: Path = typer.Option(..., "-o", "--out", help="run folder: ckpt.pt, loss.png, train_metrics.json"),
     iterations: int = typer.Option(LibraryDefault(TRAIN, "TrainConfig", "iterations")),
     audio_encoder: str = typer.Option(
-        LibraryDefault(TRAIN, "TrainConfig", "audio_encoder"), help="phonetic (phone posteriors of a US English model + log-mel) | phonetic-posteriors "
+        LibraryDefault(TRAIN, "TrainConfig", "audio_encoder"),
+        help="phonetic (phone posteriors of a US English model + log-mel) | phonetic-posteriors "
                     "(the posteriors alone) | mel | hubert | features (aud_hu.npy)"),
     hubert_path: Optional[str] = typer.Option(None, help="local HuBERT checkpoint folder (transformers)"),
     lpips_weights: Optional[str] = typer.Option(None, help="AlexNet features state dict for LPIPS"),
     init_points: int = typer.Option(LibraryDefault(TRAIN, "TrainConfig", "init_points"),
                                     help="Gaussians taken from the dense point cloud"),
     device: str = typer.Option(LibraryDefault(TRAIN, "TrainConfig", "device"), help="auto | cpu | cuda"),
-    rasterizer: str = typer.Option(LibraryDefault(TRAIN, "TrainConfig", "rasterizer"), help="auto | gsplat (CUDA) | numba (CPU) | torch (reference, slow)"),
+    rasterizer: str = typer.Option(LibraryDefault(TRAIN, "TrainConfig", "rasterizer"),
+                                   help="auto | gsplat (CUDA) | numba (CPU) | torch (reference, slow)"),
     max_gaussians: Optional[int] = typer.Option(
         None, help="densification stops growing here (default: 15k on a CPU, where a step stays < 0.3 s; 60k on CUDA)"),
     val_every: int = typer.Option(LibraryDefault(TRAIN, "TrainConfig", "val_every"),
@@ -203,7 +207,8 @@ def export_cmd(
     shared_encoder: bool = typer.Option(False, help="HuBERT avatars: write the ONNX audio encoder beside "
                                         "the bundle (one file for many avatars) instead of into it"),
     track_quality: int = typer.Option(LibraryDefault(EXPORT, "export_bundle", "track_quality"), min=0, max=51,
-                                      help="torso track H.264 quality factor: 0 lossless, 14 ~50 dB, higher is smaller"),
+                                      help="torso track H.264 quality factor: 0 lossless, 14 ~50 dB, higher is "
+                                           "smaller"),
     raw_track: bool = typer.Option(False, help="store the torso track as raw frames (tens to hundreds of MB)"),
     table_dtype: str = typer.Option(LibraryDefault(EXPORT, "export_bundle", "table_dtype"),
                                     help="per-Gaussian network table: float16 | float32"),
@@ -247,7 +252,8 @@ def bench(
                                 help="all (every installed backend) | tensorrt | tensorrt-rtx | cuda | onnxruntime | "
                                      "torch | gsplat-torch (a GPU baseline, never picked by auto)"),
     frames: int = typer.Option(LibraryDefault(BENCH, "run_bench", "n_frames"), help="frames to time per backend"),
-    max_seconds: float = typer.Option(LibraryDefault(BENCH, "run_bench", "max_seconds"), help="stop timing a backend after this long (slow references, big avatars)"),
+    max_seconds: float = typer.Option(LibraryDefault(BENCH, "run_bench", "max_seconds"),
+                                      help="stop timing a backend after this long (slow references, big avatars)"),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="write the report as JSON here"),
     profile: bool = typer.Option(False, "--profile", help="split a CPU frame's time into its stages instead "
                                  "(network, projection, binning, blending, ...; runtime/design.md)"),
@@ -327,13 +333,15 @@ def preprocess(
         None, help="MediaPipe selfie_segmentation.tflite [default: ../shared/models]"),
     audio: Optional[Path] = typer.Option(None, help="speech track to use instead of the video's own"),
     audio_shift: float = typer.Option(
-        LibraryDefault(PREPROCESS, "PreprocessOptions", "audio_shift"), help="seconds to move the speech (negative: earlier) for clips out of sync; turns the automatic sync off"),
+        LibraryDefault(PREPROCESS, "PreprocessOptions", "audio_shift"),
+        help="seconds to move the speech (negative: earlier) for clips out of sync; turns the automatic sync off"),
     keep_audio_sync: bool = typer.Option(
         False, "--keep-audio-sync", help="keep the sound as it is when it looks out of sync (only warn)"),
     hubert_path: Optional[str] = typer.Option(None, help="local HuBERT checkpoint: also write aud_hu.npy"),
     points: int = typer.Option(LibraryDefault(PREPROCESS, "PreprocessOptions", "points"),
                                help="size of the initial point cloud points3d.npy"),
-    pose_smoothing: float = typer.Option(LibraryDefault(PREPROCESS, "PreprocessOptions", "pose_smoothing"), help="temporal smoothing of the head pose (Gaussian sigma, frames)"),
+    pose_smoothing: float = typer.Option(LibraryDefault(PREPROCESS, "PreprocessOptions", "pose_smoothing"),
+                                         help="temporal smoothing of the head pose (Gaussian sigma, frames)"),
 ) -> None:
     """Turn a talking-portrait video into a dataset folder (TalkingGaussian layout), offline."""
     from embedtalk_sdk.preprocess.preprocess import PreprocessOptions
@@ -364,7 +372,8 @@ def eval_cmd(
     lpips_weights: Optional[str] = typer.Option(None, help="AlexNet features state dict for LPIPS"),
     backend: str = typer.Option(LibraryDefault("embedtalk_sdk.eval", "evaluate", "backend"),
                                 help=f"bundles: {BACKEND_HELP}"),
-    frames: int = typer.Option(LibraryDefault("embedtalk_sdk.eval", "evaluate", "max_frames"), help="evaluate only the first N validation frames (0: all)"),
+    frames: int = typer.Option(LibraryDefault("embedtalk_sdk.eval", "evaluate", "max_frames"),
+                               help="evaluate only the first N validation frames (0: all)"),
 ) -> None:
     """PSNR / SSIM / LPIPS / LMD / audio-visual sync on the validation split, plus a side-by-side video."""
     from embedtalk_sdk.eval import evaluate
@@ -390,8 +399,10 @@ def serve(
     tts: str = typer.Option(LibraryDefault(SERVE, "run", "tts"), help="espeak (offline, espeakng-loader) | none"),
     max_upload_mb: float = typer.Option(LibraryDefault(SERVE, "Limits", "max_upload_bytes", lambda b: b / MB),
                                         help="largest audio upload"),
-    max_upload_seconds: float = typer.Option(LibraryDefault(SERVE, "Limits", "max_upload_s"), help="longest audio upload"),
-    lookahead_rows: int = typer.Option(LibraryDefault(SESSION, "LOOKAHEAD_ROWS"), help="audio rows past a frame's centre to wait for (0-7 for the "
+    max_upload_seconds: float = typer.Option(LibraryDefault(SERVE, "Limits", "max_upload_s"),
+                                             help="longest audio upload"),
+    lookahead_rows: int = typer.Option(LibraryDefault(SESSION, "LOOKAHEAD_ROWS"),
+                                       help="audio rows past a frame's centre to wait for (0-7 for the "
                                        "16-row window; 20 ms each). 4 meets the 120 ms latency goal at 47 dB "
                                        "PSNR on the moving face against speak's frames; 7: exactly speak's"),
     token: Optional[str] = typer.Option(None, envvar="EMBEDTALK_TOKEN", show_default=False,
@@ -413,7 +424,8 @@ def serve(
                                                      "(a reverse proxy that rewrites Host), repeatable"),
     requests_per_second: float = typer.Option(LibraryDefault(SERVE, "Limits", "requests_per_s"),
                                               help="requests per second per client address (429 beyond)"),
-    sessions_per_minute: float = typer.Option(LibraryDefault(SERVE, "Limits", "sessions_per_min"), help="session creations per minute per client address"),
+    sessions_per_minute: float = typer.Option(LibraryDefault(SERVE, "Limits", "sessions_per_min"),
+                                              help="session creations per minute per client address"),
 ) -> None:
     """Live avatars in the browser over WebRTC: a web page at /, a session API, GET /metrics."""
     try:
@@ -441,7 +453,8 @@ def livekit_worker(
     api_key: Optional[str] = typer.Option(None, envvar="LIVEKIT_API_KEY", show_default=False),
     api_secret: Optional[str] = typer.Option(None, envvar="LIVEKIT_API_SECRET", show_default=False,
                                              help="prefer the environment variable: a command line is visible"),
-    agent_name: str = typer.Option(LibraryDefault(WORKER, "run_worker", "agent_name"), help="the name agents dispatch (AvatarSession(agent_name=))"),
+    agent_name: str = typer.Option(LibraryDefault(WORKER, "run_worker", "agent_name"),
+                                   help="the name agents dispatch (AvatarSession(agent_name=))"),
     max_sessions: Optional[int] = typer.Option(None, help="sessions at once [default: what this machine holds at "
                                                "the avatars' fps, from their measured frame time]"),
     utilisation: float = typer.Option(LibraryDefault(WORKER, "run_worker", "utilisation"),

@@ -25,7 +25,8 @@ TARGETS = {
     "speak": [("embedtalk_sdk.runtime.avatar:Avatar.load", {})],
     "bench": [("embedtalk_sdk.runtime.bench:run_bench", {"frames": "n_frames"})],
     "demo": [("embedtalk_sdk.synthetic.synth:synthesize_dataset", {"iterations": None, "seed": None})],
-    "preprocess": [("embedtalk_sdk.preprocess.preprocess:PreprocessOptions", {"face_model": None, "segmentation_model": None})],
+    "preprocess": [("embedtalk_sdk.preprocess.preprocess:PreprocessOptions",
+                    {"face_model": None, "segmentation_model": None})],  # model paths: resolved elsewhere
     "eval": [("embedtalk_sdk.eval:evaluate", {"frames": "max_frames"})],
     "serve": [("embedtalk_sdk.serve.app:run", {}),
               ("embedtalk_sdk.serve.app:Limits", {"max_upload_seconds": "max_upload_s",

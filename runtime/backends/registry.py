@@ -35,9 +35,11 @@ _REGISTRY: dict[str, _Entry] = {
                           "pip install onnxruntime", auto_pick=True),
     # GPU backends (runtime/backends/tensorrt*.py, plugins/cuda/design.md); they fail fast without a GPU.
     "tensorrt-rtx": _Entry("embedtalk_sdk.runtime.backends.tensorrt_rtx", "TensorRTRTXBackend",
-                           ("tensorrt_rtx_bindings", "cuda.bindings"), "pip install 'embedtalk-sdk[gpu]'", auto_pick=True),
+                           ("tensorrt_rtx_bindings", "cuda.bindings"), "pip install 'embedtalk-sdk[gpu]'",
+                           auto_pick=True),
     "tensorrt": _Entry("embedtalk_sdk.runtime.backends.tensorrt", "TensorRTBackend",
-                       ("tensorrt", "cuda.bindings"), "install TensorRT 10+ and pip install cuda-python", auto_pick=True),
+                       ("tensorrt", "cuda.bindings"), "install TensorRT 10+ and pip install cuda-python",
+                       auto_pick=True),
     # Any NVIDIA GPU without TensorRT: our deform kernel + rasteriser (runtime/backends/cuda.py).
     "cuda": _Entry("embedtalk_sdk.runtime.backends.cuda", "CudaBackend", ("cuda.bindings",),
                    "pip install 'embedtalk-sdk[gpu]'", auto_pick=True),
@@ -161,7 +163,7 @@ def _create_auto(bundle: Bundle, options: dict[str, Any]) -> Backend:
             accepted = backend_options(cls)
             if not set(options) <= set(accepted):
                 refused.append(_describe_options(name, accepted))
-                log.info("backend %s skipped: it takes no option %s", name, ", ".join(sorted(set(options) - set(accepted))))
+                log.info("backend %s skipped: it takes none of %s", name, ", ".join(sorted(set(options) - set(accepted))))
                 continue
             backend = cls(bundle, **options)
         except BundleError:
