@@ -156,7 +156,7 @@ def train(
     audio_encoder: str = typer.Option(
         LibraryDefault(TRAIN, "TrainConfig", "audio_encoder"),
         help="phonetic (phone posteriors of a US English model + log-mel) | phonetic-posteriors "
-                    "(the posteriors alone) | mel | hubert | features (aud_hu.npy)"),
+             "(the posteriors alone) | mel | hubert | features (aud_hu.npy)"),
     hubert_path: Optional[str] = typer.Option(None, help="local HuBERT checkpoint folder (transformers)"),
     lpips_weights: Optional[str] = typer.Option(None, help="AlexNet features state dict for LPIPS"),
     init_points: int = typer.Option(LibraryDefault(TRAIN, "TrainConfig", "init_points"),
