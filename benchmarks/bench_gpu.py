@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedtalk_sdk.runtime.backends.base import create_backend
+from embedtalk_sdk.runtime.backends.registry import create_backend
 from embedtalk_sdk.runtime.bundle import Bundle
 from embedtalk_sdk.runtime.track import open_track
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from embedtalk_sdk.runtime.backends.base import BackendError, background_to_float, deform_io
+from embedtalk_sdk.runtime.backends.base import BackendError, deform_io
 from embedtalk_sdk.runtime.bundle import Bundle
+from embedtalk_sdk.runtime.pixels import background_to_float
 
 NAME = "gsplat-torch"
 
@@ -25,6 +26,7 @@ class GsplatTorchBaseline:
     name = NAME
     REQUIRES = ("gsplat", "torch")
     INSTALL = "pip install 'embedtalk-sdk[train,gpu]' (and a CUDA device)"
+    AUTO_PICK = False  # a bench baseline, not a playback backend: `auto` never picks it
 
     def __init__(self, bundle: Bundle) -> None:
         import torch

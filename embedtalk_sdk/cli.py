@@ -1,11 +1,13 @@
 """`embedtalk-sdk`: the command line. Each command is a thin shell over a library function."""
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib
+import inspect
 import json
 import sys
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -58,12 +60,56 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+class LibraryDefault:
+    """An option's default read from where the library defines it: a dataclass field, a function's
+    parameter or (name None) a module constant, optionally converted to the option's unit. Click
+    calls it when the command runs and `--help` prints it, so the value is written once and the
+    CLI imports the training side only for the commands that use it."""
+
+    def __init__(self, module: str, owner: str, name: str | None = None,
+                 convert: Callable[[Any], Any] | None = None) -> None:
+        self.module, self.owner, self.name, self.convert = module, owner, name, convert
+
+    def __call__(self) -> Any:
+        obj: Any = importlib.import_module(self.module)
+        for part in self.owner.split("."):
+            obj = getattr(obj, part)
+        if self.name is None:
+            value = obj
+        elif dataclasses.is_dataclass(obj):
+            value = {f.name: f.default for f in dataclasses.fields(obj)}[self.name]
+        else:
+            value = inspect.signature(obj).parameters[self.name].default
+        return value if self.convert is None else self.convert(value)
+
+    def __str__(self) -> str:
+        try:
+            return str(self())
+        except ImportError:  # the command's extra is not installed; its --help still says where to look
+            return f"{self.owner}.{self.name}" if self.name else self.owner
+
+
+TRAIN = "embedtalk_sdk.train.trainer"
+SYNTH = "embedtalk_sdk.synthetic.synth"
+SERVE = "embedtalk_sdk.serve.app"
+SESSION = "embedtalk_sdk.serve.session"
+WORKER = "embedtalk_sdk.integrations.livekit_worker"
+EXPORT = "embedtalk_sdk.export.exporter"
+RUNTIME = "embedtalk_sdk.runtime.avatar"
+BENCH = "embedtalk_sdk.runtime.bench"
+PREPROCESS = "embedtalk_sdk.preprocess.preprocess"
+MB = 1024 * 1024
+# The backends `auto` tries, fastest first (runtime/backends/registry.py; tests/test_defaults.py keeps it true).
+BACKEND_HELP = "auto | tensorrt | tensorrt-rtx | cuda | onnxruntime | torch"
+
+
 @app.command()
 def synth(
     out: Path = typer.Option(..., "-o", "--out", help="dataset folder to write"),
-    seconds: float = typer.Option(40.0, help="clip length"),
-    size: int = typer.Option(256, help="frame width and height in pixels"),
-    seed: int = typer.Option(0),
+    seconds: float = typer.Option(LibraryDefault(SYNTH, "synthesize_dataset", "seconds"), help="clip length"),
+    size: int = typer.Option(LibraryDefault(SYNTH, "synthesize_dataset", "size"),
+                             help="frame width and height in pixels"),
+    seed: int = typer.Option(LibraryDefault(SYNTH, "synthesize_dataset", "seed")),
 ) -> None:
     """Write the built-in synthetic speaker as a dataset (TalkingGaussian layout)."""
     from embedtalk_sdk.synthetic.synth import synthesize_dataset
@@ -73,23 +119,21 @@ def synth(
     say(f"dataset written to {out}")
 
 
-def _train_config(iterations: int, audio_encoder: str, hubert_path: Optional[str], lpips_weights: Optional[str],
-                  init_points: int, device: str, seed: int, rasterizer: str = "auto",
-                  max_gaussians: Optional[int] = None, val_every: int = 500, mouth_crops: Optional[int] = None):
+def _train_config(max_gaussians: Optional[int] = None, **options: Any):
+    """TrainConfig(**options) (TrainConfig's own defaults for the rest), densifying up to `max_gaussians`."""
     from embedtalk_sdk.train.strategy import DensifyConfig
     from embedtalk_sdk.train.trainer import TrainConfig, pick_device
 
+    cfg = TrainConfig(**options)
+    if max_gaussians is None:
+        return cfg
     # The schedule TrainConfig(iterations=N) gets too (None: the Trainer derives it the same way).
-    densify = None if max_gaussians is None else DensifyConfig.for_run(iterations, pick_device(device), max_gaussians)
-    cfg = TrainConfig(
-        iterations=iterations, audio_encoder=audio_encoder, hubert_path=hubert_path, lpips_weights=lpips_weights,
-        init_points=init_points, device=device, seed=seed, densify=densify, rasterizer=rasterizer, val_every=val_every,
-    )  # fmt: skip
-    return cfg if mouth_crops is None else replace(cfg, mouth_crops=mouth_crops)
+    densify = DensifyConfig.for_run(cfg.iterations, pick_device(cfg.device), max_gaussians)
+    return dataclasses.replace(cfg, densify=densify)
 
 
-def run_training(data: Path, out: Path, cfg, resume: bool = False, checkpoint_seconds: float = 30.0) -> dict:
-    """Train with a progress bar; returns the metrics."""
+def run_training(data: Path, out: Path, cfg, resume: bool = False, checkpoint_seconds: Optional[float] = None) -> dict:
+    """Train with a progress bar; returns the metrics. checkpoint_seconds: None, `Cadence`'s."""
     from embedtalk_sdk.train.resume import Cadence
     from embedtalk_sdk.train.trainer import Trainer
 
@@ -99,7 +143,8 @@ def run_training(data: Path, out: Path, cfg, resume: bool = False, checkpoint_se
         f"{len(trainer.gaussians)} Gaussians, {len(trainer.train)} train / {len(trainer.val)} val frames"
     )
     with progress_bar("train", cfg.iterations) as update:
-        result = trainer.run(out, progress=update, resume=resume, cadence=Cadence(seconds=checkpoint_seconds))
+        cadence = Cadence() if checkpoint_seconds is None else Cadence(seconds=checkpoint_seconds)
+        result = trainer.run(out, progress=update, resume=resume, cadence=cadence)
     return result.metrics
 
 
@@ -107,33 +152,40 @@ def run_training(data: Path, out: Path, cfg, resume: bool = False, checkpoint_se
 def train(
     data: Path = typer.Argument(..., help="dataset folder (from `synth` or `preprocess`)"),
     out: Path = typer.Option(..., "-o", "--out", help="run folder: ckpt.pt, loss.png, train_metrics.json"),
-    iterations: int = typer.Option(3000),
+    iterations: int = typer.Option(LibraryDefault(TRAIN, "TrainConfig", "iterations")),
     audio_encoder: str = typer.Option(
-        "phonetic", help="phonetic (phone posteriors of a US English model + log-mel) | phonetic-posteriors "
-                    "(the posteriors alone) | mel | hubert | features (aud_hu.npy)"),
+        LibraryDefault(TRAIN, "TrainConfig", "audio_encoder"),
+        help="phonetic (phone posteriors of a US English model + log-mel) | phonetic-posteriors "
+             "(the posteriors alone) | mel | hubert | features (aud_hu.npy)"),
     hubert_path: Optional[str] = typer.Option(None, help="local HuBERT checkpoint folder (transformers)"),
     lpips_weights: Optional[str] = typer.Option(None, help="AlexNet features state dict for LPIPS"),
-    init_points: int = typer.Option(8000, help="Gaussians taken from the dense point cloud"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    rasterizer: str = typer.Option("auto", help="auto | gsplat (CUDA) | numba (CPU) | torch (reference, slow)"),
+    init_points: int = typer.Option(LibraryDefault(TRAIN, "TrainConfig", "init_points"),
+                                    help="Gaussians taken from the dense point cloud"),
+    device: str = typer.Option(LibraryDefault(TRAIN, "TrainConfig", "device"), help="auto | cpu | cuda"),
+    rasterizer: str = typer.Option(LibraryDefault(TRAIN, "TrainConfig", "rasterizer"),
+                                   help="auto | gsplat (CUDA) | numba (CPU) | torch (reference, slow)"),
     max_gaussians: Optional[int] = typer.Option(
         None, help="densification stops growing here (default: 15k on a CPU, where a step stays < 0.3 s; 60k on CUDA)"),
-    val_every: int = typer.Option(500, help="validate (PSNR, LPIPS, audio health) every N steps; 0: at the end"),
-    seed: int = typer.Option(0, help="seeds the initial cloud, the network and the frame order"),
-    mouth_crops: Optional[int] = typer.Option(
-        None, help="extra frames per step trained on their mouth crop alone (default: 4; 0: off)"),
+    val_every: int = typer.Option(LibraryDefault(TRAIN, "TrainConfig", "val_every"),
+                                  help="validate (PSNR, LPIPS, audio health) every N steps; 0: at the end"),
+    seed: int = typer.Option(LibraryDefault(TRAIN, "TrainConfig", "seed"),
+                             help="seeds the initial cloud, the network and the frame order"),
+    mouth_crops: int = typer.Option(LibraryDefault(TRAIN, "TrainConfig", "mouth_crops"),
+                                    help="extra frames per step trained on their mouth crop alone (0: off)"),
     resume: bool = typer.Option(False, help="continue the killed run in OUT from OUT/resume.pt (same options)"),
-    checkpoint_seconds: float = typer.Option(30.0, help="write OUT/resume.pt every this many seconds of training"),
+    checkpoint_seconds: float = typer.Option(LibraryDefault("embedtalk_sdk.train.resume", "Cadence", "seconds"),
+                                             help="write OUT/resume.pt every this many seconds of training"),
 ) -> None:
     """Train an avatar on a dataset folder."""
     from embedtalk_sdk.train.resume import RESUME_FILE, require_state
 
     if not data.is_dir():
         _fail(f"{data}: no such dataset folder")
-    if mouth_crops is not None and mouth_crops < 0:
+    if mouth_crops < 0:
         _fail(f"--mouth-crops {mouth_crops}: give 0 or more")
-    cfg = _train_config(iterations, audio_encoder, hubert_path, lpips_weights, init_points, device, seed, rasterizer,
-                        max_gaussians, val_every, mouth_crops)
+    cfg = _train_config(max_gaussians, iterations=iterations, audio_encoder=audio_encoder, hubert_path=hubert_path,
+                        lpips_weights=lpips_weights, init_points=init_points, device=device, seed=seed,
+                        rasterizer=rasterizer, val_every=val_every, mouth_crops=mouth_crops)
     if resume:
         require_state(out / RESUME_FILE)  # before the seconds of set-up; a ResumeError ends in one line
     metrics = run_training(data, out, cfg, resume=resume, checkpoint_seconds=checkpoint_seconds)
@@ -145,17 +197,21 @@ def export_cmd(
     ckpt: Path = typer.Argument(..., help="RUN/ckpt.pt"),
     out: Path = typer.Option(..., "-o", "--out", help="bundle path: a folder x.etk, or x.zip"),
     data: Optional[Path] = typer.Option(None, help="training dataset (default: the one the checkpoint names)"),
-    track_frames: int = typer.Option(250, help="frames of camera / torso track to ship"),
+    track_frames: int = typer.Option(LibraryDefault(EXPORT, "export_bundle", "track_frames"),
+                                     help="frames of camera / torso track to ship"),
     engine: Optional[str] = typer.Option(None, help="also build engines: tensorrt-rtx | tensorrt"),
-    target: str = typer.Option("sm86,sm89", help="compute capabilities for tensorrt-rtx engines"),
+    target: str = typer.Option(LibraryDefault(EXPORT, "export_bundle", "targets", ",".join),
+                               help="compute capabilities for tensorrt-rtx engines"),
     hubert_path: Optional[Path] = typer.Option(None, help="HuBERT avatars: the local HuBERT checkpoint "
                                                "[default: the path recorded at training]"),
     shared_encoder: bool = typer.Option(False, help="HuBERT avatars: write the ONNX audio encoder beside "
                                         "the bundle (one file for many avatars) instead of into it"),
-    track_quality: int = typer.Option(14, min=0, max=51, help="torso track H.264 quality factor: 0 lossless, "
-                                      "14 ~50 dB (default), higher is smaller"),
+    track_quality: int = typer.Option(LibraryDefault(EXPORT, "export_bundle", "track_quality"), min=0, max=51,
+                                      help="torso track H.264 quality factor: 0 lossless, 14 ~50 dB, higher is "
+                                           "smaller"),
     raw_track: bool = typer.Option(False, help="store the torso track as raw frames (tens to hundreds of MB)"),
-    table_dtype: str = typer.Option("float16", help="per-Gaussian network table: float16 | float32"),
+    table_dtype: str = typer.Option(LibraryDefault(EXPORT, "export_bundle", "table_dtype"),
+                                    help="per-Gaussian network table: float16 | float32"),
 ) -> None:
     """Bake a checkpoint into a portable bundle (its size by part is printed at the end)."""
     from embedtalk_sdk.plugins.cuda.engines import EngineBuildError, parse_targets
@@ -175,7 +231,7 @@ def speak(
     bundle: Path = typer.Argument(..., help="avatar bundle (.etk folder or .zip)"),
     audio: Path = typer.Argument(..., help="speech: wav/flac/mp3/... (resampled to 16 kHz mono)"),
     out: Path = typer.Option(Path("out.mp4"), "-o", "--out", help="mp4 to write (H.264 + AAC)"),
-    backend: str = typer.Option("auto", help="auto | cuda | tensorrt-rtx | tensorrt | onnxruntime | torch"),
+    backend: str = typer.Option(LibraryDefault(RUNTIME, "Avatar.load", "backend"), help=BACKEND_HELP),
     encoder_file: Optional[Path] = typer.Option(None, help="a shared audio encoder file (export "
                                                 "--shared-encoder) [default: the one beside the bundle]"),
 ) -> None:
@@ -192,9 +248,12 @@ def speak(
 @app.command()
 def bench(
     bundle: Path = typer.Argument(..., help="avatar bundle"),
-    backend: str = typer.Option("all", help="all (every installed backend) | cuda | tensorrt-rtx | onnxruntime | torch | ..."),
-    frames: int = typer.Option(50, help="frames to time per backend"),
-    max_seconds: float = typer.Option(30.0, help="stop timing a backend after this long (slow references, big avatars)"),
+    backend: str = typer.Option(LibraryDefault(BENCH, "run_bench", "backend"),
+                                help="all (every installed backend) | tensorrt | tensorrt-rtx | cuda | onnxruntime | "
+                                     "torch | gsplat-torch (a GPU baseline, never picked by auto)"),
+    frames: int = typer.Option(LibraryDefault(BENCH, "run_bench", "n_frames"), help="frames to time per backend"),
+    max_seconds: float = typer.Option(LibraryDefault(BENCH, "run_bench", "max_seconds"),
+                                      help="stop timing a backend after this long (slow references, big avatars)"),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="write the report as JSON here"),
     profile: bool = typer.Option(False, "--profile", help="split a CPU frame's time into its stages instead "
                                  "(network, projection, binning, blending, ...; runtime/design.md)"),
@@ -223,8 +282,9 @@ def bench(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo_out"), "-o", "--out", help="folder for demo.mp4, avatar.etk, metrics.json"),
-    seconds: float = typer.Option(40.0, help="length of the synthetic training clip"),
-    size: int = typer.Option(256, help="frame size"),
+    seconds: float = typer.Option(LibraryDefault(SYNTH, "synthesize_dataset", "seconds"),
+                                  help="length of the synthetic training clip"),
+    size: int = typer.Option(LibraryDefault(SYNTH, "synthesize_dataset", "size"), help="frame size"),
     iterations: int = typer.Option(1500, help="training iterations"),
     init_points: int = typer.Option(6000),
     max_gaussians: int = typer.Option(12_000, help="densification cap: the CPU training budget"),
@@ -236,8 +296,8 @@ def demo(
 
     # No mouth crops: the synthetic speaker's mouth is learned without them (5 seeds, README), and
     # they would double the steps' cost in a demo meant to finish within 10 minutes.
-    cfg = _train_config(iterations, "phonetic", None, lpips_weights, init_points, "auto", seed,
-                        max_gaussians=max_gaussians, mouth_crops=0)
+    cfg = _train_config(max_gaussians, iterations=iterations, lpips_weights=lpips_weights, init_points=init_points,
+                        seed=seed, mouth_crops=0)
     metrics = run_demo(out, seconds=seconds, size=size, train_config=cfg, progress_bar=progress_bar,
                        train_fn=run_training, log=say)  # fmt: skip
     console.print_json(json.dumps(metrics))
@@ -273,12 +333,15 @@ def preprocess(
         None, help="MediaPipe selfie_segmentation.tflite [default: ../shared/models]"),
     audio: Optional[Path] = typer.Option(None, help="speech track to use instead of the video's own"),
     audio_shift: float = typer.Option(
-        0.0, help="seconds to move the speech (negative: earlier) for clips out of sync; turns the automatic sync off"),
+        LibraryDefault(PREPROCESS, "PreprocessOptions", "audio_shift"),
+        help="seconds to move the speech (negative: earlier) for clips out of sync; turns the automatic sync off"),
     keep_audio_sync: bool = typer.Option(
         False, "--keep-audio-sync", help="keep the sound as it is when it looks out of sync (only warn)"),
     hubert_path: Optional[str] = typer.Option(None, help="local HuBERT checkpoint: also write aud_hu.npy"),
-    points: int = typer.Option(30000, help="size of the initial point cloud points3d.npy"),
-    pose_smoothing: float = typer.Option(1.0, help="temporal smoothing of the head pose (Gaussian sigma, frames)"),
+    points: int = typer.Option(LibraryDefault(PREPROCESS, "PreprocessOptions", "points"),
+                               help="size of the initial point cloud points3d.npy"),
+    pose_smoothing: float = typer.Option(LibraryDefault(PREPROCESS, "PreprocessOptions", "pose_smoothing"),
+                                         help="temporal smoothing of the head pose (Gaussian sigma, frames)"),
 ) -> None:
     """Turn a talking-portrait video into a dataset folder (TalkingGaussian layout), offline."""
     from embedtalk_sdk.preprocess.preprocess import PreprocessOptions
@@ -307,8 +370,10 @@ def eval_cmd(
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="folder for eval.json, side_by_side.mp4, frames"),
     face_model: Optional[Path] = typer.Option(None, help="face_landmarker.task for LMD / sync [default: ../shared/models]"),
     lpips_weights: Optional[str] = typer.Option(None, help="AlexNet features state dict for LPIPS"),
-    backend: str = typer.Option("auto", help="bundles: auto | onnxruntime | torch"),
-    frames: int = typer.Option(0, help="evaluate only the first N validation frames (0: all)"),
+    backend: str = typer.Option(LibraryDefault("embedtalk_sdk.eval", "evaluate", "backend"),
+                                help=f"bundles: {BACKEND_HELP}"),
+    frames: int = typer.Option(LibraryDefault("embedtalk_sdk.eval", "evaluate", "max_frames"),
+                               help="evaluate only the first N validation frames (0: all)"),
 ) -> None:
     """PSNR / SSIM / LPIPS / LMD / audio-visual sync on the validation split, plus a side-by-side video."""
     from embedtalk_sdk.eval import evaluate
@@ -325,15 +390,19 @@ def eval_cmd(
 @app.command()
 def serve(
     avatars: Path = typer.Argument(..., help="one bundle, or a folder of bundles (clients choose by id)"),
-    host: str = typer.Option("127.0.0.1", help="address to bind; 0.0.0.0 exposes the server to the network"),
-    port: int = typer.Option(8000, help="TCP port"),
+    host: str = typer.Option(LibraryDefault(SERVE, "run", "host"),
+                             help="address to bind; 0.0.0.0 exposes the server to the network"),
+    port: int = typer.Option(LibraryDefault(SERVE, "run", "port"), help="TCP port"),
     max_sessions: Optional[int] = typer.Option(None, help="sessions at once [default: what this machine "
                                                "holds at the avatars' fps, measured at start-up]"),
-    backend: str = typer.Option("auto", help="auto | cuda | tensorrt-rtx | tensorrt | onnxruntime | torch"),
-    tts: str = typer.Option("espeak", help="espeak (offline, espeakng-loader) | none"),
-    max_upload_mb: float = typer.Option(10.0, help="largest audio upload"),
-    max_upload_seconds: float = typer.Option(60.0, help="longest audio upload"),
-    lookahead_rows: int = typer.Option(4, help="audio rows past a frame's centre to wait for (0-7 for the "
+    backend: str = typer.Option(LibraryDefault(SERVE, "run", "backend"), help=BACKEND_HELP),
+    tts: str = typer.Option(LibraryDefault(SERVE, "run", "tts"), help="espeak (offline, espeakng-loader) | none"),
+    max_upload_mb: float = typer.Option(LibraryDefault(SERVE, "Limits", "max_upload_bytes", lambda b: b / MB),
+                                        help="largest audio upload"),
+    max_upload_seconds: float = typer.Option(LibraryDefault(SERVE, "Limits", "max_upload_s"),
+                                             help="longest audio upload"),
+    lookahead_rows: int = typer.Option(LibraryDefault(SESSION, "LOOKAHEAD_ROWS"),
+                                       help="audio rows past a frame's centre to wait for (0-7 for the "
                                        "16-row window; 20 ms each). 4 meets the 120 ms latency goal at 47 dB "
                                        "PSNR on the moving face against speak's frames; 7: exactly speak's"),
     token: Optional[str] = typer.Option(None, envvar="EMBEDTALK_TOKEN", show_default=False,
@@ -353,8 +422,10 @@ def serve(
                                                    "stun:HOST:PORT or turn:USER:SECRET@HOST:PORT[?transport=tcp]"),
     allow_origin: Optional[list[str]] = typer.Option(None, help="another Origin allowed to drive sessions "
                                                      "(a reverse proxy that rewrites Host), repeatable"),
-    requests_per_second: float = typer.Option(20.0, help="requests per second per client address (429 beyond)"),
-    sessions_per_minute: float = typer.Option(10.0, help="session creations per minute per client address"),
+    requests_per_second: float = typer.Option(LibraryDefault(SERVE, "Limits", "requests_per_s"),
+                                              help="requests per second per client address (429 beyond)"),
+    sessions_per_minute: float = typer.Option(LibraryDefault(SERVE, "Limits", "sessions_per_min"),
+                                              help="session creations per minute per client address"),
 ) -> None:
     """Live avatars in the browser over WebRTC: a web page at /, a session API, GET /metrics."""
     try:
@@ -365,7 +436,7 @@ def serve(
         _fail(f"--tts {tts!r}: choose espeak or none")
     if max_sessions is not None and max_sessions < 1:
         _fail("--max-sessions must be at least 1")
-    limits = Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_upload_s=float(max_upload_seconds),
+    limits = Limits(max_upload_bytes=int(max_upload_mb * MB), max_upload_s=float(max_upload_seconds),
                     requests_per_s=requests_per_second, request_burst=max(1, int(2 * requests_per_second)),
                     sessions_per_min=sessions_per_minute)
     exposure = Exposure(token=token or None, no_auth=no_auth, tls_cert=tls_cert, tls_key=tls_key,
@@ -382,13 +453,16 @@ def livekit_worker(
     api_key: Optional[str] = typer.Option(None, envvar="LIVEKIT_API_KEY", show_default=False),
     api_secret: Optional[str] = typer.Option(None, envvar="LIVEKIT_API_SECRET", show_default=False,
                                              help="prefer the environment variable: a command line is visible"),
-    agent_name: str = typer.Option("embedtalk-avatar", help="the name agents dispatch (AvatarSession(agent_name=))"),
+    agent_name: str = typer.Option(LibraryDefault(WORKER, "run_worker", "agent_name"),
+                                   help="the name agents dispatch (AvatarSession(agent_name=))"),
     max_sessions: Optional[int] = typer.Option(None, help="sessions at once [default: what this machine holds at "
                                                "the avatars' fps, from their measured frame time]"),
-    utilisation: float = typer.Option(0.8, help="the load (share of this machine) at which the worker is full"),
-    backend: str = typer.Option("auto", help="auto | cuda | tensorrt-rtx | tensorrt | onnxruntime | torch"),
-    lookahead_rows: int = typer.Option(4, help="audio rows past a frame's centre to wait for, as serve's"),
-    port: int = typer.Option(8081, help="the worker's health-check HTTP port"),
+    utilisation: float = typer.Option(LibraryDefault(WORKER, "run_worker", "utilisation"),
+                                      help="the load (share of this machine) at which the worker is full"),
+    backend: str = typer.Option(LibraryDefault(WORKER, "run_worker", "backend"), help=BACKEND_HELP),
+    lookahead_rows: int = typer.Option(LibraryDefault(WORKER, "run_worker", "lookahead_rows"),
+                                       help="audio rows past a frame's centre to wait for, as serve's"),
+    port: int = typer.Option(LibraryDefault(WORKER, "run_worker", "port"), help="the worker's health-check HTTP port"),
 ) -> None:
     """An avatar worker for LiveKit Agents: registers with the LiveKit server, is dispatched into rooms by
     agents' AvatarSession(avatar_id=..., worker=True), reports its load so LiveKit scales out."""

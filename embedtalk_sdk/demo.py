@@ -27,7 +27,7 @@ from embedtalk_sdk.runtime.audio.speech import synthesize_speech
 from embedtalk_sdk.synthetic.synth import synthesize_dataset
 from embedtalk_sdk.export.exporter import export_bundle
 from embedtalk_sdk.runtime.bundle import bundle_megabytes
-from embedtalk_sdk.runtime.backends.base import to_uint8
+from embedtalk_sdk.runtime.pixels import to_uint8
 from embedtalk_sdk.runtime.video import write_mp4
 from embedtalk_sdk.mouth_strip import save_mouth_strip
 

@@ -25,8 +25,8 @@ import numpy as np
 from embedtalk_sdk.data.dataset import TalkingDataset
 from embedtalk_sdk.mouth_strip import box_around, save_mouth_strip, strip_picks
 from embedtalk_sdk.metrics import audio_envelope, av_sync, lip_motion, lmd, lpips_distance, psnr, ssim
-from embedtalk_sdk.runtime.backends.base import to_uint8
 from embedtalk_sdk.runtime.errors import EmbedTalkError
+from embedtalk_sdk.runtime.pixels import to_uint8
 
 SYNC_NOTE = ("offline audio-visual sync: correlation of audio log-RMS and landmark mouth opening over offsets "
              "of +-15 frames; NOT SyncNet Sync-C (no SyncNet weights offline)")

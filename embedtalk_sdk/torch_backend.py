@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedtalk_sdk.runtime.backends.base import background_to_float, deform_io, to_uint8
+from embedtalk_sdk.runtime.backends.base import deform_io
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 from embedtalk_sdk.runtime.onnx_weights import bundle_initializers
+from embedtalk_sdk.runtime.pixels import background_to_float, to_uint8
 
 
 def load_baked_deform(bundle: Bundle, file: str):
@@ -64,6 +65,7 @@ class TorchBackend:
     name = "torch"
     REQUIRES = ("torch",)
     INSTALL = "pip install 'embedtalk-sdk[train]'"
+    AUTO_PICK = True  # a playback backend: `auto` may fall back to it, after the runtime's own
 
     def __init__(self, bundle: Bundle) -> None:
         import torch

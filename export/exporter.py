@@ -22,7 +22,7 @@ from embedtalk_sdk.export.onnx_graph import build_deform_onnx, io_spec
 from embedtalk_sdk.model.checkpoint import PLAYBACK_META, Checkpoint
 from embedtalk_sdk.model.deform import BakedDeform
 from embedtalk_sdk.runtime.aus import AU_NAMES
-from embedtalk_sdk.runtime.backends.base import to_uint8
+from embedtalk_sdk.runtime.pixels import to_uint8
 from embedtalk_sdk.runtime.bundle import Bundle, bundle_megabytes, bundle_parts, format_parts
 from embedtalk_sdk.runtime.track import DEFAULT_CRF, encode_track
 

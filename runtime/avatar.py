@@ -1,7 +1,8 @@
 """`Avatar`: play a bundle — audio in, uint8 frames (or an MP4) out. Never imports torch.
 
     from embedtalk_sdk import Avatar
-    avatar = Avatar.load("alice.etk")            # backend="auto" | "onnxruntime" | "torch"
+    avatar = Avatar.load("alice.etk")            # the fastest backend that runs here, or choose one:
+    # backend="auto" | "tensorrt" | "tensorrt-rtx" | "cuda" | "onnxruntime" | "torch"
     video = avatar.speak("hello.wav")            # uint8 [T, H, W, 3] at avatar.fps
     avatar.speak("hello.wav", out="out.mp4")     # H.264 + AAC, frames streamed to the encoder
     for frame in avatar.stream(chunks): ...      # 16 kHz PCM chunks in, frames out as ready
@@ -10,7 +11,8 @@ Audio becomes feature rows through the bundle's encoder (runtime/audio/encoders.
 or features the app supplies). Frame n uses the feature window of `frame_windows`
 (docs/interfaces.md), AUs for frame n (given, or neutral + generated blinks), camera
 viewmats[pingpong(n, K)] and torso/background image pingpong(n, Kb) of the torso track
-(runtime/track.py: H.264, decoded once into memory from load on). The network runs on batches of `batch` frames.
+(runtime/track.py: H.264, decoded once into memory from load on). The network runs on batches of `batch`
+frames (`DEFAULT_BATCH`).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -27,9 +29,12 @@ from embedtalk_sdk.runtime.audio.io import AudioError, load_audio, pcm_chunk, pr
 from embedtalk_sdk.runtime.audio.mel import RowBuffer, frame_windows, frames_ready, n_video_frames, window_bounds
 from embedtalk_sdk.runtime.camera import pingpong
 from embedtalk_sdk.runtime.aus import AU_NAMES, AU_SCALE, BLINK_INDEX, N_AUS
-from embedtalk_sdk.runtime.backends.base import Backend, available_backends, create_backend, to_uint8, warm_cpu_renderer
+from embedtalk_sdk.runtime.backends.base import DEFAULT_BATCH, Backend
+from embedtalk_sdk.runtime.backends.cpu import warm_cpu_renderer
+from embedtalk_sdk.runtime.backends.registry import auto_backends, create_backend
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 from embedtalk_sdk.runtime.manifest import check_avatar_manifest
+from embedtalk_sdk.runtime.pixels import to_uint8
 from embedtalk_sdk.runtime.track import open_track
 
 BLINK_SEED = 0
@@ -87,7 +92,7 @@ class Avatar:
     finished or closed) raises RuntimeError; use one Avatar per thread.
     """
 
-    def __init__(self, bundle: Bundle, backend: Backend, batch: int = 8,
+    def __init__(self, bundle: Bundle, backend: Backend, batch: int = DEFAULT_BATCH,
                  encoder_file: str | os.PathLike | None = None) -> None:
         """Use `Avatar.load`; this wires an already-open bundle to an already-built backend."""
         self._bundle, self._backend, self._batch = bundle, backend, int(batch)
@@ -99,23 +104,29 @@ class Avatar:
         self._load_tracks()
 
     @classmethod
-    def load(cls, path: str | os.PathLike, backend: str = "auto", batch: int = 8,
-             encoder_file: str | os.PathLike | None = None) -> "Avatar":
+    def load(cls, path: str | os.PathLike, backend: str = "auto", batch: int = DEFAULT_BATCH,
+             encoder_file: str | os.PathLike | None = None,
+             backend_options: Mapping[str, Any] | None = None) -> "Avatar":
         """Open and verify the bundle at `path` (an `.etk` folder or a `.zip`) and create its backend.
 
         backend: "auto" (the fastest that works here; logged at INFO on "embedtalk_sdk.runtime"),
-            "onnxruntime" or "torch". batch: frames per network call.
+            or a name of `available_backends()`: "tensorrt", "tensorrt-rtx", "cuda", "onnxruntime",
+            "torch". batch: frames per network call.
+        backend_options: keyword arguments for the backend's constructor, e.g. {"device": 1} (GPU
+            backends: the CUDA device ordinal) or {"threads": 4} (onnxruntime's intra-op threads);
+            with "auto", only backends that take them all are tried (`create_backend`).
         encoder_file: the audio encoder file of a bundle exported with a shared one
             (`export --shared-encoder`); by default it is looked up beside the bundle under the
             name its manifest records. Its sha256 must match the manifest's.
         Raises BundleError (bad/corrupt/too-new bundle, missing or mismatched encoder file),
-        ValueError (unknown backend), BackendError (the backend cannot run here).
+        ValueError (unknown backend, or an option it does not take), BackendError (the backend
+        cannot run here).
         """
-        if backend == "onnxruntime" or (backend == "auto" and available_backends()[:1] == ["onnxruntime"]):
+        if backend == "onnxruntime" or (backend == "auto" and auto_backends()[:1] == ["onnxruntime"]):
             warm_cpu_renderer()  # numba's start-up, in a thread, while the bundle is verified and loaded
         bundle = Bundle.open(path)
         check_avatar_manifest(bundle.manifest, str(bundle.path))  # before a backend sizes buffers from it
-        return cls(bundle, create_backend(backend, bundle), batch=batch, encoder_file=encoder_file)
+        return cls(bundle, create_backend(backend, bundle, backend_options), batch=batch, encoder_file=encoder_file)
 
     # ------------------------------------------------------------ set-up
 
@@ -174,6 +185,11 @@ class Avatar:
     def window(self) -> int:
         """Feature rows in one frame's audio window (the network's audio input is [window, F])."""
         return self._window
+
+    @property
+    def batch(self) -> int:
+        """Frames per network call."""
+        return self._batch
 
     @property
     def backend(self) -> Backend:

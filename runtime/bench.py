@@ -16,7 +16,7 @@ import numpy as np
 from embedtalk_sdk.plugins.cpu import playback
 from embedtalk_sdk.runtime.audio.speech import synthesize_speech
 from embedtalk_sdk.runtime.bundle import bundle_megabytes, bundle_parts, format_parts
-from embedtalk_sdk.runtime.backends.base import available_backends
+from embedtalk_sdk.runtime.backends.registry import available_backends
 
 BASELINES = ("torch", "onnxruntime")  # the first one installed
 

@@ -1,6 +1,6 @@
 """The playback rasteriser (plugins/cpu/rasterize.py: blend_fast, blend_u8, exp_neg) against the exact
 path it replaces: libm's exp, one pixel at a time (`blend`, which CPU training keeps), the float
-image rounded by runtime/backends/base.py:to_uint8 over background_to_float's background.
+image rounded by runtime/pixels.py:to_uint8 over background_to_float's background.
 The oracle parity of rasterize_cpu (which uses blend_fast) is tests/test_rasterize.py's."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from numba import njit
 from embedtalk_sdk.plugins.cpu.rasterize import (
     TILE, bin_tiles, blend, exp_neg, project, rasterize_cpu, rasterize_u8, tiles_one_at_a_time,
 )
-from embedtalk_sdk.runtime.backends.base import background_to_float, to_uint8
+from embedtalk_sdk.runtime.pixels import background_to_float, to_uint8
 from test_rasterize import as_f32, random_scene
 
 

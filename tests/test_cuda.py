@@ -210,7 +210,7 @@ def test_gpu_runtime_modules_never_import_torch():
         "import embedtalk_sdk.plugins.cuda, embedtalk_sdk.plugins.cuda.rasterizer\n"
         "import embedtalk_sdk.runtime.backends.tensorrt_rtx, embedtalk_sdk.runtime.backends.tensorrt\n"
         "import embedtalk_sdk.runtime.backends.cuda, embedtalk_sdk.runtime.backends.cuda_frames\n"
-        "from embedtalk_sdk.runtime.backends.base import available_backends\n"
+        "from embedtalk_sdk.runtime.backends.registry import available_backends\n"
         "available_backends()\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
@@ -239,11 +239,12 @@ def test_without_a_gpu_auto_falls_back_to_the_cpu(tmp_path, caplog):
     from test_runtime import make_test_bundle
 
     from embedtalk_sdk.runtime.avatar import Avatar
-    from embedtalk_sdk.runtime.backends.base import BackendError, create_backend
+    from embedtalk_sdk.runtime.backends.base import BackendError
+    from embedtalk_sdk.runtime.backends.registry import create_backend
     from embedtalk_sdk.runtime.bundle import Bundle
 
     bundle = make_test_bundle(tmp_path / "a.etk")
-    available = __import__("embedtalk_sdk.runtime.backends.base", fromlist=["x"]).available_backends()
+    available = __import__("embedtalk_sdk.runtime.backends.registry", fromlist=["x"]).available_backends()
     for name in ("tensorrt-rtx", "cuda"):
         if name in available:
             with pytest.raises(BackendError, match=f"backend {name}"):
@@ -285,10 +286,10 @@ def test_an_unconsumed_dlpack_capsule_frees_its_tensor():
 
 
 def test_backends_are_registered():
-    from embedtalk_sdk.runtime.backends import base
+    from embedtalk_sdk.runtime.backends import registry
 
-    assert {"tensorrt-rtx", "tensorrt", "cuda"} <= set(base._REGISTRY)
-    assert base.AUTO_ORDER[:4] == ("tensorrt", "tensorrt-rtx", "cuda", "onnxruntime")
+    assert {"tensorrt-rtx", "tensorrt", "cuda"} <= set(registry._REGISTRY)
+    assert registry.AUTO_ORDER[:4] == ("tensorrt", "tensorrt-rtx", "cuda", "onnxruntime")
 
 
 # ---------------------------------------------------------------- on a GPU

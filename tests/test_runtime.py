@@ -22,7 +22,7 @@ from embedtalk_sdk.runtime.audio.mel import MelSpec
 from embedtalk_sdk.runtime.camera import intrinsics
 from embedtalk_sdk.export.bundle import write_bundle
 from embedtalk_sdk.runtime.avatar import Avatar, BlinkSchedule
-from embedtalk_sdk.runtime.backends.base import available_backends, create_backend
+from embedtalk_sdk.runtime.backends.registry import available_backends, create_backend
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 from embedtalk_sdk.runtime.track import encode_track
 

@@ -21,11 +21,7 @@ from embedtalk_sdk.runtime.audio.encoders import SAMPLE_RATE
 from embedtalk_sdk.runtime.audio.io import pcm_chunk
 from embedtalk_sdk.runtime.avatar import Avatar
 from embedtalk_sdk.serve.renderer import AvatarRenderer
-from embedtalk_sdk.serve.session import Session
-
-# `embedtalk-sdk serve`'s default: 4 of the window's 7 future rows (design.md of serve: p50 99 ms,
-# 47 dB against the exact frames). None waits for the whole window: frames equal `speak`'s.
-LOOKAHEAD_ROWS = 4
+from embedtalk_sdk.serve.session import LOOKAHEAD_ROWS, Session
 
 _names = itertools.count(1)
 
@@ -201,4 +197,4 @@ def to_int16(samples: np.ndarray) -> np.ndarray:
     return np.clip(np.round(samples * 32767.0), -32768, 32767).astype(np.int16)
 
 
-__all__ = ["LOOKAHEAD_ROWS", "LiveAvatarStream", "LiveFrame", "SAMPLE_RATE", "mono_int16", "to_int16"]
+__all__ = ["LiveAvatarStream", "LiveFrame", "SAMPLE_RATE", "mono_int16", "to_int16"]

@@ -31,9 +31,10 @@ from livekit.agents.voice.avatar import (
 )
 from livekit.agents.voice.avatar import AvatarSession as BaseAvatarSession
 
-from embedtalk_sdk.integrations.live import LOOKAHEAD_ROWS, SAMPLE_RATE, LiveAvatarStream, LiveFrame, mono_int16, to_int16
+from embedtalk_sdk.integrations.live import SAMPLE_RATE, LiveAvatarStream, LiveFrame, mono_int16, to_int16
 from embedtalk_sdk.runtime.avatar import Avatar
 from embedtalk_sdk.serve.renderer import AvatarRenderer
+from embedtalk_sdk.serve.session import LOOKAHEAD_ROWS
 
 WORKER_AGENT_NAME = "embedtalk-avatar"   # the avatar worker's agent name (explicit dispatch)
 RESAMPLER_QUALITY = rtc.AudioResamplerQuality.HIGH

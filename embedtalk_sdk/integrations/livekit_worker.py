@@ -28,7 +28,7 @@ from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobExecutorTy
 from livekit.agents.types import ATTRIBUTE_PUBLISH_ON_BEHALF
 from livekit.agents.voice.avatar import AvatarRunner, DataStreamAudioReceiver
 
-from embedtalk_sdk.integrations.live import LOOKAHEAD_ROWS
+from embedtalk_sdk.serve.session import LOOKAHEAD_ROWS
 from embedtalk_sdk.integrations.livekit_avatar import WORKER_AGENT_NAME, EmbedTalkVideoGenerator
 from embedtalk_sdk.serve.avatars import Admission, AvatarEntry, AvatarRegistry, UnknownAvatar
 from embedtalk_sdk.serve.renderer import AvatarRenderer

@@ -27,9 +27,10 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from embedtalk_sdk.integrations.live import LOOKAHEAD_ROWS, SAMPLE_RATE, LiveAvatarStream, LiveFrame, mono_int16, to_int16
+from embedtalk_sdk.integrations.live import SAMPLE_RATE, LiveAvatarStream, LiveFrame, mono_int16, to_int16
 from embedtalk_sdk.runtime.avatar import Avatar
 from embedtalk_sdk.serve.renderer import AvatarRenderer
+from embedtalk_sdk.serve.session import LOOKAHEAD_ROWS
 
 
 class EmbedTalkVideoService(FrameProcessor):

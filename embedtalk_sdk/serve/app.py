@@ -48,7 +48,7 @@ from embedtalk_sdk.serve.media import (SDP_ERRORS, SessionMedia, check_offer, co
 from embedtalk_sdk.serve.metrics import ServerMetrics
 from embedtalk_sdk.serve.ratelimit import RateLimiter
 from embedtalk_sdk.serve.renderer import AvatarRenderer
-from embedtalk_sdk.serve.session import Session, SessionError
+from embedtalk_sdk.serve.session import LOOKAHEAD_ROWS, Session, SessionError
 from embedtalk_sdk.serve.tts import TTS, TTSError
 
 log = logging.getLogger("embedtalk_sdk.serve")
@@ -553,8 +553,8 @@ async def listen(handler_factory, host: str, port: int, ssl_context=None, handsh
 
 
 def run(avatars: str, host: str = "127.0.0.1", port: int = 8000, max_sessions: int | None = None,
-        backend: str = "auto", tts: str = "espeak", limits: Limits = Limits(), lookahead_rows: int | None = None,
-        log_fn=print, exposure: Exposure = Exposure()) -> None:
+        backend: str = "auto", tts: str = "espeak", limits: Limits = Limits(),
+        lookahead_rows: int | None = LOOKAHEAD_ROWS, log_fn=print, exposure: Exposure = Exposure()) -> None:
     """Load AVATARS, measure them, and serve until interrupted (the `embedtalk-sdk serve` command).
     Refuses (ValueError) an unsafe or contradictory `exposure` before loading anything."""
     from embedtalk_sdk.serve.media import restrict_ice_to_loopback

@@ -128,14 +128,15 @@ def measure_cost(entry: AvatarEntry, frames: int = 24) -> None:
     a = entry.avatar
     state = StreamState(a)
     window = np.repeat(state.silence_row[None, None], a.window, axis=1)[0]
-    aus = a.generated_aus()(0, 8)
+    b = a.batch
+    aus = a.generated_aus()(0, b)
     per_batch = []
-    for k in range(1 + max(1, frames // 8)):
+    for k in range(1 + max(1, frames // b)):
         t = time.perf_counter()
-        for _ in a.render_network_inputs(np.repeat(window[None], 8, axis=0), aus, np.arange(8 * k, 8 * k + 8)):
+        for _ in a.render_network_inputs(np.repeat(window[None], b, axis=0), aus, np.arange(b * k, b * k + b)):
             pass
         if k:
-            per_batch.append((time.perf_counter() - t) / 8)
+            per_batch.append((time.perf_counter() - t) / b)
     entry.render_ms = float(np.median(per_batch)) * 1000.0
 
     vp8 = get_encoder(RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000))

@@ -34,6 +34,10 @@ LIVE_QUEUE_S = 2.0      # live audio kept at most (older samples are dropped: a 
 GAP_S = 0.1             # live input silent this long -> the timeline goes on with silence
 VOICED_RMS = 10 ** (-50 / 20)   # a frame's pushed audio above -50 dBFS counts as speech
 HANGOVER_FRAMES = 10    # unvoiced frames (0.4 s at 25 fps) before "speaking_stopped"
+# Live playback's default lookahead (`embedtalk-sdk serve`, `serve.app.run`, livekit-worker and the
+# integrations): 4 of the window's 7 future rows (design.md: p50 99 ms, 47 dB against the exact
+# frames). None waits for the whole window: frames equal `speak`'s.
+LOOKAHEAD_ROWS = 4
 
 
 class SessionError(EmbedTalkError, ValueError):

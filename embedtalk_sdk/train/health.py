@@ -19,7 +19,7 @@ import torch
 from embedtalk_sdk.metrics import audio_envelope, psnr
 from embedtalk_sdk.model.deform import DeformNet
 from embedtalk_sdk.model.gaussians import GaussianModel
-from embedtalk_sdk.runtime.backends.base import to_uint8
+from embedtalk_sdk.runtime.pixels import to_uint8
 
 # Below this mean difference (8-bit levels) between the mouth driven by its audio and by silence
 # the deformation is taken to ignore the audio. Measured: a zeroed audio path 0 exactly; the tiny

@@ -24,7 +24,7 @@ from embedtalk_sdk.model.checkpoint import Checkpoint
 from embedtalk_sdk.model.deform import DeformConfig, DeformNet
 from embedtalk_sdk.runtime.aus import BLINK_INDEX
 from embedtalk_sdk.model.gaussians import GaussianModel
-from embedtalk_sdk.runtime.backends.base import to_uint8
+from embedtalk_sdk.runtime.pixels import to_uint8
 from embedtalk_sdk.train.losses import (
     box_l1, embedding_rows, embedding_smoothness, knn_indices, l1, lpips_face, lpips_mouth, opacity_mean,
 )

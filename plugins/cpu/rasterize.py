@@ -400,7 +400,7 @@ def blend_fast(offsets, ids, mean2d, conic, opacities, colors, support, backgrou
 @njit(parallel=True, fastmath=False, cache=True)
 def blend_u8(offsets, ids, mean2d, conic, opacities, colors, support, background, tiles_x, out):
     """blend_fast over a uint8 background [H,W,3] straight into uint8 `out` [H,W,3], in one pass:
-    the background as x / 255 in float32 (runtime/backends/base.py:background_to_float's rule),
+    the background as x / 255 in float32 (runtime/pixels.py:background_to_float's rule),
     then clip to [0,1], x 255 and round half to even (to_uint8's)."""
     H, W = background.shape[0], background.shape[1]
     n_tiles = offsets.shape[0] - 1
@@ -469,7 +469,7 @@ def rasterize_u8(
 ) -> np.ndarray:
     """`rasterize_cpu` over a uint8 background [H,W,3] -> uint8 [H,W,3] (into `out` if given): the
     same pixels as to_uint8(rasterize_cpu(..., background / 255)[0]), bit for bit, in one pass
-    (the playback path: runtime/backends/base.py:CpuRenderer). With `stages` (a dict), adds the
+    (the playback path: runtime/backends/cpu.py:CpuRenderer). With `stages` (a dict), adds the
     [wall, process CPU] seconds of "projection" (steps 1-5), "binning" (step 6: depth sort, tile
     lists) and "blending" (step 7, compositing and uint8 rounding included) to it."""
     means, quats, scales, opacities, colors, viewmat, K = gaussian_arrays(means, quats, scales, opacities, colors,

@@ -26,11 +26,12 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from embedtalk_sdk.runtime.backends.base import DEFAULT_BATCH
 from embedtalk_sdk.runtime.errors import EmbedTalkError
 
 BACKEND_RTX = "tensorrt-rtx"
 BACKEND_TRT = "tensorrt"
-BATCH_PROFILE = (1, 8, 16)  # min, opt, max frames per network call (Avatar's default batch is 8)
+BATCH_PROFILE = (1, DEFAULT_BATCH, 2 * DEFAULT_BATCH)  # min, opt, max frames per network call (opt: Avatar's batch)
 PLUGIN_OP = "EmbedTalkRasterizer"
 PLUGIN_DOMAIN = "embedtalk"
 PLUGIN_VERSION = "1"

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from embedtalk_sdk.runtime.backends.base import BackendError, deform_io
+from embedtalk_sdk.runtime.backends.base import BackendError
 from embedtalk_sdk.runtime.backends.cuda_frames import CudaFrames, RenderOnGpu
+from embedtalk_sdk.runtime.backends.gpu import open_gpu
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 from embedtalk_sdk.runtime.network import BakedNetwork
 
@@ -103,13 +104,9 @@ class CudaBackend(RenderOnGpu):
     name = BACKEND
 
     def __init__(self, bundle: Bundle, device: int = 0) -> None:
-        from embedtalk_sdk.plugins.cuda.driver import CudaError, Stream, get_device
+        from embedtalk_sdk.plugins.cuda.driver import CudaError, Stream
 
-        self.io = deform_io(bundle)
-        try:
-            self.device = get_device(device)  # first: cheap, and the usual failure (no GPU)
-        except CudaError as e:
-            raise BackendError(f"backend {BACKEND}: {e}") from None
+        self.io, self.device, _ = open_gpu(BACKEND, bundle, device)
         data = bundle.bytes_of(self.io.file)
         try:
             # A graph of another exporter may run on onnxruntime: not the bundle's fault, so BackendError.

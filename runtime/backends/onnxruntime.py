@@ -11,13 +11,8 @@ import os
 import numpy as np
 import onnxruntime as ort
 
-from embedtalk_sdk.runtime.backends.base import (
-    DEFORM_INPUTS,
-    DEFORM_OUTPUTS,
-    CpuRenderer,
-    check_shape,
-    deform_io,
-)
+from embedtalk_sdk.runtime.backends.base import DEFAULT_BATCH, DEFORM_INPUTS, DEFORM_OUTPUTS, check_shape, deform_io
+from embedtalk_sdk.runtime.backends.cpu import CpuRenderer
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 from embedtalk_sdk.runtime.onnx_check import check_self_contained
 from embedtalk_sdk.runtime.stages import add_stage, stage_clock
@@ -46,7 +41,7 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, bundle: Bundle, threads: int | None = None, max_batch: int = 8) -> None:
+    def __init__(self, bundle: Bundle, threads: int | None = None, max_batch: int = DEFAULT_BATCH) -> None:
         self.io = deform_io(bundle)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or _cores()

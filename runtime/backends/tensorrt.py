@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from embedtalk_sdk.runtime.backends.base import BackendError, deform_io
+from embedtalk_sdk.runtime.backends.base import BackendError
+from embedtalk_sdk.runtime.backends.gpu import open_gpu
 from embedtalk_sdk.runtime.bundle import Bundle
 
 log = logging.getLogger("embedtalk_sdk.runtime")
@@ -46,17 +47,12 @@ class TensorRTBackend:
     name = BACKEND
 
     def __init__(self, bundle: Bundle, device: int = 0) -> None:
-        from embedtalk_sdk.plugins.cuda.engines import EngineBuildError, import_trt
-        from embedtalk_sdk.plugins.cuda.driver import CudaError, DeviceBuffer, PinnedBuffer, Stream, get_device
+        from embedtalk_sdk.plugins.cuda.driver import DeviceBuffer, PinnedBuffer, Stream
+        from embedtalk_sdk.plugins.cuda.engines import import_trt, version_key
         from embedtalk_sdk.plugins.cuda.trt_plugin import register_plugin
-        from embedtalk_sdk.plugins.cuda.engines import version_key
 
-        self.io = deform_io(bundle)
-        try:
-            self.device = get_device(device)
-            self.trt = trt = import_trt()
-        except (EngineBuildError, CudaError) as e:
-            raise BackendError(f"backend {BACKEND}: {e}") from None
+        self.io, self.device, self.trt = open_gpu(BACKEND, bundle, device, import_trt)
+        trt = self.trt
         register_plugin(trt)
         cc = self.device.compute_capability
         entries = [e for e in bundle.manifest.get("engines") or [] if e.get("backend") == BACKEND]

@@ -23,15 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from embedtalk_sdk.runtime.backends.base import (
-    DEFORM_INPUTS,
-    DEFORM_OUTPUTS,
-    BackendError,
-    check_shape,
-    deform_io,
-)
-from embedtalk_sdk.plugins.cuda.engines import version_key
+from embedtalk_sdk.runtime.backends.base import DEFORM_INPUTS, DEFORM_OUTPUTS, BackendError, check_shape
+from embedtalk_sdk.plugins.cuda.engines import import_rtx, version_key
 from embedtalk_sdk.runtime.backends.cuda_frames import CudaFrames, RenderOnGpu
+from embedtalk_sdk.runtime.backends.gpu import open_gpu
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 from embedtalk_sdk.runtime.onnx_check import check_self_contained
 
@@ -86,15 +81,10 @@ class TensorRTRTXBackend(RenderOnGpu):
     name = BACKEND
 
     def __init__(self, bundle: Bundle, device: int = 0) -> None:
-        self.io = deform_io(bundle)
-        from embedtalk_sdk.plugins.cuda.engines import EngineBuildError, import_rtx  # numpy only, no torch
-        from embedtalk_sdk.plugins.cuda.driver import CudaError, Stream, get_device
+        from embedtalk_sdk.plugins.cuda.driver import Stream
 
-        try:
-            self.device = get_device(device)  # first: cheap, and the usual failure (no GPU)
-            self.trt = trt = import_rtx()
-        except (EngineBuildError, CudaError) as e:
-            raise BackendError(f"backend {BACKEND}: {e}") from None
+        self.io, self.device, self.trt = open_gpu(BACKEND, bundle, device, import_rtx)
+        trt = self.trt
         supported = supported_compute_capabilities(trt)
         if self.device.compute_capability not in supported:
             raise BackendError(
