@@ -16,6 +16,7 @@ import numpy as np
 from embedtalk_sdk.plugins.cpu import playback
 from embedtalk_sdk.runtime.audio.speech import synthesize_speech
 from embedtalk_sdk.runtime.bundle import bundle_megabytes, bundle_parts, format_parts
+from embedtalk_sdk.runtime.fileio import atomic_path
 from embedtalk_sdk.runtime.backends.registry import available_backends
 
 BASELINES = ("torch", "onnxruntime")  # the first one installed
@@ -189,13 +190,15 @@ def save_chart(report: dict, path: str | Path) -> None:
     ax.set_title(f"{report['width']}x{report['height']}, {report['gaussians']} Gaussians")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
 
 
 def write_report(report: dict, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
+    with atomic_path(out_dir / "bench.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
     save_chart(report, out_dir / "bench.png")
     return out_dir / "bench.json"
