@@ -42,7 +42,7 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -52,11 +52,11 @@ from PIL import Image
 
 from embedtalk_sdk import __version__
 from embedtalk_sdk.data.layout import write_au_csv, write_landmarks, write_npy, write_transforms, write_wav
+from embedtalk_sdk.model_files import FACE_LANDMARKER, SELFIE_SEGMENTATION, model_file
 from embedtalk_sdk.runtime.aus import BLINK_CSV_COLUMN
 from embedtalk_sdk.runtime.errors import EmbedTalkError
 from embedtalk_sdk.runtime.fileio import atomic_path, atomic_write
 
-SHARED_MODELS = Path(__file__).resolve().parents[2].parent / "shared" / "models"
 FPS = 25
 SAMPLE_RATE = 16000
 MIN_FRAMES = 25  # 1 s: the 1/11 validation split needs a few frames
@@ -82,10 +82,11 @@ class PreprocessError(EmbedTalkError, ValueError):
 
 @dataclass
 class PreprocessOptions:
-    """What a run depends on (besides the video). Paths default to ../shared/models."""
+    """What a run depends on (besides the video). A model path left None is found as
+    `embedtalk_sdk.model_files` says ($EMBEDTALK_MODELS, then the user cache)."""
 
-    face_model: str = str(SHARED_MODELS / "face_landmarker.task")
-    segmentation_model: str = str(SHARED_MODELS / "selfie_segmentation.tflite")
+    face_model: str | None = None
+    segmentation_model: str | None = None
     audio: str | None = None  # a separate speech track instead of the video's own
     audio_shift: float = 0.0  # seconds; negative moves the speech earlier (sound late in the clip); no auto-sync
     keep_audio_sync: bool = False  # True: a clip found out of sync is only warned about, not corrected
@@ -694,20 +695,23 @@ class _Run:
         return {"shape": list(arr.shape)}
 
 
+def resolve_models(opts: PreprocessOptions) -> PreprocessOptions:
+    """`opts` with both model paths found (model_files.model_file); raises ModelFileError."""
+    face = model_file(FACE_LANDMARKER, opts.face_model, "--face-model")
+    segmentation = model_file(SELFIE_SEGMENTATION, opts.segmentation_model, "--segmentation-model")
+    return replace(opts, face_model=str(face), segmentation_model=str(segmentation))
+
+
 def preprocess(video: str | Path, out: str | Path, options: PreprocessOptions | None = None,
                progress: Progress | None = None, log: Callable[[str], None] = lambda m: None) -> dict:
     """Turn one talking-portrait video into a dataset folder `out`; returns the log record.
 
     Resumable: finished steps whose inputs and options are unchanged are skipped.
-    Raises PreprocessError (bad input; one line naming the file and what to do) and FaceModelError
-    (a model file that cannot be used).
+    Raises PreprocessError (bad input; one line naming the file and what to do), ModelFileError (a
+    model file found nowhere) and FaceModelError (a model file that cannot be used).
     """
     video, out = Path(video), Path(out)
-    opts = options or PreprocessOptions()
-    from embedtalk_sdk.preprocess.face import check_model
-
-    check_model(opts.face_model, "face landmarker", "--face-model")
-    check_model(opts.segmentation_model, "selfie segmentation", "--segmentation-model")
+    opts = resolve_models(options or PreprocessOptions())
     if not video.is_file():
         raise PreprocessError(f"{video}: no such video file; check the path")
     out.mkdir(parents=True, exist_ok=True)
