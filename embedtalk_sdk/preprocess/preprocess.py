@@ -51,7 +51,9 @@ import numpy as np
 from PIL import Image
 
 from embedtalk_sdk import __version__
-from embedtalk_sdk.data.layout import write_au_csv, write_landmarks, write_npy, write_transforms, write_wav
+from embedtalk_sdk.data.layout import (
+    JPEG_QUALITY, write_au_csv, write_image, write_landmarks, write_npy, write_transforms, write_wav,
+)
 from embedtalk_sdk.model_files import FACE_LANDMARKER, SELFIE_SEGMENTATION, model_file
 from embedtalk_sdk.runtime.aus import BLINK_CSV_COLUMN
 from embedtalk_sdk.runtime.errors import EmbedTalkError
@@ -94,7 +96,7 @@ class PreprocessOptions:
     pose_smoothing: float = 1.0  # Gaussian sigma in frames over the head pose (0: off)
     points: int = 30000  # initial point-cloud size
     point_frames: int = 8
-    jpeg_quality: int = 95
+    jpeg_quality: int = JPEG_QUALITY
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,14 +105,6 @@ class PreprocessOptions:
 
 def _atomic_json(path: Path, obj: Any) -> None:
     atomic_write(path, json.dumps(obj, indent=1).encode())
-
-
-def _save_image(path: Path, arr: np.ndarray | Image.Image, quality: int = 95) -> None:
-    im = arr if isinstance(arr, Image.Image) else Image.fromarray(arr)
-    if path.suffix == ".jpg":
-        im.save(path, quality=quality, subsampling=0)
-    else:
-        im.save(path, compress_level=1)
 
 
 def _load_rgb(path: Path) -> np.ndarray:
@@ -231,7 +225,7 @@ def decode_video(path: Path, out: Path, quality: int, progress: Callable[[int, i
         def emit(img: np.ndarray, count: int) -> None:
             nonlocal written
             while written < count:
-                pending.append(pool.submit(_save_image, imgs / f"{written}.jpg", img, quality))
+                pending.append(pool.submit(write_image, imgs / f"{written}.jpg", img, quality))
                 written += 1
                 if progress and written % 10 == 0:
                     progress(written, max(est, written))
@@ -590,7 +584,7 @@ class _Run:
                     bar(k + 1, len(ids))
         bc, seen = background_from_frames(np.stack(samples), np.stack(masks))
         with atomic_path(self.out / "bc.jpg", suffix=".part.jpg") as tmp:
-            _save_image(tmp, bc, self.opts.jpeg_quality)
+            write_image(tmp, bc, self.opts.jpeg_quality)
         person_share = float(np.mean([(m > 0.5).mean() for m in masks]))
         return {"person_share_mean": round(person_share, 4), "background_seen_share": round(float(seen.mean()), 4),
                 "background_samples": len(ids)}
@@ -623,9 +617,9 @@ class _Run:
             rgba = np.empty(rgb.shape[:2] + (4,), np.uint8)
             rgba[..., :3] = rgb * (alpha[..., None] > 0)
             rgba[..., 3] = np.clip(alpha * 255 + 0.5, 0, 255)
-            _save_image(self.out / "gt_imgs" / f"{i}.jpg", gt8, self.opts.jpeg_quality)
-            _save_image(self.out / "torso_imgs" / f"{i}.png", rgba)
-            _save_image(self.out / "parsing" / f"{i}.png", parsing_image(labels))
+            write_image(self.out / "gt_imgs" / f"{i}.jpg", gt8, self.opts.jpeg_quality)
+            write_image(self.out / "torso_imgs" / f"{i}.png", rgba)
+            write_image(self.out / "parsing" / f"{i}.png", parsing_image(labels))
             with lock:
                 done[0] += 1
                 if bar and done[0] % 10 == 0:
