@@ -120,15 +120,18 @@ def _bundle_frames(bundle_path: Path, data: Path | None, backend: str,
 
 def _lpips_metric(weights: str | None) -> tuple[object | None, str]:
     """(LPIPS network or None, the note eval.json gives for it). LPIPS needs PyTorch and its
-    backbone file: without either, eval goes on with lpips null and the note says why."""
+    backbone file: without either, eval goes on with lpips null and the note says why (a
+    `weights` path that is not a file raises ModelFileError)."""
     try:
         from embedtalk_sdk.train.lpips import load_lpips
     except ImportError as e:
         return None, f"LPIPS off: it needs PyTorch ({e}); pip install 'embedtalk-sdk[train]'"
     try:
         return load_lpips(weights), "LPIPS v0.1 AlexNet"
-    except ModelFileError as e:  # a metric, not the model: the report says why it is null
-        return None, f"LPIPS off: {e}"
+    except ModelFileError as e:
+        if weights is not None:  # a path the user gave: a typo is an error, not a missing metric
+            raise
+        return None, f"LPIPS off: {e}"  # a metric, not the model: the report says why it is null
 
 
 class _LazyBackgrounds:

@@ -124,3 +124,12 @@ def test_train_finds_the_backbone_in_the_environment_folder(tiny_dataset, tmp_pa
     assert result.exit_code == 0, result.output
     assert f"LPIPS on: AlexNet backbone {backbone}" in " ".join(result.output.split())
     assert json.loads((tmp_path / "run" / "train_metrics.json").read_text())["lpips_val"] is not None
+
+
+def test_eval_reports_lpips_null_saying_where_it_looked(places):
+    from embedtalk_sdk.eval import _lpips_metric
+
+    metric, note = _lpips_metric(None)
+    assert metric is None and note.startswith("LPIPS off: model file") and str(places["env"] / LPIPS_BACKBONE) in note
+    with pytest.raises(ModelFileError, match="given by --lpips-weights"):  # a path given is never ignored
+        _lpips_metric(str(places["option"] / LPIPS_BACKBONE))
