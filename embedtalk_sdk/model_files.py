@@ -39,8 +39,7 @@ DESCRIPTIONS = {
 class ModelFileError(EmbedTalkError, FileNotFoundError, ValueError):
     """A model file found nowhere; the message names the file, every place looked and how to fix it.
 
-    A FileNotFoundError (it is one) and a ValueError, as the SDK's other input errors are (a missing
-    face model used to raise FaceModelError, a ValueError)."""
+    A FileNotFoundError (it is one) and a ValueError, as the SDK's other input errors are."""
 
 
 def cache_dir() -> Path:
