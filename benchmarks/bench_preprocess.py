@@ -2,7 +2,8 @@
 
     python benchmarks/bench_preprocess.py [CLIP.mp4 ...] [-o bench_preprocess.json] [--keep DIR]
 
-Default clips: ../shared/data/real/may_5s.mp4 and ted_lieu_hdtf_60s.mp4. Each runs from scratch into
+Default clips: ../shared/data/real/may_5s.mp4 and ted_lieu_hdtf_60s.mp4; the models: $EMBEDTALK_MODELS
+(README, "Model files"). Each runs from scratch into
 a fresh folder (deleted afterwards unless --keep). The report records the CPU count and the load
 average before each run: on a shared machine the ratio is only meaningful next to them.
 Target: ratio <= 2 (preprocessing takes at most twice the clip's length) on 2 cores.
@@ -17,9 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from embedtalk_sdk.preprocess.preprocess import SHARED_MODELS, PreprocessOptions, preprocess
+from embedtalk_sdk.preprocess.preprocess import PreprocessOptions, preprocess
 
-REAL = SHARED_MODELS.parent / "data" / "real"
+# The test clips beside the checkout (a benchmark runs from the source tree); the MediaPipe models
+# are found as every model file is ($EMBEDTALK_MODELS, then the user cache: embedtalk_sdk/model_files.py).
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 DEFAULT_CLIPS = [REAL / "may_5s.mp4", REAL / "ted_lieu_hdtf_60s.mp4"]
 
 

@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 # Emoji codes off: a colon-separated hex fingerprint holds ":CD:", which rich would print as a disc.
 console = Console(stderr=True, emoji=False)
+# Model files not given by an option are found as embedtalk_sdk/model_files.py says.
+MODELS_DEFAULT = "[default: in $EMBEDTALK_MODELS, else in ~/.cache/embedtalk/models]"
 
 
 def say(message: str) -> None:
@@ -119,11 +121,16 @@ def synth(
     say(f"dataset written to {out}")
 
 
-def _train_config(max_gaussians: Optional[int] = None, **options: Any):
-    """TrainConfig(**options) (TrainConfig's own defaults for the rest), densifying up to `max_gaussians`."""
+def _train_config(max_gaussians: Optional[int] = None, no_lpips: bool = False, **options: Any):
+    """TrainConfig(**options) (TrainConfig's own defaults for the rest), densifying up to `max_gaussians`;
+    no_lpips: LPIPS off (lpips_every=0, TrainConfig's one switch for it)."""
     from embedtalk_sdk.train.strategy import DensifyConfig
     from embedtalk_sdk.train.trainer import TrainConfig, pick_device
 
+    if no_lpips:
+        if options.get("lpips_weights"):
+            _fail("--no-lpips with --lpips-weights: give one of them")
+        options["lpips_every"] = 0
     cfg = TrainConfig(**options)
     if max_gaussians is None:
         return cfg
@@ -158,7 +165,9 @@ def train(
         help="phonetic (phone posteriors of a US English model + log-mel) | phonetic-posteriors "
              "(the posteriors alone) | mel | hubert | features (aud_hu.npy)"),
     hubert_path: Optional[str] = typer.Option(None, help="local HuBERT checkpoint folder (transformers)"),
-    lpips_weights: Optional[str] = typer.Option(None, help="AlexNet features state dict for LPIPS"),
+    lpips_weights: Optional[str] = typer.Option(None, help=f"AlexNet features state dict for LPIPS {MODELS_DEFAULT}"),
+    no_lpips: bool = typer.Option(False, "--no-lpips", help="train without the LPIPS terms (no backbone needed; "
+                                  "lpips_val null)"),
     init_points: int = typer.Option(LibraryDefault(TRAIN, "TrainConfig", "init_points"),
                                     help="Gaussians taken from the dense point cloud"),
     device: str = typer.Option(LibraryDefault(TRAIN, "TrainConfig", "device"), help="auto | cpu | cuda"),
@@ -183,9 +192,9 @@ def train(
         _fail(f"{data}: no such dataset folder")
     if mouth_crops < 0:
         _fail(f"--mouth-crops {mouth_crops}: give 0 or more")
-    cfg = _train_config(max_gaussians, iterations=iterations, audio_encoder=audio_encoder, hubert_path=hubert_path,
-                        lpips_weights=lpips_weights, init_points=init_points, device=device, seed=seed,
-                        rasterizer=rasterizer, val_every=val_every, mouth_crops=mouth_crops)
+    cfg = _train_config(max_gaussians, no_lpips, iterations=iterations, audio_encoder=audio_encoder,
+                        hubert_path=hubert_path, lpips_weights=lpips_weights, init_points=init_points, device=device,
+                        seed=seed, rasterizer=rasterizer, val_every=val_every, mouth_crops=mouth_crops)
     if resume:
         require_state(out / RESUME_FILE)  # before the seconds of set-up; a ResumeError ends in one line
     metrics = run_training(data, out, cfg, resume=resume, checkpoint_seconds=checkpoint_seconds)
@@ -288,7 +297,9 @@ def demo(
     iterations: int = typer.Option(1500, help="training iterations"),
     init_points: int = typer.Option(6000),
     max_gaussians: int = typer.Option(12_000, help="densification cap: the CPU training budget"),
-    lpips_weights: Optional[str] = typer.Option(None, help="AlexNet features state dict for LPIPS"),
+    lpips_weights: Optional[str] = typer.Option(None, help=f"AlexNet features state dict for LPIPS {MODELS_DEFAULT}"),
+    no_lpips: bool = typer.Option(False, "--no-lpips", help="train without the LPIPS terms (no backbone needed; "
+                                  "lpips_val null)"),
     seed: int = typer.Option(0, help="training seed (the synthetic speaker and the new sentence stay the same)"),
 ) -> None:
     """The whole chain on the built-in synthetic speaker: synth -> train -> export -> speak."""
@@ -296,8 +307,8 @@ def demo(
 
     # No mouth crops: the synthetic speaker's mouth is learned without them (5 seeds, README), and
     # they would double the steps' cost in a demo meant to finish within 10 minutes.
-    cfg = _train_config(max_gaussians, iterations=iterations, lpips_weights=lpips_weights, init_points=init_points,
-                        seed=seed, mouth_crops=0)
+    cfg = _train_config(max_gaussians, no_lpips, iterations=iterations, lpips_weights=lpips_weights,
+                        init_points=init_points, seed=seed, mouth_crops=0)
     metrics = run_demo(out, seconds=seconds, size=size, train_config=cfg, progress_bar=progress_bar,
                        train_fn=run_training, log=say)  # fmt: skip
     console.print_json(json.dumps(metrics))
@@ -328,9 +339,9 @@ def _step_bars() -> Iterator:
 def preprocess(
     video: Path = typer.Argument(..., help="a 1-5 minute video of one person talking to a static camera"),
     out: Path = typer.Option(..., "-o", "--out", help="dataset folder to write (re-running resumes)"),
-    face_model: Optional[Path] = typer.Option(None, help="MediaPipe face_landmarker.task [default: ../shared/models]"),
+    face_model: Optional[Path] = typer.Option(None, help=f"MediaPipe face_landmarker.task {MODELS_DEFAULT}"),
     segmentation_model: Optional[Path] = typer.Option(
-        None, help="MediaPipe selfie_segmentation.tflite [default: ../shared/models]"),
+        None, help=f"MediaPipe selfie_segmentation.tflite {MODELS_DEFAULT}"),
     audio: Optional[Path] = typer.Option(None, help="speech track to use instead of the video's own"),
     audio_shift: float = typer.Option(
         LibraryDefault(PREPROCESS, "PreprocessOptions", "audio_shift"),
@@ -347,13 +358,11 @@ def preprocess(
     from embedtalk_sdk.preprocess.preprocess import PreprocessOptions
     from embedtalk_sdk.preprocess.preprocess import preprocess as run_preprocess
 
-    opts = PreprocessOptions(audio=str(audio) if audio else None, audio_shift=audio_shift,
+    opts = PreprocessOptions(face_model=str(face_model) if face_model else None,
+                             segmentation_model=str(segmentation_model) if segmentation_model else None,
+                             audio=str(audio) if audio else None, audio_shift=audio_shift,
                              keep_audio_sync=keep_audio_sync, hubert_path=hubert_path, points=points,
                              pose_smoothing=pose_smoothing)  # fmt: skip
-    if face_model:
-        opts.face_model = str(face_model)
-    if segmentation_model:
-        opts.segmentation_model = str(segmentation_model)
     with _step_bars() as update:
         record = run_preprocess(video, out, opts, progress=update, log=say)
     for warning in record["warnings"]:
@@ -368,8 +377,8 @@ def eval_cmd(
     model: Path = typer.Argument(..., help="RUN/ckpt.pt, or an avatar bundle (.etk / .zip) with --data"),
     data: Optional[Path] = typer.Option(None, help="dataset folder [default: the one the checkpoint names]"),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="folder for eval.json, side_by_side.mp4, frames"),
-    face_model: Optional[Path] = typer.Option(None, help="face_landmarker.task for LMD / sync [default: ../shared/models]"),
-    lpips_weights: Optional[str] = typer.Option(None, help="AlexNet features state dict for LPIPS"),
+    face_model: Optional[Path] = typer.Option(None, help=f"face_landmarker.task for LMD / sync {MODELS_DEFAULT}"),
+    lpips_weights: Optional[str] = typer.Option(None, help=f"AlexNet features state dict for LPIPS {MODELS_DEFAULT}"),
     backend: str = typer.Option(LibraryDefault("embedtalk_sdk.eval", "evaluate", "backend"),
                                 help=f"bundles: {BACKEND_HELP}"),
     frames: int = typer.Option(LibraryDefault("embedtalk_sdk.eval", "evaluate", "max_frames"),

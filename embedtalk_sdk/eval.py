@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -25,6 +26,7 @@ import numpy as np
 from embedtalk_sdk.data.dataset import TalkingDataset
 from embedtalk_sdk.mouth_strip import box_around, save_mouth_strip, strip_picks
 from embedtalk_sdk.metrics import audio_envelope, av_sync, lip_motion, lmd, lpips_distance, psnr, ssim
+from embedtalk_sdk.model_files import FACE_LANDMARKER, ModelFileError, model_file
 from embedtalk_sdk.runtime.errors import EmbedTalkError
 from embedtalk_sdk.runtime.pixels import to_uint8
 
@@ -117,14 +119,19 @@ def _bundle_frames(bundle_path: Path, data: Path | None, backend: str,
 
 
 def _lpips_metric(weights: str | None) -> tuple[object | None, str]:
-    """(LPIPS network or None, the note eval.json gives for it). LPIPS needs PyTorch: a bundle is
-    evaluated without it, with lpips null."""
+    """(LPIPS network or None, the note eval.json gives for it). LPIPS needs PyTorch and its
+    backbone file: without either, eval goes on with lpips null and the note says why (a
+    `weights` path that is not a file raises ModelFileError)."""
     try:
         from embedtalk_sdk.train.lpips import load_lpips
     except ImportError as e:
         return None, f"LPIPS off: it needs PyTorch ({e}); pip install 'embedtalk-sdk[train]'"
-    metric = load_lpips(weights)
-    return metric, "LPIPS v0.1 AlexNet" if metric is not None else "LPIPS off: no AlexNet backbone (--lpips-weights)"
+    try:
+        return load_lpips(weights), "LPIPS v0.1 AlexNet"
+    except ModelFileError as e:
+        if weights is not None:  # a path the user gave: a typo is an error, not a missing metric
+            raise
+        return None, f"LPIPS off: {e}"  # a metric, not the model: the report says why it is null
 
 
 class _LazyBackgrounds:
@@ -183,6 +190,145 @@ def _fill(values: list[float | None]) -> np.ndarray:
     return np.interp(np.arange(len(x)), np.flatnonzero(ok), x[ok])
 
 
+def _openings(landmarks: list[np.ndarray | None]) -> np.ndarray:
+    """The inner-lip gap over the eye span per frame, frames without a face interpolated."""
+    from embedtalk_sdk.preprocess.face import mouth_opening
+
+    return _fill([None if x is None else float(mouth_opening(x)) for x in landmarks])
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate, step by step.
+
+RenderFn = Callable[[bool], tuple[TalkingDataset, Iterator[np.ndarray], dict]]
+
+
+def _renderer(model: Path, data: Path | None, out: str | Path | None, backend: str) -> tuple[RenderFn, Path]:
+    """render(neutral_aus) of the validation split for a checkpoint or a bundle, and the output folder
+    (OUT, or RUN/eval for a checkpoint, <bundle>_eval beside a bundle)."""
+    if _is_bundle(model):
+        return (lambda neutral_aus: _bundle_frames(model, data, backend, neutral_aus),
+                Path(out) if out else model.with_name(model.stem + "_eval"))
+    return lambda neutral_aus: _checkpoint_frames(model, data, neutral_aus), Path(out) if out else model.parent / "eval"
+
+
+def _speech(ds: TalkingDataset, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The dataset's 16 kHz speech, and the part under the first n validation frames."""
+    from embedtalk_sdk.runtime.audio.io import load_audio
+
+    samples = load_audio(ds.audio_path, 16000)
+    hop = 16000 / ds.fps
+    return samples, samples[int(round(ds.aud_ids[0] * hop)):int(round((ds.aud_ids[n - 1] + 1) * hop))]
+
+
+@dataclass
+class _FrameMeasures:
+    """What the pass over the rendered frames measures: per-frame metrics and both sides' landmarks."""
+
+    per: dict[str, list]
+    lm_gt: list[np.ndarray | None] = field(default_factory=list)
+    lm_pred: list[np.ndarray | None] = field(default_factory=list)
+
+
+def _side_by_side(ds: TalkingDataset, frames: Iterator[np.ndarray], n: int, landmarker, lp: object | None,
+                  measures: _FrameMeasures, stills: set[int], stills_dir: Path,
+                  progress: Callable[[int, int], None] | None) -> Iterator[np.ndarray]:
+    """Ground truth | render per frame, measuring each as the video encoder pulls it (frames are
+    never all in memory); writes the `stills` frames as PNGs."""
+    from PIL import Image
+
+    per = measures.per
+    for i, render in zip(range(n), frames):
+        gt8 = to_uint8(ds.image(i))
+        gt, pred = gt8.astype(np.float32) / 255, render.astype(np.float32) / 255
+        per["psnr"].append(round(psnr(pred, gt), 4))
+        per["ssim"].append(round(ssim(pred, gt), 5))
+        per["lpips"].append(round(lpips_distance(lp, pred, gt), 5) if lp is not None else None)
+        measures.lm_gt.append(_mouth_landmarks(landmarker, gt8))
+        measures.lm_pred.append(_mouth_landmarks(landmarker, render))
+        pair = np.concatenate([gt8, render], axis=1)
+        if i in stills:
+            Image.fromarray(pair).save(stills_dir / f"val_{i:04d}.png")
+        if progress:
+            progress(i + 1, n)
+        yield pair
+
+
+def _measure_and_write_video(ds: TalkingDataset, frames: Iterator[np.ndarray], n: int, face_model: Path,
+                             lp: object | None, clip: np.ndarray, out: Path, stills: int,
+                             progress: Callable[[int, int], None] | None) -> _FrameMeasures:
+    """OUT/side_by_side.mp4 (with the clip's speech) and OUT/frames/*.png; the frames' measures."""
+    from embedtalk_sdk.preprocess.face import FaceLandmarker
+    from embedtalk_sdk.runtime.video import write_mp4
+
+    measures = _FrameMeasures({"psnr": [], "ssim": [], "lpips": [], "lmd": [None] * n})
+    still_ids = set(np.linspace(0, n - 1, min(stills, n)).round().astype(int).tolist())
+    with FaceLandmarker(face_model, num_faces=1, video=False) as landmarker:
+        pairs = _side_by_side(ds, frames, n, landmarker, lp, measures, still_ids, out / "frames", progress)
+        write_mp4(out / "side_by_side.mp4", pairs, fps=ds.fps, audio=clip if len(clip) else None)
+    return measures
+
+
+def _mouth_distance(measures: _FrameMeasures) -> tuple[dict, int]:
+    """LMD over the frames where both sides have a face (fills per_frame["lmd"]), and their count."""
+    from embedtalk_sdk.preprocess.face import MOUTH_IBUG, interocular, to_ibug68
+
+    lm_gt, lm_pred = measures.lm_gt, measures.lm_pred
+    both = [k for k in range(len(lm_gt)) if lm_gt[k] is not None and lm_pred[k] is not None]
+    if not both:
+        return {"lmd": None, "lmd_norm": None}, 0
+    g = to_ibug68(np.stack([lm_gt[k] for k in both]))[:, MOUTH_IBUG, :2]
+    p = to_ibug68(np.stack([lm_pred[k] for k in both]))[:, MOUTH_IBUG, :2]
+    mouth = lmd(g, p, interocular(np.stack([lm_gt[k] for k in both])))
+    for k, d in zip(both, np.linalg.norm(g - p, axis=-1).mean(axis=1)):
+        measures.per["lmd"][k] = round(float(d), 4)
+    return mouth, len(both)
+
+
+def _audio_only(render: RenderFn, face_model: Path, n: int, ds: TalkingDataset, lm_gt: list[np.ndarray | None],
+                open_gt: np.ndarray, strip: Path) -> np.ndarray:
+    """The mouth opening of the same frames driven by the audio alone (neutral AUs, as `speak`
+    renders: the ground-truth AUs can carry mouth motion that no application has, issue 9); writes
+    `strip` (mouth_strip.png) where a face was found."""
+    picks = [k for k in strip_picks(open_gt) if lm_gt[k] is not None]
+    lm_audio, audio_frames = _landmarks_of(face_model, render(True)[1], n, keep=picks)
+    strip.unlink(missing_ok=True)  # an earlier eval's, for other frames
+    _save_audio_only_strip(ds, audio_frames, {k: lm_gt[k] for k in picks}, open_gt, strip)
+    return _openings(lm_audio)
+
+
+def _summary(per: dict[str, list], mouth: dict, lmd_frames: int, lips: dict, sync: dict, sync_gt: dict) -> dict:
+    """eval.json's "metrics": means of the per-frame values, LMD, lip motion and sync."""
+
+    def mean(key: str) -> float | None:
+        vals = [v for v in per[key] if v is not None]
+        return round(float(np.mean(vals)), 4) if vals else None
+
+    return {
+        "psnr": mean("psnr"), "ssim": mean("ssim"), "lpips": mean("lpips"),
+        "lmd": None if mouth["lmd"] is None else round(mouth["lmd"], 4),
+        "lmd_norm": None if mouth["lmd_norm"] is None else round(mouth["lmd_norm"], 4),
+        "lmd_frames": lmd_frames, **lips,
+        "sync_offset_frames": sync["offset_frames"], "sync_correlation": sync["correlation"],
+        "sync_confidence": sync["confidence"], "sync_correlation_at_zero": sync["correlation_at_zero"],
+        "gt_sync_offset_frames": sync_gt["offset_frames"], "gt_sync_correlation": sync_gt["correlation"],
+        "gt_sync_confidence": sync_gt["confidence"],
+    }  # fmt: skip
+
+
+def _notes(lpips_note: str) -> dict:
+    return {
+        "sync": SYNC_NOTE,
+        "lmd": "mean L2 (pixels) over the 20 iBUG mouth landmarks 48-67 from MediaPipe, GT vs render; "
+               "lmd_norm = per-frame distance / GT outer-eye-corner distance x 100",
+        "lips": "lip_corr / lip_amplitude_ratio: inner-lip gap (landmarks 13/14) over the eye span, render vs "
+                "ground truth on the same frames: Pearson r and std(render) / std(truth); 1 / 1 is perfect. "
+                "*_audio_only: the frames rendered with the neutral AUs, as speak() drives the avatar",
+        "ssim": "Gaussian 11x11, sigma 1.5, K1=0.01, K2=0.03, valid window positions, mean over RGB",
+        "lpips": lpips_note,
+    }
+
+
 def evaluate(
     model: str | Path, data: str | Path | None = None, out: str | Path | None = None,
     face_model: str | Path | None = None, lpips_weights: str | None = None, backend: str = "auto",
@@ -191,121 +337,44 @@ def evaluate(
     """Evaluate a checkpoint (RUN/ckpt.pt) or a bundle (with data=) on the validation split.
 
     Returns the report written to OUT/eval.json. OUT defaults to RUN/eval (checkpoint) or
-    <bundle>_eval beside the bundle.
+    <bundle>_eval beside the bundle. face_model / lpips_weights: None finds them as every model
+    file is found (embedtalk_sdk.model_files); a missing face model raises ModelFileError, a
+    missing LPIPS backbone leaves lpips null with the reason in the report's notes.
     """
-    from embedtalk_sdk.preprocess.face import FaceLandmarker, MOUTH_IBUG, interocular, mouth_opening, to_ibug68
-    from embedtalk_sdk.preprocess.preprocess import SHARED_MODELS
-    from embedtalk_sdk.runtime.video import write_mp4
-
     model = Path(model)
     if not model.exists():
         raise EvalError(f"{model}: no such checkpoint or bundle")
-    data = Path(data) if data else None
-    if _is_bundle(model):
-        def render_val(neutral_aus: bool = False):
-            return _bundle_frames(model, data, backend, neutral_aus)
-        out = Path(out) if out else model.with_name(model.stem + "_eval")
-    else:
-        def render_val(neutral_aus: bool = False):
-            return _checkpoint_frames(model, data, neutral_aus)
-        out = Path(out) if out else model.parent / "eval"
-    ds, frames, info = render_val()
+    render, out = _renderer(model, Path(data) if data else None, out, backend)
+    ds, frames, info = render(False)
+    face_model = model_file(FACE_LANDMARKER, face_model, "--face-model")
     out.mkdir(parents=True, exist_ok=True)
     (out / "frames").mkdir(exist_ok=True)
     n = len(ds) if max_frames <= 0 else min(max_frames, len(ds))
     lp, lpips_note = _lpips_metric(lpips_weights)
-    face_model = Path(face_model) if face_model else SHARED_MODELS / "face_landmarker.task"
-    still_ids = set(np.linspace(0, n - 1, min(stills, n)).round().astype(int).tolist())
-    per: dict[str, list] = {"psnr": [], "ssim": [], "lpips": [], "lmd": [None] * n}
-    lm_gt: list[np.ndarray | None] = []
-    lm_pred: list[np.ndarray | None] = []
-    from embedtalk_sdk.runtime.audio.io import load_audio
-
-    samples = load_audio(ds.audio_path, 16000)
-    hop = 16000 / ds.fps
-    clip = samples[int(round(ds.aud_ids[0] * hop)):int(round((ds.aud_ids[n - 1] + 1) * hop))]
+    samples, clip = _speech(ds, n)
     t0 = time.perf_counter()
-    with FaceLandmarker(face_model, num_faces=1, video=False) as landmarker:
-
-        def side_by_side() -> Iterator[np.ndarray]:
-            """Measures each frame as the video encoder pulls it: frames are never all in memory."""
-            from PIL import Image
-
-            for i, render in zip(range(n), frames):
-                gt8 = to_uint8(ds.image(i))
-                gt, pred = gt8.astype(np.float32) / 255, render.astype(np.float32) / 255
-                per["psnr"].append(round(psnr(pred, gt), 4))
-                per["ssim"].append(round(ssim(pred, gt), 5))
-                per["lpips"].append(round(lpips_distance(lp, pred, gt), 5) if lp is not None else None)
-                lm_gt.append(_mouth_landmarks(landmarker, gt8))
-                lm_pred.append(_mouth_landmarks(landmarker, render))
-                pair = np.concatenate([gt8, render], axis=1)
-                if i in still_ids:
-                    Image.fromarray(pair).save(out / "frames" / f"val_{i:04d}.png")
-                if progress:
-                    progress(i + 1, n)
-                yield pair
-
-        write_mp4(out / "side_by_side.mp4", side_by_side(), fps=ds.fps, audio=clip if len(clip) else None)
+    measures = _measure_and_write_video(ds, frames, n, face_model, lp, clip, out, stills, progress)
     render_seconds = time.perf_counter() - t0
-    both = [k for k in range(n) if lm_gt[k] is not None and lm_pred[k] is not None]
-    mouth: dict = {"lmd": None, "lmd_norm": None}
-    if both:
-        g = to_ibug68(np.stack([lm_gt[k] for k in both]))[:, MOUTH_IBUG, :2]
-        p = to_ibug68(np.stack([lm_pred[k] for k in both]))[:, MOUTH_IBUG, :2]
-        mouth = lmd(g, p, interocular(np.stack([lm_gt[k] for k in both])))
-        for k, d in zip(both, np.linalg.norm(g - p, axis=-1).mean(axis=1)):
-            per["lmd"][k] = round(float(d), 4)
+    mouth, lmd_frames = _mouth_distance(measures)
     env = audio_envelope(samples, int(ds.aud_ids.max()) + 1, ds.fps)[ds.aud_ids[:n]]
-    open_pred = _fill([None if x is None else float(mouth_opening(x)) for x in lm_pred])
-    open_gt = _fill([None if x is None else float(mouth_opening(x)) for x in lm_gt])
+    open_pred, open_gt = _openings(measures.lm_pred), _openings(measures.lm_gt)
     sync, sync_gt = av_sync(open_pred, env), av_sync(open_gt, env)
-    lips = lip_motion(open_gt, open_pred)
-    # The same frames driven by the audio alone (neutral AUs, as `speak` renders): the AUs of the
-    # ground-truth frames can carry mouth motion that no application has (issue 9).
-    picks = [k for k in strip_picks(open_gt) if lm_gt[k] is not None]
-    lm_audio, audio_frames = _landmarks_of(face_model, render_val(True)[1], n, keep=picks)
-    open_audio = _fill([None if x is None else float(mouth_opening(x)) for x in lm_audio])
-    lips_audio = {f"{k}_audio_only": v for k, v in lip_motion(open_gt, open_audio).items()}
-    (out / "mouth_strip.png").unlink(missing_ok=True)  # an earlier eval's, for other frames
-    _save_audio_only_strip(ds, audio_frames, {k: lm_gt[k] for k in picks}, open_gt, out / "mouth_strip.png")
-
-    def mean(key: str) -> float | None:
-        vals = [v for v in per[key] if v is not None]
-        return round(float(np.mean(vals)), 4) if vals else None
-
-    metrics = {
-        "psnr": mean("psnr"), "ssim": mean("ssim"), "lpips": mean("lpips"),
-        "lmd": None if mouth["lmd"] is None else round(mouth["lmd"], 4),
-        "lmd_norm": None if mouth["lmd_norm"] is None else round(mouth["lmd_norm"], 4),
-        "lmd_frames": len(both), **lips, **lips_audio,
-        "sync_offset_frames": sync["offset_frames"], "sync_correlation": sync["correlation"],
-        "sync_confidence": sync["confidence"], "sync_correlation_at_zero": sync["correlation_at_zero"],
-        "gt_sync_offset_frames": sync_gt["offset_frames"], "gt_sync_correlation": sync_gt["correlation"],
-        "gt_sync_confidence": sync_gt["confidence"],
-    }  # fmt: skip
+    open_audio = _audio_only(render, face_model, n, ds, measures.lm_gt, open_gt, out / "mouth_strip.png")
+    lips = {**lip_motion(open_gt, open_pred),
+            **{f"{k}_audio_only": v for k, v in lip_motion(open_gt, open_audio).items()}}
     report = {
         "model": str(model), "data": str(ds.root), "split": "val", "frames": n,
         "size": [ds.width, ds.height], **info,
-        "metrics": metrics,
-        "notes": {
-            "sync": SYNC_NOTE,
-            "lmd": "mean L2 (pixels) over the 20 iBUG mouth landmarks 48-67 from MediaPipe, GT vs render; "
-                   "lmd_norm = per-frame distance / GT outer-eye-corner distance x 100",
-            "lips": "lip_corr / lip_amplitude_ratio: inner-lip gap (landmarks 13/14) over the eye span, render vs "
-                    "ground truth on the same frames: Pearson r and std(render) / std(truth); 1 / 1 is perfect. "
-                    "*_audio_only: the frames rendered with the neutral AUs, as speak() drives the avatar",
-            "ssim": "Gaussian 11x11, sigma 1.5, K1=0.01, K2=0.03, valid window positions, mean over RGB",
-            "lpips": lpips_note,
-        },
+        "metrics": _summary(measures.per, mouth, lmd_frames, lips, sync, sync_gt),
+        "notes": _notes(lpips_note),
         "sync_curve": sync["curve"], "gt_sync_curve": sync_gt["curve"],
-        "per_frame": per, "seconds": round(render_seconds, 1),
+        "per_frame": measures.per, "seconds": round(render_seconds, 1),
         "mouth_opening": {"truth": open_gt.round(5).tolist(), "render": open_pred.round(5).tolist(),
                           "render_audio_only": open_audio.round(5).tolist()},
         "files": {"json": str(out / "eval.json"), "video": str(out / "side_by_side.mp4"),
                   "frames": str(out / "frames")},
     }  # fmt: skip
-    save_lip_plot(open_gt, open_pred, open_audio, ds.fps, {**lips, **lips_audio}, out / "lip_motion.png")
+    save_lip_plot(open_gt, open_pred, open_audio, ds.fps, lips, out / "lip_motion.png")
     report["files"]["lip_plot"] = str(out / "lip_motion.png")
     if (out / "mouth_strip.png").is_file():
         report["files"]["mouth_strip"] = str(out / "mouth_strip.png")

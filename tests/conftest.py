@@ -3,11 +3,36 @@ real pipeline (synth -> Trainer -> export_bundle), shared by the end-to-end test
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# The tests find model files as a user's run does (embedtalk_sdk/model_files.py): through
+# EMBEDTALK_MODELS, which names the models beside the checkout unless the environment names a folder.
+if (SHARED / "models").is_dir():
+    os.environ.setdefault("EMBEDTALK_MODELS", str(SHARED / "models"))
+
+
+def find_model(name: str) -> Path | None:
+    """Model file `name` as the SDK finds it, or None."""
+    from embedtalk_sdk.model_files import ModelFileError, model_file
+
+    try:
+        return model_file(name)
+    except ModelFileError:
+        return None
+
+
+def model_or_skip(name: str) -> Path:
+    """Model file `name` as the SDK finds it; skips the test (saying where it looked) when absent."""
+    from embedtalk_sdk.model_files import ModelFileError, model_file
+
+    try:
+        return model_file(name)
+    except ModelFileError as e:
+        pytest.skip(str(e))
 
 
 def has_cuda() -> bool:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import model_or_skip
 from embedtalk_sdk.cli import app
 from embedtalk_sdk.demo import SENTENCE_SECONDS
 from embedtalk_sdk.runtime.bundle import Bundle
@@ -15,6 +16,7 @@ from embedtalk_sdk.runtime.video import read_audio_track, read_video
 
 @pytest.mark.slow
 def test_demo_writes_video_bundle_metrics_and_strip(tmp_path):
+    model_or_skip("lpips_alexnet_features.pth")  # the demo trains with LPIPS, its backbone found as a user's run finds it
     out = tmp_path / "demo"
     args = ["demo", "-o", str(out), "--seconds", "6", "--size", "64", "--iterations", "40", "--init-points", "1500"]
     result = CliRunner().invoke(app, args)
@@ -24,6 +26,7 @@ def test_demo_writes_video_bundle_metrics_and_strip(tmp_path):
                 "mouth_psnr", "mouth_psnr_silent", "mouth_audio_response"):
         assert key in metrics
     assert metrics["psnr_val"] > 20 and metrics["cpu_fps"] > 0 and metrics["bundle_mb"] > 0
+    assert metrics["lpips_val"] is not None
     frames, fps = read_video(out / "demo.mp4")
     assert len(frames) == round(SENTENCE_SECONDS * fps) and frames.shape[1:3] == (64, 64)
     samples, rate = read_audio_track(out / "demo.mp4")

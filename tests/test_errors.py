@@ -20,6 +20,7 @@ from embedtalk_sdk.runtime import EmbedTalkError
 STANDARD_BASES = {
     "embedtalk_sdk.data.dataset.DatasetError": ValueError,
     "embedtalk_sdk.eval.EvalError": ValueError,
+    "embedtalk_sdk.model_files.ModelFileError": FileNotFoundError,  # and ValueError (tests/test_model_files.py)
     "embedtalk_sdk.model.checkpoint.CheckpointError": ValueError,
     "embedtalk_sdk.preprocess.face.FaceModelError": ValueError,
     "embedtalk_sdk.preprocess.preprocess.PreprocessError": ValueError,

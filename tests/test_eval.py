@@ -9,11 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import SHARED
+from conftest import find_model, model_or_skip
 from embedtalk_sdk import metrics
-
-BACKBONE = SHARED / "models" / "lpips_alexnet_features.pth"
-FACE_MODEL = SHARED / "models" / "face_landmarker.task"
+from embedtalk_sdk.model_files import FACE_LANDMARKER, LPIPS_BACKBONE
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,7 +61,7 @@ def _lpips_functional(a: torch.Tensor, b: torch.Tensor) -> float:
     """LPIPS v0.1 (alex) written out with conv2d calls on the raw weights (Zhang et al. 2018)."""
     from embedtalk_sdk.train.lpips import LINEAR_WEIGHTS
 
-    sd = torch.load(BACKBONE, map_location="cpu", weights_only=True)
+    sd = torch.load(model_or_skip(LPIPS_BACKBONE), map_location="cpu", weights_only=True)
     lin = np.load(LINEAR_WEIGHTS)
     shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
     scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
@@ -92,14 +90,13 @@ def _lpips_functional(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_lpips_matches_a_functional_reference():
-    if not BACKBONE.is_file():
-        pytest.skip(f"no LPIPS backbone at {BACKBONE}")
+    backbone = model_or_skip(LPIPS_BACKBONE)
     from embedtalk_sdk.train.lpips import LPIPS
 
     rng = np.random.default_rng(2)
     a = rng.uniform(0, 1, (64, 64, 3)).astype(np.float32)
     b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1).astype(np.float32)
-    model = LPIPS(BACKBONE)
+    model = LPIPS(backbone)
     got = metrics.lpips_distance(model, a, b)
     ref = _lpips_functional(*(torch.from_numpy(x).permute(2, 0, 1)[None] for x in (a, b)))
     assert got == pytest.approx(ref, rel=1e-4) and got > 0.01
@@ -173,8 +170,7 @@ def test_render_frames_equals_speak_on_the_same_inputs(trained_avatar):
 
 @pytest.fixture(scope="module")
 def ckpt_eval(trained_avatar, tmp_path_factory):
-    if not FACE_MODEL.is_file():
-        pytest.skip(f"no face landmarker at {FACE_MODEL}")
+    model_or_skip(FACE_LANDMARKER)
     pytest.importorskip("mediapipe")
     from embedtalk_sdk.eval import evaluate
 
@@ -189,7 +185,7 @@ def test_eval_checkpoint_writes_json_video_and_stills(ckpt_eval, trained_avatar)
     assert saved["kind"] == "checkpoint" and saved["frames"] == 10 and saved["split"] == "val"
     assert m["psnr"] > 24 and 0 < m["ssim"] <= 1
     assert m["psnr"] == pytest.approx(trained_avatar["metrics"]["psnr_val"], abs=0.01)  # trainer: same frames, same maths
-    assert (m["lpips"] is None) == (not BACKBONE.is_file())
+    assert (m["lpips"] is None) == (find_model(LPIPS_BACKBONE) is None)
     assert "NOT SyncNet" in saved["notes"]["sync"] and -15 <= m["sync_offset_frames"] <= 15
     assert len(saved["per_frame"]["psnr"]) == 10 and len(list((out / "frames").glob("*.png"))) == 2
     opening = saved["mouth_opening"]

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import SHARED
+from conftest import model_or_skip
 
 ROOT = Path(__file__).resolve().parents[1]
 # Folder on disk -> import name (pyproject.toml maps the card's folders into one package).
@@ -25,7 +26,6 @@ PACKAGES = {"embedtalk_sdk": "embedtalk_sdk", "runtime": "embedtalk_sdk.runtime"
 CORE_THIRD_PARTY = {"numpy", "scipy", "soundfile", "av", "numba", "PIL", "onnxruntime", "cuda", "tensorrt",
                     "tensorrt_rtx", "tensorrt_rtx_bindings", "matplotlib", "onnx"}
 CORE_PREFIXES = ("embedtalk_sdk.runtime", "embedtalk_sdk.plugins")
-FACE_MODEL = SHARED / "models" / "face_landmarker.task"
 
 
 def module_name(path: Path) -> str:
@@ -88,6 +88,31 @@ def test_no_private_name_is_imported_across_modules():
     assert not bad, "private names imported across modules:\n" + "\n".join(bad)
 
 
+def lines_matching(pattern: str, *folders: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """'file:line: text' of every line of the folders' Python sources that matches `pattern`."""
+    found = []
+    for p in source_files(*folders):
+        if str(p.relative_to(ROOT)) in skip:
+            continue
+        found += [f"{p.relative_to(ROOT)}:{k}: {line.strip()}" for k, line in enumerate(p.read_text().splitlines(), 1)
+                  if re.search(pattern, line)]
+    return found
+
+
+def test_installed_code_finds_no_file_beside_the_source_tree():
+    """Model files come from embedtalk_sdk/model_files.py; a path built from the checkout's place
+    (`Path(__file__).parents[2].parent / "shared"`) points inside the venv of a normal install."""
+    bad = lines_matching(r'/\s*"shared"', "embedtalk_sdk", "runtime", "plugins", "export")
+    assert not bad, "paths beside the source tree:\n" + "\n".join(bad)
+
+
+def test_dataset_image_settings_live_in_data_layout():
+    """Dataset images (JPEG quality and chroma, PNG level) are encoded by data/layout.py's write_image only."""
+    bad = lines_matching(r"subsampling|compress_level", "embedtalk_sdk", "runtime", "plugins", "export",
+                         skip=("embedtalk_sdk/data/layout.py",))
+    assert not bad, "image settings outside data/layout.py:\n" + "\n".join(bad)
+
+
 # The training side: what an app that only plays avatars does not install.
 TORCH_SIDE = ("torch", "transformers", "embedtalk_sdk.model", "embedtalk_sdk.train", "embedtalk_sdk.export",
               "embedtalk_sdk.functional")
@@ -133,8 +158,7 @@ def test_bench_runs_with_the_training_side_blocked(trained_avatar, tmp_path: Pat
 def test_eval_on_a_bundle_runs_with_torch_blocked(trained_avatar, tmp_path: Path):
     """`embedtalk-sdk eval BUNDLE --data DATA` without PyTorch: runtime frames, LPIPS null with its reason."""
     pytest.importorskip("mediapipe")
-    if not FACE_MODEL.is_file():
-        pytest.skip(f"no face landmarker at {FACE_MODEL}")
+    model_or_skip("face_landmarker.task")
     out = tmp_path / "eval"
     code = blocker(TORCH_SIDE) + (
         "from embedtalk_sdk.cli import app\n"

@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import SHARED
+from conftest import SHARED, model_or_skip
 from embedtalk_sdk.data.dataset import TalkingDataset
+from embedtalk_sdk.model_files import FACE_LANDMARKER, SELFIE_SEGMENTATION, model_file
 
 REAL = SHARED / "data" / "real"
-MODELS = SHARED / "models"
 MAY = REAL / "may_5s.mp4"
 
 
@@ -27,16 +27,15 @@ def _need_real() -> None:
 
 
 def _need_models() -> None:
-    if not (MODELS / "face_landmarker.task").is_file() or not (MODELS / "selfie_segmentation.tflite").is_file():
-        pytest.skip(f"no MediaPipe models: {MODELS} is absent")
+    model_or_skip(FACE_LANDMARKER)
+    model_or_skip(SELFIE_SEGMENTATION)
     pytest.importorskip("mediapipe", reason="preprocessing needs mediapipe (the [preprocess] extra)")
 
 
 def _options(**kw):
     from embedtalk_sdk.preprocess.preprocess import PreprocessOptions
 
-    return PreprocessOptions(face_model=str(MODELS / "face_landmarker.task"),
-                             segmentation_model=str(MODELS / "selfie_segmentation.tflite"), points=6000, **kw)
+    return PreprocessOptions(points=6000, **kw)  # the models: found through $EMBEDTALK_MODELS, as a user's run finds them
 
 
 def _write_video(path: Path, frames: list[np.ndarray], times: list[float] | None = None,
@@ -237,7 +236,7 @@ def test_corrupt_and_missing_files(tmp_path):
     from embedtalk_sdk.cli import app
 
     result = runner.invoke(app, ["preprocess", str(junk), "-o", str(tmp_path / "c"),
-                                 "--face-model", str(MODELS / "face_landmarker.task")])
+                                 "--face-model", str(model_file(FACE_LANDMARKER))])
     assert result.exit_code == 2 and "not a readable video" in result.output
 
 
@@ -391,8 +390,8 @@ def test_keep_audio_sync_keeps_the_sound_and_reruns_never_move_it_twice(early_so
     with pytest.warns(UserWarning, match="kept as it is"):
         result = CliRunner().invoke(app, ["preprocess", str(video), "-o", str(copy), "--audio", str(early),
                                           "--keep-audio-sync", "--points", "6000",
-                                          "--face-model", str(MODELS / "face_landmarker.task"),
-                                          "--segmentation-model", str(MODELS / "selfie_segmentation.tflite")])
+                                          "--face-model", str(model_file(FACE_LANDMARKER)),
+                                          "--segmentation-model", str(model_file(SELFIE_SEGMENTATION))])
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())  # the console wraps long lines
     assert "s early against the mouth; kept as it is (--keep-audio-sync" in said

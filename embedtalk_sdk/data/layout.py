@@ -4,8 +4,8 @@ synthetic speaker (`embedtalk_sdk.synthetic`) and real-video preprocessing
 (`embedtalk_sdk.preprocess`) both write through it; `dataset.TalkingDataset` reads them back.
 
 The folder-wide files (transforms, au.csv, .npy) are written atomically, so a re-run that fails
-midway leaves the old file whole; per-frame files and wavs are plain writes (a caller that needs
-more wraps them, as preprocess does aud.wav).
+midway leaves the old file whole; per-frame files, images and wavs are plain writes (a caller that
+needs more wraps them, as preprocess does aud.wav and bc.jpg).
 """
 from __future__ import annotations
 
@@ -15,11 +15,41 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from PIL import Image
 
 from embedtalk_sdk.runtime.aus import CSV_COLUMNS
 from embedtalk_sdk.runtime.fileio import atomic_write
 
 VAL_SHARE = 1.0 / 11.0  # the last 1/11 of frames is the validation split
+# JPEG images (ori_imgs, gt_imgs, bc.jpg): quality 95 with full-resolution chroma (4:4:4), so the
+# lips' red keeps its edges; PNGs (torso_imgs, parsing) are lossless at zlib level PNG_LEVEL.
+JPEG_QUALITY = 95
+PNG_LEVEL = 1  # fast: preprocessing writes two PNGs per frame
+
+
+def _save_options(suffix: str, quality: int, png_level: int) -> dict:
+    if suffix == ".jpg":
+        return {"format": "JPEG", "quality": quality, "subsampling": 0}
+    if suffix == ".png":
+        return {"format": "PNG", "compress_level": png_level}
+    raise ValueError(f"{suffix!r}: a dataset image is .jpg or .png")
+
+
+def write_image(path: str | Path, image: np.ndarray | Image.Image, quality: int = JPEG_QUALITY,
+                png_level: int = PNG_LEVEL) -> None:
+    """A dataset image, by its suffix: .jpg (ori_imgs, gt_imgs, bc.jpg) or .png (torso_imgs,
+    parsing); image: uint8 [H,W,3] RGB or [H,W,4] RGBA, or a PIL image."""
+    im = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    im.save(path, **_save_options(Path(path).suffix, quality, png_level))
+
+
+def encode_image(image: np.ndarray | Image.Image, suffix: str, quality: int = JPEG_QUALITY,
+                 png_level: int = PNG_LEVEL) -> bytes:
+    """The bytes `write_image` would write to a file with this suffix (for an image written to many frames)."""
+    im = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    buf = io.BytesIO()
+    im.save(buf, **_save_options(suffix, quality, png_level))
+    return buf.getvalue()
 
 
 def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int = 16000) -> Path:

@@ -42,7 +42,7 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -51,12 +51,14 @@ import numpy as np
 from PIL import Image
 
 from embedtalk_sdk import __version__
-from embedtalk_sdk.data.layout import write_au_csv, write_landmarks, write_npy, write_transforms, write_wav
+from embedtalk_sdk.data.layout import (
+    JPEG_QUALITY, write_au_csv, write_image, write_landmarks, write_npy, write_transforms, write_wav,
+)
+from embedtalk_sdk.model_files import FACE_LANDMARKER, SELFIE_SEGMENTATION, model_file
 from embedtalk_sdk.runtime.aus import BLINK_CSV_COLUMN
 from embedtalk_sdk.runtime.errors import EmbedTalkError
 from embedtalk_sdk.runtime.fileio import atomic_path, atomic_write
 
-SHARED_MODELS = Path(__file__).resolve().parents[2].parent / "shared" / "models"
 FPS = 25
 SAMPLE_RATE = 16000
 MIN_FRAMES = 25  # 1 s: the 1/11 validation split needs a few frames
@@ -82,10 +84,11 @@ class PreprocessError(EmbedTalkError, ValueError):
 
 @dataclass
 class PreprocessOptions:
-    """What a run depends on (besides the video). Paths default to ../shared/models."""
+    """What a run depends on (besides the video). A model path left None is found as
+    `embedtalk_sdk.model_files` says ($EMBEDTALK_MODELS, then the user cache)."""
 
-    face_model: str = str(SHARED_MODELS / "face_landmarker.task")
-    segmentation_model: str = str(SHARED_MODELS / "selfie_segmentation.tflite")
+    face_model: str | None = None
+    segmentation_model: str | None = None
     audio: str | None = None  # a separate speech track instead of the video's own
     audio_shift: float = 0.0  # seconds; negative moves the speech earlier (sound late in the clip); no auto-sync
     keep_audio_sync: bool = False  # True: a clip found out of sync is only warned about, not corrected
@@ -93,7 +96,7 @@ class PreprocessOptions:
     pose_smoothing: float = 1.0  # Gaussian sigma in frames over the head pose (0: off)
     points: int = 30000  # initial point-cloud size
     point_frames: int = 8
-    jpeg_quality: int = 95
+    jpeg_quality: int = JPEG_QUALITY
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,14 +105,6 @@ class PreprocessOptions:
 
 def _atomic_json(path: Path, obj: Any) -> None:
     atomic_write(path, json.dumps(obj, indent=1).encode())
-
-
-def _save_image(path: Path, arr: np.ndarray | Image.Image, quality: int = 95) -> None:
-    im = arr if isinstance(arr, Image.Image) else Image.fromarray(arr)
-    if path.suffix == ".jpg":
-        im.save(path, quality=quality, subsampling=0)
-    else:
-        im.save(path, compress_level=1)
 
 
 def _load_rgb(path: Path) -> np.ndarray:
@@ -230,7 +225,7 @@ def decode_video(path: Path, out: Path, quality: int, progress: Callable[[int, i
         def emit(img: np.ndarray, count: int) -> None:
             nonlocal written
             while written < count:
-                pending.append(pool.submit(_save_image, imgs / f"{written}.jpg", img, quality))
+                pending.append(pool.submit(write_image, imgs / f"{written}.jpg", img, quality))
                 written += 1
                 if progress and written % 10 == 0:
                     progress(written, max(est, written))
@@ -589,7 +584,7 @@ class _Run:
                     bar(k + 1, len(ids))
         bc, seen = background_from_frames(np.stack(samples), np.stack(masks))
         with atomic_path(self.out / "bc.jpg", suffix=".part.jpg") as tmp:
-            _save_image(tmp, bc, self.opts.jpeg_quality)
+            write_image(tmp, bc, self.opts.jpeg_quality)
         person_share = float(np.mean([(m > 0.5).mean() for m in masks]))
         return {"person_share_mean": round(person_share, 4), "background_seen_share": round(float(seen.mean()), 4),
                 "background_samples": len(ids)}
@@ -622,9 +617,9 @@ class _Run:
             rgba = np.empty(rgb.shape[:2] + (4,), np.uint8)
             rgba[..., :3] = rgb * (alpha[..., None] > 0)
             rgba[..., 3] = np.clip(alpha * 255 + 0.5, 0, 255)
-            _save_image(self.out / "gt_imgs" / f"{i}.jpg", gt8, self.opts.jpeg_quality)
-            _save_image(self.out / "torso_imgs" / f"{i}.png", rgba)
-            _save_image(self.out / "parsing" / f"{i}.png", parsing_image(labels))
+            write_image(self.out / "gt_imgs" / f"{i}.jpg", gt8, self.opts.jpeg_quality)
+            write_image(self.out / "torso_imgs" / f"{i}.png", rgba)
+            write_image(self.out / "parsing" / f"{i}.png", parsing_image(labels))
             with lock:
                 done[0] += 1
                 if bar and done[0] % 10 == 0:
@@ -694,20 +689,23 @@ class _Run:
         return {"shape": list(arr.shape)}
 
 
+def resolve_models(opts: PreprocessOptions) -> PreprocessOptions:
+    """`opts` with both model paths found (model_files.model_file); raises ModelFileError."""
+    face = model_file(FACE_LANDMARKER, opts.face_model, "--face-model")
+    segmentation = model_file(SELFIE_SEGMENTATION, opts.segmentation_model, "--segmentation-model")
+    return replace(opts, face_model=str(face), segmentation_model=str(segmentation))
+
+
 def preprocess(video: str | Path, out: str | Path, options: PreprocessOptions | None = None,
                progress: Progress | None = None, log: Callable[[str], None] = lambda m: None) -> dict:
     """Turn one talking-portrait video into a dataset folder `out`; returns the log record.
 
     Resumable: finished steps whose inputs and options are unchanged are skipped.
-    Raises PreprocessError (bad input; one line naming the file and what to do) and FaceModelError
-    (a model file that cannot be used).
+    Raises PreprocessError (bad input; one line naming the file and what to do), ModelFileError (a
+    model file found nowhere) and FaceModelError (a model file that cannot be used).
     """
     video, out = Path(video), Path(out)
-    opts = options or PreprocessOptions()
-    from embedtalk_sdk.preprocess.face import check_model
-
-    check_model(opts.face_model, "face landmarker", "--face-model")
-    check_model(opts.segmentation_model, "selfie segmentation", "--segmentation-model")
+    opts = resolve_models(options or PreprocessOptions())
     if not video.is_file():
         raise PreprocessError(f"{video}: no such video file; check the path")
     out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,9 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter1d
 
-from embedtalk_sdk.data.layout import write_au_csv, write_landmarks, write_npy, write_transforms, write_wav
+from embedtalk_sdk.data.layout import (
+    encode_image, write_au_csv, write_image, write_landmarks, write_npy, write_transforms, write_wav,
+)
 from embedtalk_sdk.runtime.audio.speech import SpeechTrack, synthesize_speech
 
 HEAD_RADII = np.array([0.09, 0.12, 0.10])
@@ -605,7 +607,7 @@ def _write_frame(job: _Job, i: int) -> None:
     rgb, alpha = render_head(job.views[i], job.states[i])
     img = rgb + job.torso_bg * (1.0 - alpha[..., None])  # rgb is premultiplied by coverage
     img8 = np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
-    Image.fromarray(img8).save(job.out_dir / "gt_imgs" / f"{i}.jpg", quality=95, subsampling=0)
+    write_image(job.out_dir / "gt_imgs" / f"{i}.jpg", img8)
     (job.out_dir / "torso_imgs" / f"{i}.png").write_bytes(job.torso_png)
     write_landmarks(job.out_dir / "ori_imgs" / f"{i}.lms", project(job.views[i], landmarks_3d(job.states[i])))
 
@@ -639,14 +641,6 @@ def _render_all(job: _Job, n: int, workers: int,
                 progress(done, n)
 
 
-def _write_png(rgba: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    Image.fromarray(rgba).save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
-
 def _static_layers(out_dir: Path, size: int, seed: int) -> tuple[np.ndarray, bytes]:
     """Write bc.jpg; return torso_bg [H,W,3] float32 (as a reader will rebuild it) and the PNG.
 
@@ -654,10 +648,11 @@ def _static_layers(out_dir: Path, size: int, seed: int) -> tuple[np.ndarray, byt
     gt frames equal TalkingDataset.torso_bg() up to the gt frame's own JPEG error.
     """
     bg8 = np.round(background(size, seed) * 255).astype(np.uint8)
-    Image.fromarray(bg8).save(out_dir / "bc.jpg", quality=95, subsampling=0)
+    write_image(out_dir / "bc.jpg", bg8)
     bc = np.asarray(Image.open(out_dir / "bc.jpg").convert("RGB"), np.float32) / 255.0
     rgba8 = np.round(torso_rgba(size) * 255).astype(np.uint8)
-    return composite_rgba(rgba8, bc), _write_png(rgba8)
+    # Encoded once and copied into every frame: the slower, smaller zlib level costs nothing.
+    return composite_rgba(rgba8, bc), encode_image(rgba8, ".png", png_level=6)
 
 
 def composite_rgba(rgba8: np.ndarray, bg: np.ndarray) -> np.ndarray:

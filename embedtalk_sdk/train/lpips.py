@@ -1,7 +1,8 @@
 """LPIPS (AlexNet, v0.1) without torchvision or a model hub.
 
-The backbone is torchvision's `alexnet().features` state dict from a local file (the SDK's tests use
-`../shared/models/lpips_alexnet_features.pth`); the calibrated linear layers (4.6 kB, BSD-2, see
+The backbone is torchvision's `alexnet().features` state dict from a local file,
+`lpips_alexnet_features.pth`, found like every model file (`embedtalk_sdk.model_files`: an explicit
+path, $EMBEDTALK_MODELS, the user cache); the calibrated linear layers (4.6 kB, BSD-2, see
 weights/NOTICE.md) ship with the SDK, converted from the `lpips` package, whose import pulls in
 torchvision.
 The network and the distance follow Zhang et al. 2018 exactly: scaling layer, five ReLU outputs,
@@ -15,11 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from embedtalk_sdk.model_files import LPIPS_BACKBONE, model_file
+
 _SHIFT = (-0.030, -0.088, -0.188)
 _SCALE = (0.458, 0.448, 0.450)
 _CHANNELS = (64, 192, 384, 256, 256)
-DEFAULT_BACKBONE = Path(__file__).resolve().parents[2].parent / "shared" / "models" / "lpips_alexnet_features.pth"
-
 
 LINEAR_WEIGHTS = Path(__file__).parent / "weights" / "lpips_alex_v0.1_linear.npz"
 
@@ -73,9 +74,12 @@ class LPIPS(nn.Module):
         return total
 
 
-def load_lpips(backbone_path: str | Path | None) -> LPIPS | None:
-    """LPIPS from `backbone_path` (or the shared default when None); None when no backbone file exists."""
-    path = Path(backbone_path) if backbone_path else DEFAULT_BACKBONE
-    if not path.is_file():
-        return None
-    return LPIPS(path)
+def backbone_file(backbone_path: str | Path | None, otherwise: str = "") -> Path:
+    """The AlexNet backbone's path: `backbone_path`, or where the model files are looked for when None.
+    Raises ModelFileError naming every place looked (and `otherwise`, a way to do without it)."""
+    return model_file(LPIPS_BACKBONE, backbone_path, "--lpips-weights", otherwise)
+
+
+def load_lpips(backbone_path: str | Path | None) -> LPIPS:
+    """LPIPS with the backbone `backbone_file(backbone_path)` names; raises ModelFileError when there is none."""
+    return LPIPS(backbone_file(backbone_path))

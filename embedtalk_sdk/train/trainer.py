@@ -29,7 +29,7 @@ from embedtalk_sdk.train.losses import (
     box_l1, embedding_rows, embedding_smoothness, knn_indices, l1, lpips_face, lpips_mouth, opacity_mean,
 )
 from embedtalk_sdk.train.health import HealthInputs, audio_health, audio_ignored, quietest_frame
-from embedtalk_sdk.train.lpips import LPIPS, load_lpips
+from embedtalk_sdk.train.lpips import LPIPS, backbone_file
 from embedtalk_sdk.train.render import (
     FrameData, crop_intrinsics, gaussians_touching, pick_rasterizer, render, render_frame,
 )
@@ -40,6 +40,7 @@ from embedtalk_sdk.train.resume import (
 from embedtalk_sdk.train.strategy import DensifyConfig, GradStats, densify_and_prune
 
 ProgressFn = Callable[[int, int, dict], None]
+NO_LPIPS = "train without LPIPS: --no-lpips (TrainConfig.lpips_every=0)"
 
 
 @dataclass
@@ -51,7 +52,7 @@ class TrainConfig:
     # they predict the mouth opening at 0.68 (5-fold ridge) where log-mel reaches 0.57 (README).
     audio_encoder: str = "phonetic"
     hubert_path: str | None = None
-    lpips_weights: str | None = None  # None: ../shared/models default; missing file: LPIPS off
+    lpips_weights: str | None = None  # None: found like every model file (embedtalk_sdk/model_files.py)
     lambda_face: float = 0.01
     lambda_mouth: float = 0.002
     lambda_opacity: float = 1e-4
@@ -78,6 +79,8 @@ class TrainConfig:
     # Decayed exponentially like the means. At a constant 1e-3 one demo seed of five lost 5 dB of
     # validation PSNR between steps 1000 and 1500 as the mouth offsets overshot (3.9 mm, smudges).
     lr_network_final: float = 1e-4
+    # The LPIPS terms every this many steps. 0: LPIPS off (`train --no-lpips`): L1 terms only,
+    # lpips_val null, no backbone needed. Otherwise a missing backbone stops the run (never a quiet fallback).
     lpips_every: int = 1
     # Extra training frames per step of which only the mouth crop (mouth_box with this margin) is
     # rendered, from the Gaussians that touch it: the full frame gives the audio path one sample per
@@ -152,6 +155,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.device = pick_device(cfg.device)
         self.rasterizer = pick_rasterizer(cfg.rasterizer, self.device)
+        # Found first, so that a missing file stops the run before the set-up (loaded below, where its
+        # layers' random initialisation has always drawn from torch's generator).
+        self.lpips_path = backbone_file(cfg.lpips_weights, NO_LPIPS) if cfg.lpips_every else None
         self.densify = cfg.densify or DensifyConfig.for_run(cfg.iterations, self.device)
         self.data_dir = Path(data_dir)
         train_set, val_set = TalkingDataset(data_dir, "train"), TalkingDataset(data_dir, "val")
@@ -238,15 +244,12 @@ class Trainer:
         return health
 
     def _load_lpips(self) -> LPIPS | None:
-        metric = load_lpips(self.cfg.lpips_weights)
-        if metric is None:
-            warnings.warn(
-                "LPIPS backbone not found (pass --lpips-weights PATH to an AlexNet features state dict): "
-                "training with L1 only and lpips_val = null",
-                stacklevel=2,
-            )
+        """The LPIPS network, or None when the run turns LPIPS off (lpips_every=0); says which."""
+        if self.lpips_path is None:
+            self.log("LPIPS off (lpips_every=0, train --no-lpips): L1 terms only, lpips_val null")
             return None
-        return metric.to(self.device)
+        self.log(f"LPIPS on: AlexNet backbone {self.lpips_path}")
+        return LPIPS(self.lpips_path).to(self.device)
 
     def _make_optimizer(self) -> torch.optim.Adam:
         c = self.cfg
