@@ -161,9 +161,6 @@ class DeformSchema:
         """Every learned tensor of deform.onnx except TABLE, with its DeformNet key and shape."""
         return (*self.feature_stats, *(p for layer in self.baked_layers for p in layer.params))
 
-    def table_shape(self, n: int) -> tuple[int, int]:
-        return (n, self.hidden)
-
 
 def deform_schema(cfg: DeformConfig) -> DeformSchema:
     """The network of `cfg`. The one place that says which layers exist, their widths,

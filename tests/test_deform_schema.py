@@ -54,7 +54,7 @@ def test_onnx_graph_holds_the_schema_params_in_its_order(cfg):
     learned = [name for name in inits if name.endswith(LEARNED_SUFFIXES)]
     assert learned == [p.name for p in schema.baked_params if p.name.endswith(LEARNED_SUFFIXES)]
     assert all(inits[p.name].shape == p.shape for p in schema.baked_params)
-    assert inits[TABLE].shape == schema.table_shape(20) and inits[BOUND] == np.float32(cfg.max_offset)
+    assert inits[TABLE].shape == (20, schema.hidden) and inits[BOUND] == np.float32(cfg.max_offset)
 
 
 def test_network_config_reads_the_manifest_block_and_names_what_is_wrong():
