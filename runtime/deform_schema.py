@@ -5,8 +5,8 @@ Everything that holds the network reads this instead of restating it: the torch 
 (embedtalk_sdk/model/deform.py) builds its modules from it, the ONNX builder (export/onnx_graph.py)
 names the initializers by it, the numpy network (runtime/network.py) and the `cuda` backend's
 weight packing (runtime/backends/cuda.py) find the weights by it, and the `torch` backend
-(embedtalk_sdk/torch_backend.py) maps deform.onnx back onto DeformNet by it. numpy-free, like the
-manifest it is read from.
+(embedtalk_sdk/torch_backend.py) maps deform.onnx back onto DeformNet by it. Plain Python, no numpy:
+the runtime reads it from the manifest, the torch side imports DeformConfig from here.
 
 The network (eq. 9; the first layer split into its three blocks so W_z gamma(z) can be baked):
     window [B, W, F] -> (x - mean) / std -> audio_convs (stride 2) -> flatten -> audio_dense -> code
