@@ -1,62 +1,33 @@
 """The `torch` backend: the training-side model and torch reference rasteriser, rebuilt from a
 bundle, for checking the other backends. It imports torch on creation only (the runtime's other
-paths never do), and reads the weights from deform.onnx by initializer name.
+paths never do), and reads the weights from deform.onnx by the names of the network's schema
+(runtime/deform_schema.py), as the numpy network does.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from embedtalk_sdk.runtime.backends.base import deform_io
-from embedtalk_sdk.runtime.bundle import Bundle, BundleError
-from embedtalk_sdk.runtime.onnx_weights import bundle_initializers
+from embedtalk_sdk.runtime.bundle import Bundle
+from embedtalk_sdk.runtime.deform_schema import network_config
+from embedtalk_sdk.runtime.network import BakedNetwork
 from embedtalk_sdk.runtime.pixels import background_to_float, to_uint8
 
 
 def load_baked_deform(bundle: Bundle, file: str):
-    """BakedDeform with the weights of the bundle's deform.onnx (names from export/onnx_graph.py)."""
+    """BakedDeform with the weights of the bundle's deform.onnx, its shape the manifest's network."""
     import torch
 
-    from embedtalk_sdk.model.deform import BakedDeform, DeformConfig, DeformNet
+    from embedtalk_sdk.model.deform import BakedDeform, DeformNet
 
-    try:
-        cfg = DeformConfig.from_dict(bundle.manifest["network"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise BundleError(f"bundle {bundle.path}: the manifest's network block is missing or malformed ({e})") from None
     where = f"{bundle.path}/{file}"
-    w = bundle_initializers(bundle.bytes_of(file), where)
-    net = DeformNet(cfg)
-    try:
-        state = {
-            "audio_net.feature_mean": w["audio.feature_mean"],
-            "audio_net.feature_std": w["audio.feature_std"],
-            "audio_net.fc1.weight": w["audio.fc1.weight_t"].T,
-            "audio_net.fc1.bias": w["audio.fc1.bias"],
-            "audio_net.fc2.weight": w["audio.fc2.weight_t"].T,
-            "audio_net.fc2.bias": w["audio.fc2.bias"],
-            "audio_proj.weight": w["audio_proj.weight_t"].T,
-            "audio_proj.bias": w["audio_proj.bias"],
-            "au_proj.weight": w["au_proj.weight_t"].T,
-            "mu_head.weight": w["mu_head.weight_t"].T,
-            "mu_head.bias": w["mu_head.bias"],
-            "alpha_head.weight": w["alpha_head.weight_t"].T,
-            "alpha_head.bias": w["alpha_head.bias"],
-        }
-        for i in range(cfg.n_convs):
-            state[f"audio_net.convs.{i}.weight"] = w[f"audio.conv{i}.weight"]
-            state[f"audio_net.convs.{i}.bias"] = w[f"audio.conv{i}.bias"]
-        for i in range(cfg.trunk_layers):
-            state[f"trunk.{i}.weight"] = w[f"trunk{i}.weight_t"].T
-            state[f"trunk.{i}.bias"] = w[f"trunk{i}.bias"]
-        table = w["gaussian_table"]
-    except KeyError as e:
-        raise BundleError(f"{where} lacks the weight {e} the manifest's network needs") from None
-    # embed_proj is baked into the table; the rebuilt net never uses it.
-    state["embed_proj.weight"] = net.embed_proj.weight.detach().numpy()
-    try:
-        net.load_state_dict({k: torch.as_tensor(np.array(v, dtype=np.float32)) for k, v in state.items()})
-    except RuntimeError as e:
-        raise BundleError(f"{bundle.path}/{file} does not fit the manifest's network: {e}") from None
-    return BakedDeform(net, torch.as_tensor(np.array(table, dtype=np.float32))).eval()
+    baked = BakedNetwork.from_onnx(bundle.bytes_of(file), where, network_config(bundle.manifest, bundle.path))
+    schema = baked.schema
+    net = DeformNet(schema.config)
+    state = {p.key: baked.weights[p.name].T if p.transposed else baked.weights[p.name] for p in schema.baked_params}
+    state[schema.embed_proj.weight.key] = net.embed_proj.weight.detach().numpy()  # baked into the table: never used
+    net.load_state_dict({k: torch.as_tensor(np.array(v, dtype=np.float32)) for k, v in state.items()})
+    return BakedDeform(net, torch.as_tensor(baked.table)).eval()
 
 
 class TorchBackend:

@@ -1,11 +1,12 @@
 """The baked deformation network as an ONNX graph, built from its weights.
 
-Built node by node (rather than traced) so that initializer names are stable — the torch backend
-and TensorRT tooling find weights by name — and the graph holds exactly the ops TensorRT-RTX and
-onnxruntime need. Inputs: audio_window [B, W, F], aus [B, 6]. Outputs: delta_means [B, N, 3],
-delta_opacity [B, N]. The per-Gaussian table W_z gamma(z) is one [N, hidden] initializer, stored in
-fp16 by default (half the bundle's largest part; onnxruntime folds the Cast to fp32 once, when the
-session is made: runtime/design.md "Table precision").
+Built node by node (rather than traced) from the network's schema (runtime/deform_schema.py), which
+names every initializer, so that names are stable — the numpy network, the `cuda` and `torch`
+backends and TensorRT tooling find weights by them — and the graph holds exactly the ops
+TensorRT-RTX and onnxruntime need. Inputs: audio_window [B, W, F], aus [B, 6]. Outputs: delta_means
+[B, N, 3], delta_opacity [B, N]. The per-Gaussian table W_z gamma(z) is one [N, hidden] initializer,
+stored in fp16 by default (half the bundle's largest part; onnxruntime folds the Cast to fp32 once,
+when the session is made: runtime/design.md "Table precision").
 """
 from __future__ import annotations
 
@@ -16,49 +17,85 @@ from onnx import TensorProto, helper, numpy_helper
 
 from embedtalk_sdk.model.deform import BakedDeform
 from embedtalk_sdk.runtime.aus import N_AUS
-from embedtalk_sdk.runtime.network import LEAKY_SLOPE
+from embedtalk_sdk.runtime.deform_schema import (
+    BOUND,
+    BOUNDED_TANH,
+    CONV_KERNEL,
+    CONV_PAD,
+    CONV_STRIDE,
+    LEAKY_RELU,
+    LEAKY_SLOPE,
+    LINEAR,
+    RELU,
+    TABLE,
+    Layer,
+    Param,
+)
+from embedtalk_sdk.runtime.network import encoding_freqs
 
 OPSET = 18
 INPUTS = ("audio_window", "aus")
 OUTPUTS = ("delta_means", "delta_opacity")
-TABLE = "gaussian_table"
 TABLE_DTYPES = ("float16", "float32")
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy().astype(np.float32)
-
-
 class _Graph:
-    """Tiny builder: named initializers and nodes with readable output names."""
+    """Tiny builder: named initializers (the schema's params from a state dict) and nodes with
+    readable output names."""
 
-    def __init__(self):
+    def __init__(self, state: dict[str, torch.Tensor], bound: float):
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
+        self.state, self.bound = state, bound
 
     def const(self, name: str, value: np.ndarray) -> str:
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        if all(t.name != name for t in self.inits):
+            self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
+
+    def param(self, p: Param) -> str:
+        """The state dict's tensor `p.key` as the initializer `p.name`, in deform.onnx's layout."""
+        value = self.state[p.key].detach().cpu().numpy().astype(np.float32)
+        return self.const(p.name, value.T.copy() if p.transposed else value)
 
     def op(self, op_type: str, inputs: list[str], out: str, **attrs) -> str:
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
         return out
 
-    def linear(self, x: str, layer: torch.nn.Linear, name: str) -> str:
-        """x @ W^T (+ b); MatMul so it broadcasts over leading dims."""
-        y = self.op("MatMul", [x, self.const(f"{name}.weight_t", _np(layer.weight).T.copy())], f"{name}.matmul")
-        if layer.bias is None:
-            return y
-        return self.op("Add", [y, self.const(f"{name}.bias", _np(layer.bias))], f"{name}.out")
+    def layer(self, x: str, layer: Layer, out: str | None = None) -> str:
+        """activation(x W + b) of a schema layer (MatMul, so it broadcasts over leading dims), or
+        its strided Conv; the last node's output is `out` when given."""
+        if layer.conv:
+            y = self.op("Conv", [x, self.param(layer.weight), self.param(layer.bias_param)], layer.name,
+                        kernel_shape=[CONV_KERNEL], strides=[CONV_STRIDE], pads=[CONV_PAD, CONV_PAD])  # fmt: skip
+        else:
+            y = self.op("MatMul", [x, self.param(layer.weight)], f"{layer.name}.matmul")
+            if layer.bias:
+                y = self.op("Add", [y, self.param(layer.bias_param)], f"{layer.name}.out")
+        return self.activate(y, layer.activation, layer.name, out)
+
+    def activate(self, x: str, activation: str, name: str, out: str | None = None) -> str:
+        """A schema activation's nodes, named after `name`; the last one's output is `out` if given."""
+        last = out or f"{name}.act"
+        if activation == RELU:
+            return self.op("Relu", [x], last)
+        if activation == LEAKY_RELU:
+            return self.op("LeakyRelu", [x], last, alpha=LEAKY_SLOPE)
+        if activation == BOUNDED_TANH:
+            bound = self.const(BOUND, np.array(self.bound, np.float32))
+            t = self.op("Tanh", [self.op("Div", [x, bound], f"{name}.scaled")], f"{name}.tanh")
+            return self.op("Mul", [t, bound], last)
+        if activation == LINEAR:
+            return x if out is None else self.op("Identity", [x], out)
+        raise ValueError(f"unknown activation {activation!r}")
 
 
 def _positional_encoding(g: _Graph, x: str, dim: int, n_freqs: int, name: str) -> str:
     """gamma(x) laid out as embedtalk_sdk.functional.encoding: [x, sin f0, cos f0, sin f1, ...]."""
     if n_freqs == 0:
         return x
-    freqs = ((2.0 ** np.arange(n_freqs)) * np.pi).astype(np.float32)[:, None]  # [F, 1]
     xu = g.op("Unsqueeze", [x, g.const(f"{name}.axis1", np.array([1], np.int64))], f"{name}.x3")  # [B,1,D]
-    scaled = g.op("Mul", [xu, g.const(f"{name}.freqs", freqs)], f"{name}.scaled")  # [B,F,D]
+    scaled = g.op("Mul", [xu, g.const(f"{name}.freqs", encoding_freqs(n_freqs)[:, None])], f"{name}.scaled")  # [B,F,D]
     axis2 = g.const(f"{name}.axis2", np.array([2], np.int64))
     s = g.op("Unsqueeze", [g.op("Sin", [scaled], f"{name}.sin"), axis2], f"{name}.sin4")
     c = g.op("Unsqueeze", [g.op("Cos", [scaled], f"{name}.cos"), axis2], f"{name}.cos4")
@@ -81,32 +118,29 @@ def build_deform_onnx(baked: BakedDeform, table_dtype: str = "float16") -> onnx.
 
     table_dtype: how the [N, hidden] table is stored, "float16" (default) or "float32"; the graph
     computes in fp32 either way."""
-    net, cfg = baked.net, baked.net.cfg
+    net, cfg, s = baked.net, baked.net.cfg, baked.net.schema
     n = baked.table.shape[0]
-    g = _Graph()
-    an = net.audio_net
-    # Audio net: normalise, [B,W,F] -> [B,F,W], stride-2 convs, two linears.
-    x = g.op("Sub", ["audio_window", g.const("audio.feature_mean", _np(an.feature_mean))], "audio.centred")
-    x = g.op("Div", [x, g.const("audio.feature_std", _np(an.feature_std))], "audio.normed")
+    g = _Graph(net.state_dict(), cfg.max_offset)
+    # Audio net: normalise, [B,W,F] -> [B,F,W], stride-2 convs, flatten, dense layers.
+    mean, std = s.feature_stats
+    x = g.op("Sub", ["audio_window", g.param(mean)], "audio.centred")
+    x = g.op("Div", [x, g.param(std)], "audio.normed")
     x = g.op("Transpose", [x], "audio.bfw", perm=[0, 2, 1])
-    for i, conv in enumerate(an.convs):
-        w, b = g.const(f"audio.conv{i}.weight", _np(conv.weight)), g.const(f"audio.conv{i}.bias", _np(conv.bias))
-        x = g.op("Conv", [x, w, b], f"audio.conv{i}", kernel_shape=[3], strides=[2], pads=[1, 1])
-        x = g.op("LeakyRelu", [x], f"audio.conv{i}.act", alpha=LEAKY_SLOPE)
+    for layer in s.audio_convs:
+        x = g.layer(x, layer)
     x = g.op("Flatten", [x], "audio.flat", axis=1)
-    x = g.op("LeakyRelu", [g.linear(x, an.fc1, "audio.fc1")], "audio.fc1.act", alpha=LEAKY_SLOPE)
-    code = g.linear(x, an.fc2, "audio.fc2")
+    for layer in s.audio_dense:
+        x = g.layer(x, layer)
     # Shared per-frame vector W_a a + W_e gamma(e) + b.
     pe = _positional_encoding(g, "aus", N_AUS, cfg.au_freqs, "au_pe")
-    frame = g.op("Add", [g.linear(code, net.audio_proj, "audio_proj"), g.linear(pe, net.au_proj, "au_proj")], "frame")
+    frame = g.op("Add", [g.layer(x, s.audio_proj), g.layer(pe, s.au_proj)], "frame")
     frame3 = g.op("Unsqueeze", [frame, g.const("frame.axis", np.array([1], np.int64))], "frame.b1h")
-    h = g.op("Relu", [g.op("Add", [frame3, _table(g, _np(baked.table), table_dtype)], "first.sum")], "first.act")
-    for i, layer in enumerate(net.trunk):
-        h = g.op("Relu", [g.linear(h, layer, f"trunk{i}")], f"trunk{i}.act")
-    bound = np.array(cfg.max_offset, np.float32)
-    mu = g.op("Div", [g.linear(h, net.mu_head, "mu_head"), g.const("mu.bound", bound)], "mu.scaled")
-    g.op("Mul", [g.op("Tanh", [mu], "mu.tanh"), "mu.bound"], "delta_means")
-    alpha = g.linear(h, net.alpha_head, "alpha_head")
+    table = _table(g, baked.table.detach().cpu().numpy().astype(np.float32), table_dtype)
+    h = g.activate(g.op("Add", [frame3, table], "first.sum"), s.first_activation, "first")
+    for layer in s.trunk:
+        h = g.layer(h, layer)
+    g.layer(h, s.mu_head, "delta_means")
+    alpha = g.layer(h, s.alpha_head)
     g.op("Squeeze", [alpha, g.const("alpha.axis", np.array([-1], np.int64))], "delta_opacity")
 
     f32 = TensorProto.FLOAT

@@ -1,4 +1,5 @@
-"""The baked deformation network in numpy, read from a bundle's deform.onnx by initializer name.
+"""The baked deformation network in numpy, read from a bundle's deform.onnx by the names of its
+schema (runtime/deform_schema.py), which the manifest's `network` block gives.
 
 Two halves, as the `cuda` backend splits them (runtime/backends/cuda.py):
 - `frame_vector(audio_window, aus)`: per frame, W_a AudioNet(window) + W_e gamma(aus) + b
@@ -16,99 +17,139 @@ from dataclasses import dataclass
 import numpy as np
 
 from embedtalk_sdk.runtime.bundle import BundleError
+from embedtalk_sdk.runtime.deform_schema import (
+    BOUND,
+    BOUNDED_TANH,
+    CONV_KERNEL,
+    CONV_PAD,
+    CONV_STRIDE,
+    LEAKY_RELU,
+    LEAKY_SLOPE,
+    LINEAR,
+    RELU,
+    TABLE,
+    DeformConfig,
+    DeformSchema,
+    Layer,
+    deform_schema,
+)
 from embedtalk_sdk.runtime.onnx_weights import bundle_initializers
 
-LEAKY_SLOPE = 0.02  # AudioNet's LeakyReLU (embedtalk_sdk/model/deform.py); the ONNX graph uses it too
-TABLE = "gaussian_table"
+LEARNED_SUFFIXES = (".weight", ".weight_t", ".bias")  # initializers of layers (the rest are graph constants)
 
 
-def positional_encoding(x: np.ndarray, freqs: np.ndarray) -> np.ndarray:
+def encoding_freqs(n_freqs: int) -> np.ndarray:
+    """gamma's frequencies 2^k pi, k < n_freqs, float32 (the ONNX graph holds these too)."""
+    return ((2.0 ** np.arange(n_freqs)) * np.pi).astype(np.float32)
+
+
+def positional_encoding(x: np.ndarray, n_freqs: int) -> np.ndarray:
     """gamma(x) [B, D] -> [B, D * (1 + 2F)], laid out [x, sin f0 x, cos f0 x, sin f1 x, ...]."""
-    if freqs.size == 0:
+    if n_freqs == 0:
         return x
-    scaled = x[:, None, :] * freqs.reshape(-1, 1)  # [B, F, D]
+    scaled = x[:, None, :] * encoding_freqs(n_freqs).reshape(-1, 1)  # [B, F, D]
     sincos = np.stack([np.sin(scaled), np.cos(scaled)], axis=2)  # [B, F, 2, D]
     return np.concatenate([x, sincos.reshape(x.shape[0], -1)], axis=1).astype(np.float32)
 
 
-def _leaky(x: np.ndarray) -> np.ndarray:
-    return np.where(x >= 0, x, np.float32(LEAKY_SLOPE) * x).astype(np.float32)
+def activate(x: np.ndarray, activation: str, bound: np.float32 = np.float32(1)) -> np.ndarray:
+    """A schema activation in float32; `bound` is BOUNDED_TANH's."""
+    if activation == RELU:
+        return np.maximum(x, 0)
+    if activation == LEAKY_RELU:
+        return np.where(x >= 0, x, np.float32(LEAKY_SLOPE) * x).astype(np.float32)
+    if activation == BOUNDED_TANH:
+        return bound * np.tanh(x / bound)
+    if activation == LINEAR:
+        return x
+    raise ValueError(f"unknown activation {activation!r}")
 
 
-def _conv1d_stride2(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """Conv1d, kernel 3, stride 2, padding 1: x [B, C, W] -> [B, O, (W + 1) // 2]."""
+def _conv1d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """The schema's Conv1d (CONV_KERNEL, CONV_STRIDE, CONV_PAD): x [B, C, W] -> [B, O, W']."""
     b, c, w = x.shape
-    padded = np.zeros((b, c, w + 2), np.float32)
-    padded[:, :, 1:-1] = x
-    out_w = (w + 2 - 3) // 2 + 1
-    taps = np.stack([padded[:, :, k:k + 2 * out_w:2] for k in range(3)], axis=2)  # [B, C, 3, out_w]
+    padded = np.zeros((b, c, w + 2 * CONV_PAD), np.float32)
+    padded[:, :, CONV_PAD:CONV_PAD + w] = x
+    out_w = (w + 2 * CONV_PAD - CONV_KERNEL) // CONV_STRIDE + 1
+    taps = np.stack([padded[:, :, k:k + CONV_STRIDE * out_w:CONV_STRIDE] for k in range(CONV_KERNEL)], axis=2)
     return (np.einsum("bckt,ock->bot", taps, weight, optimize=True) + bias[None, :, None]).astype(np.float32)
 
 
 @dataclass
 class BakedNetwork:
-    """The weights of deform.onnx (float32), by their export/onnx_graph.py names."""
+    """The weights of deform.onnx (float32) by their schema names, and that schema."""
 
     weights: dict[str, np.ndarray]
-    n_convs: int
-    n_trunk: int
-    hidden: int
+    schema: DeformSchema
     bound: float
 
     @classmethod
-    def from_onnx(cls, data: bytes, where: str) -> "BakedNetwork":
-        """Read the weights out of deform.onnx bytes; BundleError naming `where` if any is missing."""
+    def from_onnx(cls, data: bytes, where: str, config: DeformConfig) -> "BakedNetwork":
+        """Read the weights of the network `config` out of deform.onnx bytes; BundleError naming
+        `where` if one is missing, has another shape, or the graph holds layers `config` has not."""
         weights = {k: np.ascontiguousarray(v, np.float32) for k, v in bundle_initializers(data, where).items()}
-        n_convs = sum(1 for k in weights if k.startswith("audio.conv") and k.endswith(".weight"))
-        n_trunk = sum(1 for k in weights if k.startswith("trunk") and k.endswith(".weight_t"))
-        need = ["audio.feature_mean", "audio.feature_std", "audio.fc1.weight_t", "audio.fc1.bias",
-                "audio.fc2.weight_t", "audio.fc2.bias", "audio_proj.weight_t", "audio_proj.bias",
-                "au_proj.weight_t", TABLE, "mu_head.weight_t", "mu_head.bias", "alpha_head.weight_t",
-                "alpha_head.bias", "mu.bound",
-                *[f"audio.conv{i}.{p}" for i in range(n_convs) for p in ("weight", "bias")],
-                *[f"trunk{i}.{p}" for i in range(n_trunk) for p in ("weight_t", "bias")]]  # fmt: skip
-        missing = [k for k in need if k not in weights]
+        schema = deform_schema(config)
+        need = {p.name: p.shape for p in schema.baked_params}
+        missing = [k for k in (*need, TABLE, BOUND) if k not in weights]
         if missing:
             raise BundleError(f"{where} lacks the weights {missing[:4]}{' ...' if len(missing) > 4 else ''} "
                               "(not a deform graph of export/onnx_graph.py; export the avatar again)")  # fmt: skip
-        hidden = int(weights[TABLE].shape[1])
-        if weights["mu_head.weight_t"].shape != (hidden, 3) or weights["alpha_head.weight_t"].shape != (hidden, 1):
-            raise BundleError(f"{where}: head shapes {weights['mu_head.weight_t'].shape}, "
-                              f"{weights['alpha_head.weight_t'].shape} do not fit hidden size {hidden}")  # fmt: skip
-        for i in range(n_trunk):
-            if weights[f"trunk{i}.weight_t"].shape != (hidden, hidden):
-                raise BundleError(f"{where}: trunk{i} is {weights[f'trunk{i}.weight_t'].shape}, expected ({hidden}, {hidden})")
-        return cls(weights, n_convs, n_trunk, hidden, float(weights["mu.bound"].reshape(-1)[0]))
+        table = weights[TABLE].shape
+        wrong = [f"{k} is {weights[k].shape}, expected {shape}"
+                 for k, shape in need.items() if weights[k].shape != shape]  # fmt: skip
+        wrong += [f"{TABLE} is {table}, expected (N, {schema.hidden})"] if table[1:] != (schema.hidden,) else []
+        wrong += [f"{k} is not in the network" for k in weights if k.endswith(LEARNED_SUFFIXES) and k not in need]
+        if wrong:
+            raise BundleError(f"{where} does not fit the manifest's network: {'; '.join(wrong[:4])}")
+        return cls(weights, schema, float(weights[BOUND].reshape(-1)[0]))
 
     @property
     def table(self) -> np.ndarray:
         """W_z gamma(z) per Gaussian, [N, hidden] float32 (fp16 bundles widened exactly)."""
         return self.weights[TABLE]
 
+    @property
+    def hidden(self) -> int:
+        return self.schema.hidden
+
+    @property
+    def n_trunk(self) -> int:
+        return len(self.schema.trunk)
+
+    @property
+    def n_convs(self) -> int:
+        return len(self.schema.audio_convs)
+
+    def dense(self, x: np.ndarray, layer: Layer) -> np.ndarray:
+        """activation(x W + b) of a schema layer (dense, not conv)."""
+        y = x @ self.weights[layer.weight.name]
+        if layer.bias_param is not None:
+            y = y + self.weights[layer.bias_param.name]
+        return activate(y, layer.activation, np.float32(self.bound))
+
     def frame_vector(self, audio_window: np.ndarray, aus: np.ndarray) -> np.ndarray:
         """audio_window [B, W, F], aus [B, 6] -> the per-frame vector [B, hidden], float32."""
-        w = self.weights
-        x = (np.asarray(audio_window, np.float32) - w["audio.feature_mean"]) / w["audio.feature_std"]
+        s, w = self.schema, self.weights
+        mean, std = s.feature_stats
+        x = (np.asarray(audio_window, np.float32) - w[mean.name]) / w[std.name]
         x = np.ascontiguousarray(x.transpose(0, 2, 1))
-        for i in range(self.n_convs):
-            x = _leaky(_conv1d_stride2(x, w[f"audio.conv{i}.weight"], w[f"audio.conv{i}.bias"]))
+        for layer in s.audio_convs:
+            x = activate(_conv1d(x, w[layer.weight.name], w[layer.bias_param.name]), layer.activation)
         x = x.reshape(x.shape[0], -1)
-        x = _leaky(x @ w["audio.fc1.weight_t"] + w["audio.fc1.bias"])
-        code = x @ w["audio.fc2.weight_t"] + w["audio.fc2.bias"]
-        freqs = w.get("au_pe.freqs", np.zeros(0, np.float32))
-        pe = positional_encoding(np.asarray(aus, np.float32), freqs)
-        frame = code @ w["audio_proj.weight_t"] + w["audio_proj.bias"] + pe @ w["au_proj.weight_t"]
+        for layer in s.audio_dense:
+            x = self.dense(x, layer)
+        pe = positional_encoding(np.asarray(aus, np.float32), s.config.au_freqs)
+        frame = self.dense(x, s.audio_proj) + self.dense(pe, s.au_proj)
         return np.ascontiguousarray(frame, np.float32)
 
     def decode(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """frame [B, hidden] -> (delta_means [B, N, 3], delta_opacity [B, N]), float32."""
-        w = self.weights
-        h = np.maximum(self.table[None] + frame[:, None], 0)
-        for i in range(self.n_trunk):
-            h = np.maximum(h @ w[f"trunk{i}.weight_t"] + w[f"trunk{i}.bias"], 0)
-        bound = np.float32(self.bound)
-        mu = bound * np.tanh((h @ w["mu_head.weight_t"] + w["mu_head.bias"]) / bound)
-        alpha = (h @ w["alpha_head.weight_t"] + w["alpha_head.bias"])[..., 0]
+        s = self.schema
+        h = activate(self.table[None] + frame[:, None], s.first_activation)
+        for layer in s.trunk:
+            h = self.dense(h, layer)
+        mu = self.dense(h, s.mu_head)
+        alpha = self.dense(h, s.alpha_head)[..., 0]
         return mu.astype(np.float32), alpha.astype(np.float32)
 
     def __call__(self, audio_window: np.ndarray, aus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -22,8 +22,8 @@ needs_gpu = pytest.mark.skipif(not GPU, reason="no CUDA GPU (or cuda-python) on 
 
 
 def exported_graph_bundle(out: Path, n: int = 2000, hidden: int = 64, trunk_layers: int = 1, seed: int = 0) -> Path:
-    """make_test_bundle's bundle with export/onnx_graph.py's deform graph (random weights), the
-    graph the cuda backend reads."""
+    """make_test_bundle's bundle with export/onnx_graph.py's deform graph (random weights) and the
+    manifest's network block the exporter writes: what the cuda and torch backends read."""
     import torch
 
     from test_model import random_net
@@ -38,7 +38,7 @@ def exported_graph_bundle(out: Path, n: int = 2000, hidden: int = 64, trunk_laye
         net.mu_head.weight.mul_(0.05)  # offsets of a few mm, as a trained head moves
         table = net.embedding_table(torch.randn(n, cfg.embed_dim))
     model = build_deform_onnx(BakedDeform(net.eval(), table).eval())
-    return make_test_bundle(out, n=n, edit_model=lambda m: m.CopyFrom(model), seed=seed)
+    return make_test_bundle(out, n=n, edit_model=lambda m: m.CopyFrom(model), seed=seed, network=cfg.to_dict())
 
 
 def speech(seconds: float = 1.0) -> np.ndarray:

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from embedtalk_sdk.export.onnx_graph import build_deform_onnx, io_spec
-from embedtalk_sdk.functional.encoding import encoded_dim, positional_encoding
+from embedtalk_sdk.functional.encoding import positional_encoding
 from embedtalk_sdk.model.checkpoint import Checkpoint, CheckpointError
 from embedtalk_sdk.model.deform import BakedDeform, DeformConfig, DeformNet
 from embedtalk_sdk.model.gaussians import GaussianModel
+from embedtalk_sdk.runtime.deform_schema import encoded_dim
 from embedtalk_sdk.train.losses import embedding_smoothness, knn_indices
 from embedtalk_sdk.train.strategy import DensifyConfig, GradStats, densify_and_prune
 

@@ -57,7 +57,7 @@ def test_non_raw_tensor_encodings_are_read():
 def test_numpy_network_matches_onnxruntime(table_dtype):
     model = baked_model(table_dtype=table_dtype)
     data = model.SerializeToString()
-    net = BakedNetwork.from_onnx(data, "deform.onnx")
+    net = BakedNetwork.from_onnx(data, "deform.onnx", CFG)
     assert (net.hidden, net.n_trunk, net.n_convs) == (CFG.hidden, 2, CFG.n_convs)
     window, aus = inputs(5)
     dm, do = net(window, aus)
@@ -72,6 +72,6 @@ def test_numpy_network_matches_onnxruntime(table_dtype):
 def test_a_graph_without_the_weights_is_refused():
     graph = onnx.helper.make_graph([], "g", [], [], [numpy_helper.from_array(np.zeros(3, np.float32), "x")])
     with pytest.raises(BundleError, match="lacks the weights"):
-        BakedNetwork.from_onnx(onnx.helper.make_model(graph).SerializeToString(), "a/deform.onnx")
+        BakedNetwork.from_onnx(onnx.helper.make_model(graph).SerializeToString(), "a/deform.onnx", CFG)
     with pytest.raises(BundleError, match="a/deform.onnx"):
-        BakedNetwork.from_onnx(b"\xff\xff\xff", "a/deform.onnx")
+        BakedNetwork.from_onnx(b"\xff\xff\xff", "a/deform.onnx", CFG)

@@ -1,4 +1,4 @@
-"""Positional encoding gamma(.) of the paper (eq. 9)."""
+"""Positional encoding gamma(.) of the paper (eq. 9); its width is `runtime/deform_schema.encoded_dim`."""
 from __future__ import annotations
 
 import torch
@@ -19,7 +19,3 @@ def positional_encoding(x: torch.Tensor, n_freqs: int) -> torch.Tensor:
     parts = torch.stack([torch.sin(scaled), torch.cos(scaled)], dim=-2)  # [..., F, 2, D]
     return torch.cat([x, parts.flatten(-3)], dim=-1)
 
-
-def encoded_dim(dim: int, n_freqs: int) -> int:
-    """Width of positional_encoding's output for a `dim`-wide input."""
-    return dim * (1 + 2 * n_freqs)

@@ -2,55 +2,51 @@
 
 The first layer is kept split into its three blocks (W_z, W_a, W_e), which is the same function as
 one Linear on the concatenation, so that baking (W_z gamma(z) as a per-Gaussian table) is exact.
+Its layers, widths, activations and module paths are `runtime/deform_schema.py`'s (DeformConfig
+lives there too, so the runtime reads a bundle's network without torch); this file only says how
+torch computes them.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Mapping
-
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from embedtalk_sdk.functional.encoding import encoded_dim, positional_encoding
-from embedtalk_sdk.runtime.aus import N_AUS
-from embedtalk_sdk.runtime.config import config_from_mapping
+from embedtalk_sdk.functional.encoding import positional_encoding
+from embedtalk_sdk.runtime.deform_schema import (
+    BOUNDED_TANH,
+    CONV_KERNEL,
+    CONV_PAD,
+    CONV_STRIDE,
+    LEAKY_RELU,
+    LEAKY_SLOPE,
+    LINEAR,
+    RELU,
+    DeformConfig,
+    Layer,
+    deform_schema,
+)
 
 
+def layer_module(layer: Layer) -> nn.Module:
+    """The torch module of a schema layer (default PyTorch initialisation)."""
+    if layer.conv:
+        return nn.Conv1d(layer.inputs, layer.outputs, CONV_KERNEL, stride=CONV_STRIDE, padding=CONV_PAD,
+                         bias=layer.bias)
+    return nn.Linear(layer.inputs, layer.outputs, bias=layer.bias)
 
-@dataclass(frozen=True)
-class DeformConfig:
-    """Sizes of the deformation network; stored in checkpoints and bundles."""
 
-    feature_dim: int = 32  # audio feature width F (mel bins, or 1024 for HuBERT)
-    window: int = 16  # audio feature rows per video frame
-    embed_dim: int = 32  # z_g
-    embed_freqs: int = 4  # frequencies of gamma(z)
-    au_freqs: int = 4  # frequencies of gamma(e)
-    audio_code: int = 32  # a_n
-    audio_channels: int = 32
-    hidden: int = 64
-    trunk_layers: int = 1  # hidden->hidden layers after the first
-    # |delta_mu| bound in world units (metres): facial motion relative to the canonical head is
-    # centimetres; unbounded offsets let a stray Gaussian fly at the camera and stall training.
-    max_offset: float = 0.03
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str | None = None) -> "DeformConfig":
-        """Build from `to_dict`'s output; a missing field takes its default. ConfigError (a
-        ValueError) names the unknown or ill-typed fields and `source`."""
-        return config_from_mapping(cls, d, source, defaults=asdict(cls()))
-
-    @property
-    def n_convs(self) -> int:
-        """Stride-2 convolutions that reduce the window to one step."""
-        n, w = 0, self.window
-        while w > 1:
-            w = (w + 1) // 2
-            n += 1
-        return n
+def activate(x: torch.Tensor, activation: str, bound: float = 1.0) -> torch.Tensor:
+    """A schema activation; `bound` is BOUNDED_TANH's (max_offset)."""
+    if activation == RELU:
+        return torch.relu(x)
+    if activation == LEAKY_RELU:
+        return F.leaky_relu(x, LEAKY_SLOPE)
+    if activation == BOUNDED_TANH:
+        return bound * torch.tanh(x / bound)
+    if activation == LINEAR:
+        return x
+    raise ValueError(f"unknown activation {activation!r}")
 
 
 class AudioNet(nn.Module):
@@ -58,25 +54,31 @@ class AudioNet(nn.Module):
 
     def __init__(self, cfg: DeformConfig):
         super().__init__()
-        chans = [cfg.feature_dim] + [cfg.audio_channels] * cfg.n_convs
-        self.convs = nn.ModuleList(
-            nn.Conv1d(chans[i], chans[i + 1], kernel_size=3, stride=2, padding=1) for i in range(cfg.n_convs)
-        )
-        self.fc1 = nn.Linear(cfg.audio_channels, cfg.audio_code)
-        self.fc2 = nn.Linear(cfg.audio_code, cfg.audio_code)
-        self.act = nn.LeakyReLU(0.02)
+        self.schema = schema = deform_schema(cfg)
+        self.convs = nn.ModuleList(layer_module(layer) for layer in schema.audio_convs)
+        for layer in schema.audio_dense:
+            self.add_module(self.path(layer), layer_module(layer))
         # He initialisation, so the code varies over frames at unit scale. PyTorch's default
         # (kaiming_uniform with a=sqrt(5): a third of the variance per layer) left the code's spread
         # over frames at ~0.002 after six layers, ~200x below the per-Gaussian table's, and whether
-        # the network ever found the audio was a matter of the seed (issue 9).
-        for layer in [*self.convs, self.fc1]:
-            nn.init.kaiming_normal_(layer.weight, a=0.02, nonlinearity="leaky_relu")
-            nn.init.zeros_(layer.bias)
-        nn.init.xavier_normal_(self.fc2.weight)
-        nn.init.zeros_(self.fc2.bias)
+        # the network ever found the audio was a matter of the seed (issue 9). A layer without a
+        # LeakyReLU after it (the code's) gets Xavier's.
+        for layer in (*schema.audio_convs, *schema.audio_dense):
+            module = self.get_submodule(self.path(layer))
+            if layer.activation == LEAKY_RELU:
+                nn.init.kaiming_normal_(module.weight, a=LEAKY_SLOPE, nonlinearity="leaky_relu")
+            else:
+                nn.init.xavier_normal_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
         # Feature statistics of the training audio, so mel and HuBERT features enter at unit scale.
         self.register_buffer("feature_mean", torch.zeros(cfg.feature_dim))
         self.register_buffer("feature_std", torch.ones(cfg.feature_dim))
+
+    @staticmethod
+    def path(layer: Layer) -> str:
+        """A layer's path inside this module (the schema's paths are DeformNet's: `audio_net.` + it)."""
+        return layer.module.split(".", 1)[1]
 
     def set_feature_stats(self, features: torch.Tensor) -> None:
         """Record the per-feature mean and std of the training features [M, F]."""
@@ -85,10 +87,12 @@ class AudioNet(nn.Module):
 
     def forward(self, window: torch.Tensor) -> torch.Tensor:
         x = ((window - self.feature_mean) / self.feature_std).transpose(1, 2)  # [B, F, W]
-        for conv in self.convs:
-            x = self.act(conv(x))
+        for layer, conv in zip(self.schema.audio_convs, self.convs):
+            x = activate(conv(x), layer.activation)
         x = x.flatten(1)  # [B, C]: the window is reduced to one step
-        return self.fc2(self.act(self.fc1(x)))
+        for layer in self.schema.audio_dense:
+            x = activate(self.get_submodule(self.path(layer))(x), layer.activation)
+        return x
 
 
 class DeformNet(nn.Module):
@@ -101,13 +105,15 @@ class DeformNet(nn.Module):
     def __init__(self, cfg: DeformConfig):
         super().__init__()
         self.cfg = cfg
+        self.schema = deform_schema(cfg)
+        s = self.schema
         self.audio_net = AudioNet(cfg)
-        self.embed_proj = nn.Linear(encoded_dim(cfg.embed_dim, cfg.embed_freqs), cfg.hidden, bias=False)
-        self.audio_proj = nn.Linear(cfg.audio_code, cfg.hidden)  # carries the first layer's bias
-        self.au_proj = nn.Linear(encoded_dim(N_AUS, cfg.au_freqs), cfg.hidden, bias=False)
-        self.trunk = nn.ModuleList(nn.Linear(cfg.hidden, cfg.hidden) for _ in range(cfg.trunk_layers))
-        self.mu_head = nn.Linear(cfg.hidden, 3)
-        self.alpha_head = nn.Linear(cfg.hidden, 1)
+        self.embed_proj = layer_module(s.embed_proj)
+        self.audio_proj = layer_module(s.audio_proj)  # carries the first layer's bias
+        self.au_proj = layer_module(s.au_proj)
+        self.trunk = nn.ModuleList(layer_module(layer) for layer in s.trunk)
+        self.mu_head = layer_module(s.mu_head)
+        self.alpha_head = layer_module(s.alpha_head)
         # Start from the canonical head: no deformation until the data asks for one.
         for head in (self.mu_head, self.alpha_head):
             nn.init.zeros_(head.weight)
@@ -124,11 +130,12 @@ class DeformNet(nn.Module):
 
     def decode(self, table: torch.Tensor, frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """table [N, hidden], frame [B, hidden] -> (delta_means [B,N,3], delta_opacity [B,N])."""
-        h = torch.relu(table[None] + frame[:, None])
-        for layer in self.trunk:
-            h = torch.relu(layer(h))
-        bound = self.cfg.max_offset
-        return bound * torch.tanh(self.mu_head(h) / bound), self.alpha_head(h)[..., 0]
+        s, bound = self.schema, self.cfg.max_offset
+        h = activate(table[None] + frame[:, None], s.first_activation)
+        for layer, module in zip(s.trunk, self.trunk):
+            h = activate(module(h), layer.activation)
+        mu = activate(self.mu_head(h), s.mu_head.activation, bound)
+        return mu, activate(self.alpha_head(h), s.alpha_head.activation, bound)[..., 0]
 
     def forward(
         self, z: torch.Tensor, audio_window: torch.Tensor, aus: torch.Tensor

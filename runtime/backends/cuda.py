@@ -24,6 +24,7 @@ from embedtalk_sdk.runtime.backends.base import BackendError
 from embedtalk_sdk.runtime.backends.cuda_frames import CudaFrames, RenderOnGpu
 from embedtalk_sdk.runtime.backends.gpu import open_gpu
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
+from embedtalk_sdk.runtime.deform_schema import BOUNDED_TANH, LINEAR, RELU, DeformSchema, network_config
 from embedtalk_sdk.runtime.network import BakedNetwork
 
 log = logging.getLogger("embedtalk_sdk.runtime")
@@ -43,6 +44,38 @@ def deform_kernel_name(hidden: int) -> str:
     return "etk_deform_any"
 
 
+def kernel_fits(schema: DeformSchema) -> str | None:
+    """None if `etk_deform_*` computes this network's decode half, else what it does not do. The
+    kernel implements relu(table + frame) -> square ReLU trunk layers -> a bounded-tanh head of 3
+    and a linear head of 1, with any width and depth (launch arguments)."""
+    h = schema.hidden
+    want = [("first layer", schema.first_activation, RELU)]
+    want += [(layer.name, (layer.inputs, layer.outputs, layer.activation, layer.bias), (h, h, RELU, True))
+             for layer in schema.trunk]  # fmt: skip
+    want += [(head.name, (head.inputs, head.outputs, head.activation, head.bias), (h, n, act, True))
+             for head, n, act in ((schema.mu_head, 3, BOUNDED_TANH), (schema.alpha_head, 1, LINEAR))]  # fmt: skip
+    bad = [f"{name} is {got}, the kernel's {expected}" for name, got, expected in want if got != expected]
+    return "; ".join(bad) or None
+
+
+def kernel_weights(net: BakedNetwork) -> dict[str, np.ndarray]:
+    """The decode half's weights as the kernel takes them (float32, [in, out] row-major; trunk
+    layers stacked), by argument name; ValueError if the kernel does not compute this network."""
+    s, w = net.schema, net.weights
+    why = kernel_fits(s)
+    if why:
+        raise ValueError(f"the cuda deform kernel does not compute this network: {why}")
+    empty = np.zeros(1, np.float32)  # no trunk layers: a valid pointer the kernel never reads
+    host = {
+        "table": net.table,
+        "trunk_w": np.stack([w[layer.weight.name] for layer in s.trunk]) if s.trunk else empty,
+        "trunk_b": np.stack([w[layer.bias_param.name] for layer in s.trunk]) if s.trunk else empty,
+        "mu_w": w[s.mu_head.weight.name], "mu_b": w[s.mu_head.bias_param.name],
+        "alpha_w": w[s.alpha_head.weight.name].reshape(s.hidden), "alpha_b": w[s.alpha_head.bias_param.name],
+    }  # fmt: skip
+    return {k: np.ascontiguousarray(v, np.float32) for k, v in host.items()}
+
+
 class DeformKernel:
     """The per-Gaussian decode on the GPU: frame vectors [B, hidden] (device) -> delta_means
     [B, N, 3], delta_opacity [B, N] (device). Weights uploaded once, on `stream`."""
@@ -54,20 +87,12 @@ class DeformKernel:
 
         self.net, self.device, self.stream = net, device, stream
         self.n, self.hidden = int(net.table.shape[0]), net.hidden
+        host = kernel_weights(net)  # first: a network the kernel does not compute needs no compiler
+        self.alpha_b = float(host.pop("alpha_b")[0])  # a scalar argument, not a buffer
         self.module = load_kernels(device, source=build.DEFORM_KERNELS)
         self.kernel = self.module.kernels[deform_kernel_name(self.hidden)]
-        w = net.weights
-        h = self.hidden
-        host = {
-            "table": net.table,
-            "trunk_w": np.stack([w[f"trunk{i}.weight_t"] for i in range(net.n_trunk)]) if net.n_trunk else np.zeros(1, np.float32),
-            "trunk_b": np.stack([w[f"trunk{i}.bias"] for i in range(net.n_trunk)]) if net.n_trunk else np.zeros(1, np.float32),
-            "mu_w": w["mu_head.weight_t"], "mu_b": w["mu_head.bias"], "alpha_w": w["alpha_head.weight_t"].reshape(h),
-        }  # fmt: skip
-        self.alpha_b = float(w["alpha_head.bias"].reshape(-1)[0])
         self.buffers = {}
         for key, arr in host.items():
-            arr = np.ascontiguousarray(arr, np.float32)
             self.buffers[key] = DeviceBuffer(arr.nbytes)
             upload(self.buffers[key].ptr, arr, stream)
         stream.synchronize()
@@ -110,7 +135,8 @@ class CudaBackend(RenderOnGpu):
         data = bundle.bytes_of(self.io.file)
         try:
             # A graph of another exporter may run on onnxruntime: not the bundle's fault, so BackendError.
-            net = BakedNetwork.from_onnx(data, f"{bundle.path}/{self.io.file}")
+            config = network_config(bundle.manifest, bundle.path)
+            net = BakedNetwork.from_onnx(data, f"{bundle.path}/{self.io.file}", config)
         except BundleError as e:
             raise BackendError(f"backend {BACKEND} runs only the exporter's deform graph: {e}") from None
         if net.table.shape[0] != self.io.n_gaussians:
