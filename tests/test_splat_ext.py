@@ -45,6 +45,16 @@ def scenes():
     # enough drawn Gaussians (> 8192) that binning splits the depth order into one run per thread
     rng = np.random.default_rng(12)
     yield head_scene(rng, 20000, 128), rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    # needles: long thin opaque Gaussians at every angle, whose supports cross many 8-column bands
+    # at a slant (the compiled blend leaves out the rows of a band that the support misses)
+    for seed in (21, 22):
+        rng = np.random.default_rng(seed)
+        args = as_f32(random_scene(rng, n=700, H=90, W=120))[:-1]
+        n = args[0].shape[0]
+        args[2] = np.stack([rng.uniform(0.1, 0.5, n), rng.uniform(0.002, 0.01, n),
+                            rng.uniform(0.002, 0.01, n)], -1).astype(np.float32)
+        args[3] = rng.uniform(0.6, 1.0, n).astype(np.float32)
+        yield args, rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
     # every Gaussian three times, in other colours and opacities: equal depths, so the order of a
     # tile's list (depth, then index) decides the pixels
     rng = np.random.default_rng(9)

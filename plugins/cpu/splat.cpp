@@ -163,16 +163,357 @@ std::vector<int32_t> depth_order(const Projected& p, int64_t n) {
     return id;
 }
 
+// floor and ceil of a double within a tile's reach, as int64 (without a libm call per Gaussian
+// where the build targets no SSE4.1): the truncation, one step down or up when it moved x.
+inline int64_t floor_int(double x) {
+    const int64_t i = static_cast<int64_t>(x);
+    return i - (x < static_cast<double>(i));
+}
+inline int64_t ceil_int(double x) {
+    const int64_t i = static_cast<int64_t>(x);
+    return i + (x > static_cast<double>(i));
+}
+
+// The support's dy range over the column strip u0 <= dx <= u1 (a band's pixel centres, relative to
+// the mean): rows outside it have no pixel of the support in the strip, so the blend leaves them out
+// (their lanes would all fail the alpha test: frames unchanged). The support (rasterize.py:
+// _project_one) is (dx - kB dy)^2 + Q dy^2 <= P; for a given dx its dy lie between
+// (kB dx -+ sqrt(Q (xr^2 - dx^2))) / S, S = kB^2 + Q, xr^2 = P S / Q: the upper bound is concave with
+// its top (dy = reach) at dx = kB reach, the lower one convex with its bottom at dx = -kB reach, so
+// each extreme is taken at that dx clamped into the strip. STRIP_SLACK px keeps it a superset
+// whatever the rounding. False when the strip misses the support.
+constexpr double STRIP_SLACK = 1e-3;
+inline bool strip_rows(double kB, double Q, double reach, double xr, double u0, double u1, double& dy_lo,
+                       double& dy_hi) {
+    const double v0 = py_max(u0, -xr), v1 = py_min(u1, xr);
+    if (!(v0 <= v1)) return false;
+    const double top = py_min(py_max(kB * reach, v0), v1), bottom = py_min(py_max(-kB * reach, v0), v1);
+    const double sqrt_q = std::sqrt(Q), inv_s = 1.0 / (Q + kB * kB);
+    dy_hi = (kB * top + sqrt_q * std::sqrt(py_max(0.0, (xr - top) * (xr + top)))) * inv_s + STRIP_SLACK;
+    dy_lo = (kB * bottom - sqrt_q * std::sqrt(py_max(0.0, (xr - bottom) * (xr + bottom)))) * inv_s - STRIP_SLACK;
+    return true;
+}
+
+// What the blend reads of one drawn Gaussian, in one cache line: a tile's list then costs one line
+// per Gaussian instead of five scattered rows. Its support is cut into 8-column bands (a tile's
+// halves): bands [band0, band0 + bands), each band's first and last pixel row at
+// Packed::band_rows[2 (rows_at + b)], 2 (rows_at + b) + 1] (empty: first > last).
+struct alignas(64) Splat {
+    float mx, my, A, B, C, o, cr, cg, cb;
+    int32_t band0, bands, rows_at;
+};
+
+struct Packed {
+    std::vector<Splat> splats;
+    std::vector<int32_t> band_rows;
+    std::vector<int32_t> rect;  // per splat: the tiles of its bands' rows, x0, x1, y0, y1 inclusive
+};
+
+// The drawn Gaussians in depth order, with the rows of their support in each band, computed once
+// per Gaussian and band instead of once per tile and half.
+Packed pack(const Projected& p, const std::vector<int32_t>& order, const float* opacities, const float* colors,
+            int H, int W) {
+    const int64_t m = static_cast<int64_t>(order.size());
+    Packed out{std::vector<Splat>(m), {}, std::vector<int32_t>(4 * m)};
+    std::vector<Splat>& splats = out.splats;
+#pragma omp parallel for schedule(static)
+    for (int64_t k = 0; k < m; ++k) {
+        const int64_t g = order[k];
+        const double* sup = &p.support[4 * g];
+        const double kB = sup[0], P = sup[1], Q = sup[2];
+        Splat& sp = splats[k];
+        sp.mx = p.mean2d[2 * g];
+        sp.my = p.mean2d[2 * g + 1];
+        sp.A = p.conic[3 * g];
+        sp.B = p.conic[3 * g + 1];
+        sp.C = p.conic[3 * g + 2];
+        sp.o = opacities[g];
+        sp.cr = colors[3 * g];
+        sp.cg = colors[3 * g + 1];
+        sp.cb = colors[3 * g + 2];
+        const double xr = std::sqrt(P * (Q + kB * kB) / Q), mx = sp.mx;
+        const int64_t col0 = py_max<int64_t>(0, ceil_int(py_max(mx - xr - 0.5, -1.0)));
+        const int64_t col1 = py_min<int64_t>(W - 1, floor_int(py_min(mx + xr - 0.5, W + 1.0)));
+        sp.band0 = static_cast<int32_t>(col0 / LANES);
+        sp.bands = col0 <= col1 ? static_cast<int32_t>(col1 / LANES - col0 / LANES + 1) : 0;
+    }
+    int64_t total = 0;
+    for (Splat& sp : splats) {
+        sp.rows_at = static_cast<int32_t>(total);
+        total += sp.bands;
+    }
+    out.band_rows.resize(2 * total);
+    int32_t* band_rows = out.band_rows.data();
+#pragma omp parallel for schedule(static)
+    for (int64_t k = 0; k < m; ++k) {
+        const Splat& sp = splats[k];
+        const double* sup = &p.support[4 * order[k]];
+        const double kB = sup[0], P = sup[1], Q = sup[2], reach = sup[3];
+        const double xr = std::sqrt(P * (Q + kB * kB) / Q), mx = sp.mx, my = sp.my;
+        const int64_t row0 = py_max<int64_t>(0, ceil_int(py_max(my - reach - 0.5, -1.0)));
+        const int64_t row1 = py_min<int64_t>(H - 1, floor_int(py_min(my + reach - 0.5, H + 1.0)));
+        int32_t* rect = &out.rect[4 * k];
+        rect[0] = 0; rect[1] = -1; rect[2] = 0; rect[3] = -1;
+        int64_t top = H, bottom = -1;
+        for (int32_t b = 0; b < sp.bands; ++b) {
+            const double u0 = (sp.band0 + b) * LANES + 0.5 - mx;
+            double dy_lo, dy_hi;
+            int64_t first = 1, last = 0;
+            if (strip_rows(kB, Q, reach, xr, u0, u0 + (LANES - 1), dy_lo, dy_hi)) {
+                first = py_max<int64_t>(row0, ceil_int(py_max(my + dy_lo - 0.5, -1.0)));
+                last = py_min<int64_t>(row1, floor_int(py_min(my + dy_hi - 0.5, H + 1.0)));
+            }
+            band_rows[2 * (sp.rows_at + b)] = static_cast<int32_t>(first);
+            band_rows[2 * (sp.rows_at + b) + 1] = static_cast<int32_t>(last);
+            if (first <= last) {
+                if (rect[1] < rect[0]) rect[0] = (sp.band0 + b) / HALVES;
+                rect[1] = (sp.band0 + b) / HALVES;
+                top = std::min(top, first);
+                bottom = std::max(bottom, last);
+            }
+        }
+        if (rect[1] >= rect[0]) {
+            rect[2] = static_cast<int32_t>(top / TILE);
+            rect[3] = static_cast<int32_t>(bottom / TILE);
+        }
+    }
+    return out;
+}
+
+inline float pow2_neg(float nf) {  // 2^-n for an integer-valued n in [0, 126], from its exponent bits
+    const int32_t bits = (127 - static_cast<int32_t>(nf)) << 23;
+    float out;
+    std::memcpy(&out, &bits, sizeof out);
+    return out;
+}
+
+inline float exp_neg(float s) {  // rasterize.py:exp_neg
+    s = py_min(s, EXP_S_MAX);
+    const float nf = static_cast<float>(static_cast<int32_t>(s * LOG2E + HALF));
+    const float x = (nf * LN2_HI - s) + nf * LN2_LO;
+    const float p = ((((P0 * x + P1) * x + P2) * x + P3) * x + P4) * x + P5;
+    return (p * (x * x) + x + ONE) * pow2_neg(nf);
+}
+
+inline float sigma(float dx, float dy, float A, float B, float C) {
+    return HALF * (A * dx * dx + C * dy * dy) + B * dx * dy;
+}
+
+// Step 7 runs group by group: a group is two rows of one 8-column half, 16 lanes, and its Gaussians
+// (the tile's, in depth order, less those whose support misses the group's rows) blend over it one
+// after another with the group's T, R, G, B held in registers. Each lane makes rasterize.py's
+// _accumulate_tile operations in the same order, so the pixels are the same bit for bit; the loop is
+// long and regular, so successive Gaussians' exp chains overlap (a Gaussian at a time over its own
+// rows was bound by those chains' latency and its short loops' exits, plugins/design.md).
+constexpr int GROUP = 2 * LANES;
+constexpr int GROUPS = PIXELS / GROUP;
+
+// One group's lanes: px, py, T, R, G, B at the group's first lane (64-byte aligned); list[0..count),
+// the group's Gaussians in depth order. T < 0 marks a lane that stopped (-T is its transmittance).
+using BlendGroup = void (*)(float* T, float* R, float* G, float* B, const float* px, const float* py,
+                            const Splat* const* list, int count);
+
+// One lane at a time: for CPUs without AVX2.
+void blend_group_scalar(float* T, float* R, float* G, float* B, const float* px, const float* py,
+                        const Splat* const* list, int count) {
+    for (int k = 0; k < count; ++k) {
+        const Splat& sp = *list[k];
+        bool open = false;
+        for (int c = 0; c < GROUP; ++c) {
+            const float dx = px[c] - sp.mx, dy = py[c] - sp.my;
+            const float a = py_min(ALPHA_MAX, sp.o * exp_neg(sigma(dx, dy, sp.A, sp.B, sp.C)));
+            const float Tc = T[c];
+            const float T_next = Tc * (ONE - a);
+            const bool ok = (Tc > ZERO) & (a >= ALPHA_MIN);
+            const bool stop_here = ok & (T_next < T_MIN);
+            const bool add = ok & !stop_here;
+            const float w = add ? a * Tc : ZERO;
+            R[c] += sp.cr * w;
+            G[c] += sp.cg * w;
+            B[c] += sp.cb * w;
+            T[c] = add ? T_next : (stop_here ? -Tc : Tc);
+            open |= T[c] > ZERO;
+        }
+        if (!open) return;
+    }
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define SPLAT_AVX2 1
+// exp_neg's operations on 8 lanes: min_ps(a, b) is (a < b ? a : b) like py_min(b, a), cvtt truncates
+// like the int32 cast.
+__attribute__((target("avx2"))) inline __m256 exp_neg_avx2(__m256 s) {
+    s = _mm256_min_ps(_mm256_set1_ps(EXP_S_MAX), s);
+    const __m256i n = _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(s, _mm256_set1_ps(LOG2E)), _mm256_set1_ps(HALF)));
+    const __m256 nf = _mm256_cvtepi32_ps(n);
+    const __m256 x = _mm256_add_ps(_mm256_sub_ps(_mm256_mul_ps(nf, _mm256_set1_ps(LN2_HI)), s),
+                                   _mm256_mul_ps(nf, _mm256_set1_ps(LN2_LO)));
+    __m256 p = _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(P0), x), _mm256_set1_ps(P1));
+    p = _mm256_add_ps(_mm256_mul_ps(p, x), _mm256_set1_ps(P2));
+    p = _mm256_add_ps(_mm256_mul_ps(p, x), _mm256_set1_ps(P3));
+    p = _mm256_add_ps(_mm256_mul_ps(p, x), _mm256_set1_ps(P4));
+    p = _mm256_add_ps(_mm256_mul_ps(p, x), _mm256_set1_ps(P5));
+    const __m256 pow2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_sub_epi32(_mm256_set1_epi32(127), n), 23));
+    return _mm256_mul_ps(_mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(x, x)), x), _mm256_set1_ps(ONE)),
+                         pow2);
+}
+
+// One Gaussian over 8 lanes held in registers (the scalar lane's operations; ordered compares are
+// false on NaN like C's).
+struct Lanes8 {
+    __m256 T, R, G, B;
+};
+__attribute__((target("avx2"))) inline void splat_lanes8(Lanes8& s, __m256 px, __m256 py, const Splat& sp) {
+    const __m256 dx = _mm256_sub_ps(px, _mm256_set1_ps(sp.mx)), dy = _mm256_sub_ps(py, _mm256_set1_ps(sp.my));
+    const __m256 quad = _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(sp.A), dx), dx),
+                                      _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(sp.C), dy), dy));
+    const __m256 s_ = _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(HALF), quad),
+                                    _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(sp.B), dx), dy));
+    const __m256 a = _mm256_min_ps(_mm256_mul_ps(_mm256_set1_ps(sp.o), exp_neg_avx2(s_)), _mm256_set1_ps(ALPHA_MAX));
+    const __m256 T_next = _mm256_mul_ps(s.T, _mm256_sub_ps(_mm256_set1_ps(ONE), a));
+    const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(s.T, _mm256_setzero_ps(), _CMP_GT_OQ),
+                                    _mm256_cmp_ps(a, _mm256_set1_ps(ALPHA_MIN), _CMP_GE_OQ));
+    const __m256 stop_here = _mm256_and_ps(ok, _mm256_cmp_ps(T_next, _mm256_set1_ps(T_MIN), _CMP_LT_OQ));
+    const __m256 add = _mm256_andnot_ps(stop_here, ok);
+    const __m256 w = _mm256_and_ps(add, _mm256_mul_ps(a, s.T));
+    s.R = _mm256_add_ps(s.R, _mm256_mul_ps(_mm256_set1_ps(sp.cr), w));
+    s.G = _mm256_add_ps(s.G, _mm256_mul_ps(_mm256_set1_ps(sp.cg), w));
+    s.B = _mm256_add_ps(s.B, _mm256_mul_ps(_mm256_set1_ps(sp.cb), w));
+    const __m256 kept = _mm256_blendv_ps(s.T, _mm256_xor_ps(s.T, _mm256_set1_ps(-0.0f)), stop_here);
+    s.T = _mm256_blendv_ps(kept, T_next, add);
+}
+
+__attribute__((target("avx2"))) void blend_group_avx2(float* T, float* R, float* G, float* B, const float* px,
+                                                        const float* py, const Splat* const* list, int count) {
+    Lanes8 lo{_mm256_load_ps(T), _mm256_load_ps(R), _mm256_load_ps(G), _mm256_load_ps(B)};
+    Lanes8 hi{_mm256_load_ps(T + LANES), _mm256_load_ps(R + LANES), _mm256_load_ps(G + LANES), _mm256_load_ps(B + LANES)};
+    const __m256 px_lo = _mm256_load_ps(px), py_lo = _mm256_load_ps(py);
+    const __m256 px_hi = _mm256_load_ps(px + LANES), py_hi = _mm256_load_ps(py + LANES);
+    for (int k = 0; k < count; ++k) {
+        const __m256 open = _mm256_or_ps(_mm256_cmp_ps(lo.T, _mm256_setzero_ps(), _CMP_GT_OQ),
+                                         _mm256_cmp_ps(hi.T, _mm256_setzero_ps(), _CMP_GT_OQ));
+        if (_mm256_movemask_ps(open) == 0) break;  // every lane stopped: the rest change nothing
+        splat_lanes8(lo, px_lo, py_lo, *list[k]);
+        splat_lanes8(hi, px_hi, py_hi, *list[k]);
+    }
+    _mm256_store_ps(T, lo.T); _mm256_store_ps(R, lo.R); _mm256_store_ps(G, lo.G); _mm256_store_ps(B, lo.B);
+    _mm256_store_ps(T + LANES, hi.T); _mm256_store_ps(R + LANES, hi.R);
+    _mm256_store_ps(G + LANES, hi.G); _mm256_store_ps(B + LANES, hi.B);
+}
+
+#if !defined(__clang__)  // GCC 12's avx512fintrin.h warns of its own undefined placeholders
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+// The same on 16 lanes in one register each. The masked forms stand for the AVX2 and/andnot/blendv:
+// a lane outside `add` gets w = +0.0, as and_ps gives.
+__attribute__((target("avx512f,avx2"))) void blend_group_avx512(float* T, float* R, float* G, float* B,
+                                                                const float* px, const float* py,
+                                                                const Splat* const* list, int count) {
+    __m512 vT = _mm512_load_ps(T), vR = _mm512_load_ps(R), vG = _mm512_load_ps(G), vB = _mm512_load_ps(B);
+    const __m512 vpx = _mm512_load_ps(px), vpy = _mm512_load_ps(py);
+    const __m512 half = _mm512_set1_ps(HALF), one = _mm512_set1_ps(ONE), zero = _mm512_setzero_ps();
+    const __m512i sign = _mm512_set1_epi32(INT32_MIN);
+    for (int k = 0; k < count; ++k) {
+        const __mmask16 open = _mm512_cmp_ps_mask(vT, zero, _CMP_GT_OQ);
+        if (open == 0) break;  // every lane stopped: the rest change nothing
+        const Splat& sp = *list[k];
+        const __m512 dx = _mm512_sub_ps(vpx, _mm512_set1_ps(sp.mx));
+        const __m512 dy = _mm512_sub_ps(vpy, _mm512_set1_ps(sp.my));
+        const __m512 quad = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(sp.A), dx), dx),
+                                          _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(sp.C), dy), dy));
+        __m512 s = _mm512_add_ps(_mm512_mul_ps(half, quad), _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(sp.B), dx), dy));
+        s = _mm512_min_ps(_mm512_set1_ps(EXP_S_MAX), s);
+        const __m512i n = _mm512_cvttps_epi32(_mm512_add_ps(_mm512_mul_ps(s, _mm512_set1_ps(LOG2E)), half));
+        const __m512 nf = _mm512_cvtepi32_ps(n);
+        const __m512 x = _mm512_add_ps(_mm512_sub_ps(_mm512_mul_ps(nf, _mm512_set1_ps(LN2_HI)), s),
+                                       _mm512_mul_ps(nf, _mm512_set1_ps(LN2_LO)));
+        __m512 p = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(P0), x), _mm512_set1_ps(P1));
+        p = _mm512_add_ps(_mm512_mul_ps(p, x), _mm512_set1_ps(P2));
+        p = _mm512_add_ps(_mm512_mul_ps(p, x), _mm512_set1_ps(P3));
+        p = _mm512_add_ps(_mm512_mul_ps(p, x), _mm512_set1_ps(P4));
+        p = _mm512_add_ps(_mm512_mul_ps(p, x), _mm512_set1_ps(P5));
+        const __m512 pow2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32(_mm512_set1_epi32(127), n), 23));
+        const __m512 e = _mm512_mul_ps(_mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, _mm512_mul_ps(x, x)), x), one), pow2);
+        const __m512 a = _mm512_min_ps(_mm512_mul_ps(_mm512_set1_ps(sp.o), e), _mm512_set1_ps(ALPHA_MAX));
+        const __m512 T_next = _mm512_mul_ps(vT, _mm512_sub_ps(one, a));
+        const __mmask16 ok = open & _mm512_cmp_ps_mask(a, _mm512_set1_ps(ALPHA_MIN), _CMP_GE_OQ);
+        const __mmask16 stop_here = ok & _mm512_cmp_ps_mask(T_next, _mm512_set1_ps(T_MIN), _CMP_LT_OQ);
+        const __mmask16 add = ok & static_cast<__mmask16>(~stop_here);
+        const __m512 w = _mm512_maskz_mul_ps(add, a, vT);
+        vR = _mm512_add_ps(vR, _mm512_mul_ps(_mm512_set1_ps(sp.cr), w));
+        vG = _mm512_add_ps(vG, _mm512_mul_ps(_mm512_set1_ps(sp.cg), w));
+        vB = _mm512_add_ps(vB, _mm512_mul_ps(_mm512_set1_ps(sp.cb), w));
+        const __m512 negated = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(vT), sign));
+        vT = _mm512_mask_blend_ps(add, _mm512_mask_blend_ps(stop_here, vT, negated), T_next);
+    }
+    _mm512_store_ps(T, vT); _mm512_store_ps(R, vR); _mm512_store_ps(G, vG); _mm512_store_ps(B, vB);
+}
+#if !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif
+
+// The widest the CPU has (AVX-512, AVX2, scalar); EMBEDTALK_CPU_SIMD=avx2 or =0 caps it (the tests
+// run every path that way).
+BlendGroup pick_blend_group() {
+#ifdef SPLAT_AVX2
+    const char* cap = std::getenv("EMBEDTALK_CPU_SIMD");
+    const bool scalar_only = cap && std::strcmp(cap, "0") == 0;
+    const bool avx2_only = cap && std::strcmp(cap, "avx2") == 0;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && !scalar_only && !avx2_only)
+        return blend_group_avx512;
+    if (__builtin_cpu_supports("avx2") && !scalar_only) return blend_group_avx2;
+#endif
+    return blend_group_scalar;
+}
+
+const BlendGroup blend_group = pick_blend_group();
+
+// nearbyint for 0 <= x < 2^23 in the default rounding mode (half to even), without a libm call:
+// adding 2^23 leaves no fraction bits, so the addition itself rounds (strict IEEE float, which the
+// build asks for, never folds (x + c) - c).
+inline float round_half_even(float x) { return (x + 8388608.0f) - 8388608.0f; }
+
+inline int lane(int i, int j, int i0, int j0) {
+    return ((j - j0) / LANES) * TILE * LANES + (i - i0) * LANES + (j - j0) % LANES;
+}
+
+// level / 255 for every uint8 level: the division the blend's last step makes, made once.
+struct BackgroundLevels {
+    float of[256];
+    BackgroundLevels() {
+        for (int level = 0; level < 256; ++level) of[level] = static_cast<float>(level) / U8_MAX;
+    }
+};
+const BackgroundLevels BACKGROUND_LEVELS;
+
+// Bit g set: the support has rows in group g of the tile at (i0, j0) (rows [i0, i1)).
+inline uint32_t group_mask(const Splat& sp, const int32_t* band_rows, int i0, int i1, int j0) {
+    uint32_t mask = 0;
+    for (int h = 0; h < HALVES; ++h) {
+        const int32_t b = j0 / LANES + h - sp.band0;
+        const bool in = static_cast<uint32_t>(b) < static_cast<uint32_t>(sp.bands);
+        const int32_t* rows = band_rows + 2 * (sp.rows_at + (in ? b : 0));
+        const int ra = std::max(rows[0], i0) - i0, rb = std::min(rows[1], i1 - 1) - i0;
+        // row pairs ra / 2 .. rb / 2 of this half
+        const uint32_t pairs = (0xFFu >> (7 - std::max(rb, 0) / 2)) & (0xFFu << (std::max(ra, 0) / 2)) & 0xFFu;
+        mask |= (in && ra <= rb) ? pairs << (h * TILE / 2) : 0u;
+    }
+    return mask;
+}
+
 // Step 6: each tile's Gaussian ids in (depth, index) order, as CSR. The depth order is cut into one
 // run per thread; each run's tile counts come from a 2D difference array (four writes per Gaussian,
 // then prefix sums), and each run fills its own slice of every tile's list, after the slices of the
 // runs in front of it, so every list comes out sorted without a merge.
-// ids hold positions in `order` (the depth order), so a tile's list reads the packed Splats forward.
-void bin_tiles(const Projected& p, const std::vector<int32_t>& order, int tiles_x, int tiles_y,
-               std::vector<int64_t>& offsets, std::vector<int32_t>& ids) {
+// ids hold positions in `order` (the depth order), so a tile's list reads the packed Splats forward;
+// masks[i] is the group_mask of entry i. The tiles are those of the support's bands (Packed::rect).
+void bin_tiles(const Packed& packed, int tiles_x, int tiles_y, int H, std::vector<int64_t>& offsets,
+               std::vector<int32_t>& ids, std::vector<uint16_t>& masks) {
     const int64_t n_tiles = static_cast<int64_t>(tiles_x) * tiles_y;
     const int64_t row = tiles_x + 1;
-    const int64_t m = static_cast<int64_t>(order.size());
+    const int64_t m = static_cast<int64_t>(packed.splats.size());
 #ifdef _OPENMP
     const int runs = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), m / 4096)));
 #else
@@ -184,7 +525,7 @@ void bin_tiles(const Projected& p, const std::vector<int32_t>& order, int tiles_
     for (int r = 0; r < runs; ++r) {
         std::vector<int64_t> diff((tiles_y + 1) * row, 0);
         for (int64_t k = m * r / runs; k < m * (r + 1) / runs; ++k) {
-            const int32_t* rc = &p.rect[4 * order[k]];  // x0, x1, y0, y1, inclusive
+            const int32_t* rc = &packed.rect[4 * k];  // x0, x1, y0, y1, inclusive
             diff[rc[2] * row + rc[0]] += 1;
             diff[rc[2] * row + rc[1] + 1] -= 1;
             diff[(rc[3] + 1) * row + rc[0]] -= 1;
@@ -213,279 +554,33 @@ void bin_tiles(const Projected& p, const std::vector<int32_t>& order, int tiles_
     }
     offsets[n_tiles] = total;
     ids.resize(total);
+    masks.resize(total);
 #pragma omp parallel for schedule(static, 1) num_threads(runs)
     for (int r = 0; r < runs; ++r) {
         int64_t* fill = &cursor[static_cast<size_t>(r) * n_tiles];
         for (int64_t k = m * r / runs; k < m * (r + 1) / runs; ++k) {
-            const int32_t* rc = &p.rect[4 * order[k]];
+            const int32_t* rc = &packed.rect[4 * k];
+            const Splat& sp = packed.splats[k];
             for (int ty = rc[2]; ty <= rc[3]; ++ty) {
                 int64_t* f = &fill[static_cast<int64_t>(ty) * tiles_x];
-                for (int tx = rc[0]; tx <= rc[1]; ++tx) ids[f[tx]++] = static_cast<int32_t>(k);
+                const int i0 = ty * TILE, i1 = std::min(i0 + TILE, H);
+                for (int tx = rc[0]; tx <= rc[1]; ++tx) {
+                    masks[f[tx]] = static_cast<uint16_t>(group_mask(sp, packed.band_rows.data(), i0, i1, tx * TILE));
+                    ids[f[tx]++] = static_cast<int32_t>(k);
+                }
             }
         }
     }
 }
 
-// What the blend reads of one drawn Gaussian, in one cache line: a tile's list then costs one line
-// per Gaussian instead of five scattered rows. reach and xr are the support's y and x extent
-// (rasterize.py: support[3] and _accumulate_tile's xr).
-struct alignas(64) Splat {
-    float mx, my, A, B, C, o, cr, cg, cb;
-    double reach, xr;
-};
-
-std::vector<Splat> pack(const Projected& p, const std::vector<int32_t>& order, const float* opacities,
-                        const float* colors) {
-    std::vector<Splat> splats(order.size());
-#pragma omp parallel for schedule(static)
-    for (int64_t k = 0; k < static_cast<int64_t>(order.size()); ++k) {
-        const int64_t g = order[k];
-        const double* sup = &p.support[4 * g];
-        const double kB = sup[0], P = sup[1], Q = sup[2];
-        Splat& sp = splats[k];
-        sp.mx = p.mean2d[2 * g];
-        sp.my = p.mean2d[2 * g + 1];
-        sp.A = p.conic[3 * g];
-        sp.B = p.conic[3 * g + 1];
-        sp.C = p.conic[3 * g + 2];
-        sp.o = opacities[g];
-        sp.cr = colors[3 * g];
-        sp.cg = colors[3 * g + 1];
-        sp.cb = colors[3 * g + 2];
-        sp.reach = sup[3];
-        sp.xr = std::sqrt(P * (Q + kB * kB) / Q);
-    }
-    return splats;
-}
-
-inline float pow2_neg(float nf) {  // 2^-n for an integer-valued n in [0, 126], from its exponent bits
-    const int32_t bits = (127 - static_cast<int32_t>(nf)) << 23;
-    float out;
-    std::memcpy(&out, &bits, sizeof out);
-    return out;
-}
-
-inline float exp_neg(float s) {  // rasterize.py:exp_neg
-    s = py_min(s, EXP_S_MAX);
-    const float nf = static_cast<float>(static_cast<int32_t>(s * LOG2E + HALF));
-    const float x = (nf * LN2_HI - s) + nf * LN2_LO;
-    const float p = ((((P0 * x + P1) * x + P2) * x + P3) * x + P4) * x + P5;
-    return (p * (x * x) + x + ONE) * pow2_neg(nf);
-}
-
-inline float sigma(float dx, float dy, float A, float B, float C) {
-    return HALF * (A * dx * dx + C * dy * dy) + B * dx * dy;
-}
-
-// The blend of one Gaussian over lanes [lo, hi) of a tile (rasterize.py:_accumulate_tile's inner
-// loop), one lane at a time: for CPUs without AVX2.
-void blend_lanes_scalar(float* T, float* R, float* G, float* B, const float* px, const float* py, int lo, int hi,
-                        float mx, float my, float A, float Bq, float C, float o, float cr, float cg, float cb) {
-    for (int c = lo; c < hi; ++c) {
-        const float dx = px[c] - mx, dy = py[c] - my;
-        const float a = py_min(ALPHA_MAX, o * exp_neg(sigma(dx, dy, A, Bq, C)));
-        const float Tc = T[c];
-        const float T_next = Tc * (ONE - a);
-        const bool ok = (Tc > ZERO) & (a >= ALPHA_MIN);
-        const bool stop_here = ok & (T_next < T_MIN);
-        const bool add = ok & !stop_here;
-        const float w = add ? a * Tc : ZERO;
-        R[c] += cr * w;
-        G[c] += cg * w;
-        B[c] += cb * w;
-        T[c] = add ? T_next : (stop_here ? -Tc : Tc);
-    }
-}
-
-#if defined(__GNUC__) && defined(__x86_64__)
-#define SPLAT_AVX2 1
-// The same, 8 lanes per step (lo, hi: multiples of 8; the tile's arrays are 32-byte aligned). Every
-// operation is the scalar one's: min_ps(a, b) is (a < b ? a : b) like py_min(b, a), cvtt truncates
-// like the int32 cast, the compares are ordered (false on NaN) like C's.
-__attribute__((target("avx2"))) void blend_lanes_avx2(float* T, float* R, float* G, float* B, const float* px,
-                                                        const float* py, int lo, int hi, float mx, float my, float A,
-                                                        float Bq, float C, float o, float cr, float cg, float cb) {
-    const __m256 vmx = _mm256_set1_ps(mx), vmy = _mm256_set1_ps(my), vA = _mm256_set1_ps(A);
-    const __m256 vB = _mm256_set1_ps(Bq), vC = _mm256_set1_ps(C), vo = _mm256_set1_ps(o);
-    const __m256 vcr = _mm256_set1_ps(cr), vcg = _mm256_set1_ps(cg), vcb = _mm256_set1_ps(cb);
-    const __m256 half = _mm256_set1_ps(HALF), one = _mm256_set1_ps(ONE), zero = _mm256_setzero_ps();
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    for (int c = lo; c < hi; c += LANES) {
-        const __m256 dx = _mm256_sub_ps(_mm256_load_ps(px + c), vmx);
-        const __m256 dy = _mm256_sub_ps(_mm256_load_ps(py + c), vmy);
-        const __m256 quad = _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(vA, dx), dx),
-                                          _mm256_mul_ps(_mm256_mul_ps(vC, dy), dy));
-        __m256 s = _mm256_add_ps(_mm256_mul_ps(half, quad), _mm256_mul_ps(_mm256_mul_ps(vB, dx), dy));
-        // exp_neg(s)
-        s = _mm256_min_ps(_mm256_set1_ps(EXP_S_MAX), s);
-        const __m256i n = _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(s, _mm256_set1_ps(LOG2E)), half));
-        const __m256 nf = _mm256_cvtepi32_ps(n);
-        const __m256 x = _mm256_add_ps(_mm256_sub_ps(_mm256_mul_ps(nf, _mm256_set1_ps(LN2_HI)), s),
-                                       _mm256_mul_ps(nf, _mm256_set1_ps(LN2_LO)));
-        __m256 p = _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(P0), x), _mm256_set1_ps(P1));
-        p = _mm256_add_ps(_mm256_mul_ps(p, x), _mm256_set1_ps(P2));
-        p = _mm256_add_ps(_mm256_mul_ps(p, x), _mm256_set1_ps(P3));
-        p = _mm256_add_ps(_mm256_mul_ps(p, x), _mm256_set1_ps(P4));
-        p = _mm256_add_ps(_mm256_mul_ps(p, x), _mm256_set1_ps(P5));
-        const __m256 pow2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_sub_epi32(_mm256_set1_epi32(127), n), 23));
-        const __m256 e = _mm256_mul_ps(_mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(x, x)), x), one), pow2);
-        const __m256 a = _mm256_min_ps(_mm256_mul_ps(vo, e), _mm256_set1_ps(ALPHA_MAX));
-        // the pixel's step 7
-        const __m256 Tc = _mm256_load_ps(T + c);
-        const __m256 T_next = _mm256_mul_ps(Tc, _mm256_sub_ps(one, a));
-        const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(Tc, zero, _CMP_GT_OQ),
-                                        _mm256_cmp_ps(a, _mm256_set1_ps(ALPHA_MIN), _CMP_GE_OQ));
-        const __m256 stop_here = _mm256_and_ps(ok, _mm256_cmp_ps(T_next, _mm256_set1_ps(T_MIN), _CMP_LT_OQ));
-        const __m256 add = _mm256_andnot_ps(stop_here, ok);
-        const __m256 w = _mm256_and_ps(add, _mm256_mul_ps(a, Tc));
-        _mm256_store_ps(R + c, _mm256_add_ps(_mm256_load_ps(R + c), _mm256_mul_ps(vcr, w)));
-        _mm256_store_ps(G + c, _mm256_add_ps(_mm256_load_ps(G + c), _mm256_mul_ps(vcg, w)));
-        _mm256_store_ps(B + c, _mm256_add_ps(_mm256_load_ps(B + c), _mm256_mul_ps(vcb, w)));
-        const __m256 kept = _mm256_blendv_ps(Tc, _mm256_xor_ps(Tc, sign), stop_here);
-        _mm256_store_ps(T + c, _mm256_blendv_ps(kept, T_next, add));
-    }
-}
-#if !defined(__clang__)  // GCC 12's avx512fintrin.h warns of its own undefined placeholders
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-// The same, 16 lanes (two rows of a half) per step, then an 8-lane step for an odd row. The masked
-// forms stand for the AVX2 and/andnot/blendv: a lane outside `add` gets w = +0.0, as and_ps gives.
-__attribute__((target("avx512f,avx2"))) void blend_lanes_avx512(float* T, float* R, float* G, float* B,
-                                                                const float* px, const float* py, int lo, int hi,
-                                                                float mx, float my, float A, float Bq, float C,
-                                                                float o, float cr, float cg, float cb) {
-    const __m512 vmx = _mm512_set1_ps(mx), vmy = _mm512_set1_ps(my), vA = _mm512_set1_ps(A);
-    const __m512 vB = _mm512_set1_ps(Bq), vC = _mm512_set1_ps(C), vo = _mm512_set1_ps(o);
-    const __m512 vcr = _mm512_set1_ps(cr), vcg = _mm512_set1_ps(cg), vcb = _mm512_set1_ps(cb);
-    const __m512 half = _mm512_set1_ps(HALF), one = _mm512_set1_ps(ONE), zero = _mm512_setzero_ps();
-    const __m512i sign = _mm512_set1_epi32(INT32_MIN);
-    int c = lo;
-    for (; c + 2 * LANES <= hi; c += 2 * LANES) {
-        const __m512 dx = _mm512_sub_ps(_mm512_loadu_ps(px + c), vmx);
-        const __m512 dy = _mm512_sub_ps(_mm512_loadu_ps(py + c), vmy);
-        const __m512 quad = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(vA, dx), dx),
-                                          _mm512_mul_ps(_mm512_mul_ps(vC, dy), dy));
-        __m512 s = _mm512_add_ps(_mm512_mul_ps(half, quad), _mm512_mul_ps(_mm512_mul_ps(vB, dx), dy));
-        s = _mm512_min_ps(_mm512_set1_ps(EXP_S_MAX), s);
-        const __m512i n = _mm512_cvttps_epi32(_mm512_add_ps(_mm512_mul_ps(s, _mm512_set1_ps(LOG2E)), half));
-        const __m512 nf = _mm512_cvtepi32_ps(n);
-        const __m512 x = _mm512_add_ps(_mm512_sub_ps(_mm512_mul_ps(nf, _mm512_set1_ps(LN2_HI)), s),
-                                       _mm512_mul_ps(nf, _mm512_set1_ps(LN2_LO)));
-        __m512 p = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(P0), x), _mm512_set1_ps(P1));
-        p = _mm512_add_ps(_mm512_mul_ps(p, x), _mm512_set1_ps(P2));
-        p = _mm512_add_ps(_mm512_mul_ps(p, x), _mm512_set1_ps(P3));
-        p = _mm512_add_ps(_mm512_mul_ps(p, x), _mm512_set1_ps(P4));
-        p = _mm512_add_ps(_mm512_mul_ps(p, x), _mm512_set1_ps(P5));
-        const __m512 pow2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32(_mm512_set1_epi32(127), n), 23));
-        const __m512 e = _mm512_mul_ps(_mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, _mm512_mul_ps(x, x)), x), one), pow2);
-        const __m512 a = _mm512_min_ps(_mm512_mul_ps(vo, e), _mm512_set1_ps(ALPHA_MAX));
-        const __m512 Tc = _mm512_loadu_ps(T + c);
-        const __m512 T_next = _mm512_mul_ps(Tc, _mm512_sub_ps(one, a));
-        const __mmask16 ok = _mm512_cmp_ps_mask(Tc, zero, _CMP_GT_OQ) &
-                             _mm512_cmp_ps_mask(a, _mm512_set1_ps(ALPHA_MIN), _CMP_GE_OQ);
-        const __mmask16 stop_here = ok & _mm512_cmp_ps_mask(T_next, _mm512_set1_ps(T_MIN), _CMP_LT_OQ);
-        const __mmask16 add = ok & static_cast<__mmask16>(~stop_here);
-        const __m512 w = _mm512_maskz_mul_ps(add, a, Tc);
-        _mm512_storeu_ps(R + c, _mm512_add_ps(_mm512_loadu_ps(R + c), _mm512_mul_ps(vcr, w)));
-        _mm512_storeu_ps(G + c, _mm512_add_ps(_mm512_loadu_ps(G + c), _mm512_mul_ps(vcg, w)));
-        _mm512_storeu_ps(B + c, _mm512_add_ps(_mm512_loadu_ps(B + c), _mm512_mul_ps(vcb, w)));
-        const __m512 negated = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(Tc), sign));
-        const __m512 kept = _mm512_mask_blend_ps(stop_here, Tc, negated);
-        _mm512_storeu_ps(T + c, _mm512_mask_blend_ps(add, kept, T_next));
-    }
-    if (c < hi) blend_lanes_avx2(T, R, G, B, px, py, c, hi, mx, my, A, Bq, C, o, cr, cg, cb);
-}
-#if !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-#endif
-
-using BlendLanes = void (*)(float*, float*, float*, float*, const float*, const float*, int, int, float, float, float,
-                            float, float, float, float, float, float);
-
-// The widest the CPU has (AVX-512, AVX2, scalar); EMBEDTALK_CPU_SIMD=avx2 or =0 caps it (the tests
-// run every path that way).
-BlendLanes pick_blend_lanes() {
-#ifdef SPLAT_AVX2
-    const char* cap = std::getenv("EMBEDTALK_CPU_SIMD");
-    const bool scalar_only = cap && std::strcmp(cap, "0") == 0;
-    const bool avx2_only = cap && std::strcmp(cap, "avx2") == 0;
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && !scalar_only && !avx2_only)
-        return blend_lanes_avx512;
-    if (__builtin_cpu_supports("avx2") && !scalar_only) return blend_lanes_avx2;
-#endif
-    return blend_lanes_scalar;
-}
-
-const BlendLanes blend_lanes = pick_blend_lanes();
-
-// nearbyint for 0 <= x < 2^23 in the default rounding mode (half to even), without a libm call:
-// adding 2^23 leaves no fraction bits, so the addition itself rounds (strict IEEE float, which the
-// build asks for, never folds (x + c) - c).
-inline float round_half_even(float x) { return (x + 8388608.0f) - 8388608.0f; }
-
-inline int lane(int i, int j, int i0, int j0) {
-    return ((j - j0) / LANES) * TILE * LANES + (i - i0) * LANES + (j - j0) % LANES;
-}
-
-// floor and ceil of a double within a tile's reach, as int64 (without a libm call per Gaussian
-// where the build targets no SSE4.1): the truncation, one step down or up when it moved x.
-inline int64_t floor_int(double x) {
-    const int64_t i = static_cast<int64_t>(x);
-    return i - (x < static_cast<double>(i));
-}
-inline int64_t ceil_int(double x) {
-    const int64_t i = static_cast<int64_t>(x);
-    return i + (x > static_cast<double>(i));
-}
-
-// level / 255 for every uint8 level: the division the blend's last step makes, made once.
-struct BackgroundLevels {
-    float of[256];
-    BackgroundLevels() {
-        for (int level = 0; level < 256; ++level) of[level] = static_cast<float>(level) / U8_MAX;
-    }
-};
-const BackgroundLevels BACKGROUND_LEVELS;
-
-// open_rows[hr] <- whether row hr of the tile's halves has a pixel with T > 0; false when none has.
-bool scan_open_rows_scalar(const float* T, bool* open_rows) {
-    bool open_pixels = false;
-    for (int hr = 0; hr < HALVES * TILE; ++hr) {
-        bool row_open = false;
-        for (int c = hr * LANES; c < hr * LANES + LANES; ++c) row_open |= T[c] > ZERO;
-        open_rows[hr] = row_open;
-        open_pixels |= row_open;
-    }
-    return open_pixels;
-}
-
-#ifdef SPLAT_AVX2
-__attribute__((target("avx2"))) bool scan_open_rows_avx2(const float* T, bool* open_rows) {
-    int open_pixels = 0;
-    for (int hr = 0; hr < HALVES * TILE; ++hr) {
-        const int row = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_load_ps(T + hr * LANES), _mm256_setzero_ps(), _CMP_GT_OQ));
-        open_rows[hr] = row != 0;
-        open_pixels |= row;
-    }
-    return open_pixels != 0;
-}
-#endif
-
-using ScanOpenRows = bool (*)(const float*, bool*);
-const ScanOpenRows scan_open_rows =
-#ifdef SPLAT_AVX2
-    blend_lanes != blend_lanes_scalar ? scan_open_rows_avx2 :
-#endif
-                                      scan_open_rows_scalar;
-
-// Step 7 for tile t over a uint8 background, into uint8 out (rasterize.py:blend_u8).
-void blend_tile_u8(int64_t t, const int64_t* offsets, const int32_t* ids, const Splat* splats,
-                   const uint8_t* background, int H, int W, int tiles_x, uint8_t* out) {
+// Step 7 for tile t over a uint8 background, into uint8 out (rasterize.py:blend_u8). `lists` is
+// the calling thread's scratch for the groups' Gaussians.
+void blend_tile_u8(int64_t t, const int64_t* offsets, const int32_t* ids, const uint16_t* masks, const Splat* splats,
+                   const uint8_t* background, int H, int W, int tiles_x, uint8_t* out,
+                   std::vector<const Splat*>& lists) {
     const int i0 = static_cast<int>(t / tiles_x) * TILE, j0 = static_cast<int>(t % tiles_x) * TILE;
     const int i1 = std::min(i0 + TILE, H), j1 = std::min(j0 + TILE, W);
-    alignas(32) float T[PIXELS], R[PIXELS], G[PIXELS], B[PIXELS], px[PIXELS], py[PIXELS];
+    alignas(64) float T[PIXELS], R[PIXELS], G[PIXELS], B[PIXELS], px[PIXELS], py[PIXELS];
     for (int h = 0; h < HALVES; ++h)
         for (int r = 0; r < TILE; ++r)
             for (int col = 0; col < LANES; ++col) {
@@ -495,31 +590,24 @@ void blend_tile_u8(int64_t t, const int64_t* offsets, const int32_t* ids, const 
                 T[c] = (i0 + r < i1 && j0 + h * LANES + col < j1) ? ONE : -ONE;  // outside: stopped
                 R[c] = G[c] = B[c] = ZERO;
             }
-    bool open_rows[HALVES * TILE];
-    std::fill(open_rows, open_rows + HALVES * TILE, true);
+    // group (h, row pair) = lanes [16 g, 16 g + 16), g = h * TILE / 2 + row / 2: its list, in depth order
+    // Every Gaussian is written into all 16 lists and counted where its mask bit is set: no branch
+    // per group (each list has one spare slot for the uncounted write).
+    const int64_t stride = offsets[t + 1] - offsets[t] + 1;
+    if (static_cast<int64_t>(lists.size()) < GROUPS * stride) lists.resize(GROUPS * stride);
+    int count[GROUPS] = {};
     for (int64_t k = offsets[t]; k < offsets[t + 1]; ++k) {
-#if defined(__GNUC__)
-        if (k + 8 < offsets[t + 1]) __builtin_prefetch(&splats[ids[k + 8]]);  // its line, ahead of need
-#endif
         const Splat& sp = splats[ids[k]];
-        const double my64 = sp.my, mx64 = sp.mx;
-        const int ia = py_max<int64_t>(i0, ceil_int(py_max(my64 - sp.reach - 0.5, i0 - 1.0)));
-        const int ib = py_min<int64_t>(i1 - 1, floor_int(py_min(my64 + sp.reach - 0.5, i1 + 1.0)));
-        const int ja = py_max<int64_t>(j0, ceil_int(py_max(mx64 - sp.xr - 0.5, j0 - 1.0)));
-        const int jb = py_min<int64_t>(j1 - 1, floor_int(py_min(mx64 + sp.xr - 0.5, j1 + 1.0)));
-        if (!(ia > ib || ja > jb)) {
-            for (int h = (ja - j0) / LANES; h <= (jb - j0) / LANES; ++h) {
-                int ra = ia - i0, rb = ib - i0;
-                while (ra <= rb && !open_rows[h * TILE + ra]) ++ra;  // rows whose pixels all stopped
-                while (rb >= ra && !open_rows[h * TILE + rb]) --rb;
-                const int lo = h * TILE * LANES + ra * LANES;
-                blend_lanes(T, R, G, B, px, py, lo, lo + (rb - ra + 1) * LANES, sp.mx, sp.my, sp.A, sp.B, sp.C, sp.o,
-                            sp.cr, sp.cg, sp.cb);
-            }
+        const uint32_t mask = masks[k];
+        for (int g = 0; g < GROUPS; ++g) {
+            lists[g * stride + count[g]] = &sp;
+            count[g] += (mask >> g) & 1u;
         }
-        // now and then: which rows still have an open pixel?
-        if ((k - offsets[t]) % 16 == 15 && !scan_open_rows(T, open_rows)) break;
     }
+    for (int g = 0; g < GROUPS; ++g)
+        if (count[g] > 0)
+            blend_group(T + g * GROUP, R + g * GROUP, G + g * GROUP, B + g * GROUP, px + g * GROUP, py + g * GROUP,
+                        &lists[g * stride], count[g]);
     const float* rgb[3] = {R, G, B};
     for (int i = i0; i < i1; ++i)
         for (int j = j0; j < j1; ++j) {
@@ -603,14 +691,19 @@ PyObject* rasterize_u8(PyObject*, PyObject* args) {
     Clock c1 = Clock::now();
     std::vector<int64_t> offsets;
     std::vector<int32_t> ids;
+    std::vector<uint16_t> masks;
     const std::vector<int32_t> order = depth_order(p, n);
-    bin_tiles(p, order, tiles_x, tiles_y, offsets, ids);
-    const std::vector<Splat> splats = pack(p, order, opacities, colors);
+    const Packed packed = pack(p, order, opacities, colors, H, W);
+    bin_tiles(packed, tiles_x, tiles_y, H, offsets, ids, masks);
     Clock c2 = Clock::now();
     const int64_t n_tiles = static_cast<int64_t>(tiles_x) * tiles_y;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t t = 0; t < n_tiles; ++t)
-        blend_tile_u8(t, offsets.data(), ids.data(), splats.data(), background, H, W, tiles_x, out);
+#pragma omp parallel
+    {
+        std::vector<const Splat*> lists;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < n_tiles; ++t)
+            blend_tile_u8(t, offsets.data(), ids.data(), masks.data(), packed.splats.data(), background, H, W, tiles_x, out, lists);
+    }
     Clock c3 = Clock::now();
     const Clock cs[4] = {c0, c1, c2, c3};
     for (int s = 0; s < 3; ++s) {
@@ -648,8 +741,8 @@ PyObject* threads(PyObject*, PyObject*) {
 
 PyObject* simd(PyObject*, PyObject*) {
 #ifdef SPLAT_AVX2
-    if (blend_lanes == blend_lanes_avx512) return PyUnicode_FromString("avx512");
-    if (blend_lanes == blend_lanes_avx2) return PyUnicode_FromString("avx2");
+    if (blend_group == blend_group_avx512) return PyUnicode_FromString("avx512");
+    if (blend_group == blend_group_avx2) return PyUnicode_FromString("avx2");
 #endif
     return PyUnicode_FromString("scalar");
 }
