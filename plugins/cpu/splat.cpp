@@ -180,15 +180,14 @@ inline int64_t ceil_int(double x) {
 // _project_one) is (dx - kB dy)^2 + Q dy^2 <= P; for a given dx its dy lie between
 // (kB dx -+ sqrt(Q (xr^2 - dx^2))) / S, S = kB^2 + Q, xr^2 = P S / Q: the upper bound is concave with
 // its top (dy = reach) at dx = kB reach, the lower one convex with its bottom at dx = -kB reach, so
-// each extreme is taken at that dx clamped into the strip. STRIP_SLACK px keeps it a superset
+// each extreme is taken at that dx clamped into the strip (sqrt_q = sqrt(Q), inv_s = 1 / S). STRIP_SLACK px keeps it a superset
 // whatever the rounding. False when the strip misses the support.
 constexpr double STRIP_SLACK = 1e-3;
-inline bool strip_rows(double kB, double Q, double reach, double xr, double u0, double u1, double& dy_lo,
-                       double& dy_hi) {
+inline bool strip_rows(double kB, double sqrt_q, double inv_s, double reach, double xr, double u0, double u1,
+                       double& dy_lo, double& dy_hi) {
     const double v0 = py_max(u0, -xr), v1 = py_min(u1, xr);
     if (!(v0 <= v1)) return false;
     const double top = py_min(py_max(kB * reach, v0), v1), bottom = py_min(py_max(-kB * reach, v0), v1);
-    const double sqrt_q = std::sqrt(Q), inv_s = 1.0 / (Q + kB * kB);
     dy_hi = (kB * top + sqrt_q * std::sqrt(py_max(0.0, (xr - top) * (xr + top)))) * inv_s + STRIP_SLACK;
     dy_lo = (kB * bottom - sqrt_q * std::sqrt(py_max(0.0, (xr - bottom) * (xr + bottom)))) * inv_s - STRIP_SLACK;
     return true;
@@ -216,6 +215,7 @@ Packed pack(const Projected& p, const std::vector<int32_t>& order, const float* 
     const int64_t m = static_cast<int64_t>(order.size());
     Packed out{std::vector<Splat>(m), {}, std::vector<int32_t>(4 * m)};
     std::vector<Splat>& splats = out.splats;
+    std::vector<double> x_reach(m);
 #pragma omp parallel for schedule(static)
     for (int64_t k = 0; k < m; ++k) {
         const int64_t g = order[k];
@@ -232,6 +232,7 @@ Packed pack(const Projected& p, const std::vector<int32_t>& order, const float* 
         sp.cg = colors[3 * g + 1];
         sp.cb = colors[3 * g + 2];
         const double xr = std::sqrt(P * (Q + kB * kB) / Q), mx = sp.mx;
+        x_reach[k] = xr;
         const int64_t col0 = py_max<int64_t>(0, ceil_int(py_max(mx - xr - 0.5, -1.0)));
         const int64_t col1 = py_min<int64_t>(W - 1, floor_int(py_min(mx + xr - 0.5, W + 1.0)));
         sp.band0 = static_cast<int32_t>(col0 / LANES);
@@ -248,8 +249,8 @@ Packed pack(const Projected& p, const std::vector<int32_t>& order, const float* 
     for (int64_t k = 0; k < m; ++k) {
         const Splat& sp = splats[k];
         const double* sup = &p.support[4 * order[k]];
-        const double kB = sup[0], P = sup[1], Q = sup[2], reach = sup[3];
-        const double xr = std::sqrt(P * (Q + kB * kB) / Q), mx = sp.mx, my = sp.my;
+        const double kB = sup[0], Q = sup[2], reach = sup[3];
+        const double xr = x_reach[k], mx = sp.mx, my = sp.my, sqrt_q = std::sqrt(Q), inv_s = 1.0 / (Q + kB * kB);
         const int64_t row0 = py_max<int64_t>(0, ceil_int(py_max(my - reach - 0.5, -1.0)));
         const int64_t row1 = py_min<int64_t>(H - 1, floor_int(py_min(my + reach - 0.5, H + 1.0)));
         int32_t* rect = &out.rect[4 * k];
@@ -259,7 +260,7 @@ Packed pack(const Projected& p, const std::vector<int32_t>& order, const float* 
             const double u0 = (sp.band0 + b) * LANES + 0.5 - mx;
             double dy_lo, dy_hi;
             int64_t first = 1, last = 0;
-            if (strip_rows(kB, Q, reach, xr, u0, u0 + (LANES - 1), dy_lo, dy_hi)) {
+            if (strip_rows(kB, sqrt_q, inv_s, reach, xr, u0, u0 + (LANES - 1), dy_lo, dy_hi)) {
                 first = py_max<int64_t>(row0, ceil_int(py_max(my + dy_lo - 0.5, -1.0)));
                 last = py_min<int64_t>(row1, floor_int(py_min(my + dy_hi - 0.5, H + 1.0)));
             }
@@ -307,14 +308,15 @@ inline float sigma(float dx, float dy, float A, float B, float C) {
 // rows was bound by those chains' latency and its short loops' exits, plugins/design.md).
 constexpr int GROUP = 2 * LANES;
 constexpr int GROUPS = PIXELS / GROUP;
+constexpr int CHUNK = 64;  // a tile's Gaussians listed into its groups at a time
 
 // One group's lanes: px, py, T, R, G, B at the group's first lane (64-byte aligned); list[0..count),
 // the group's Gaussians in depth order. T < 0 marks a lane that stopped (-T is its transmittance).
-using BlendGroup = void (*)(float* T, float* R, float* G, float* B, const float* px, const float* py,
+using BlendGroup = bool (*)(float* T, float* R, float* G, float* B, const float* px, const float* py,
                             const Splat* const* list, int count);
 
 // One lane at a time: for CPUs without AVX2.
-void blend_group_scalar(float* T, float* R, float* G, float* B, const float* px, const float* py,
+bool blend_group_scalar(float* T, float* R, float* G, float* B, const float* px, const float* py,
                         const Splat* const* list, int count) {
     for (int k = 0; k < count; ++k) {
         const Splat& sp = *list[k];
@@ -334,8 +336,11 @@ void blend_group_scalar(float* T, float* R, float* G, float* B, const float* px,
             T[c] = add ? T_next : (stop_here ? -Tc : Tc);
             open |= T[c] > ZERO;
         }
-        if (!open) return;
+        if (!open) return false;
     }
+    bool open = false;
+    for (int c = 0; c < GROUP; ++c) open |= T[c] > ZERO;
+    return open;
 }
 
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -383,7 +388,7 @@ __attribute__((target("avx2"))) inline void splat_lanes8(Lanes8& s, __m256 px, _
     s.T = _mm256_blendv_ps(kept, T_next, add);
 }
 
-__attribute__((target("avx2"))) void blend_group_avx2(float* T, float* R, float* G, float* B, const float* px,
+__attribute__((target("avx2"))) bool blend_group_avx2(float* T, float* R, float* G, float* B, const float* px,
                                                         const float* py, const Splat* const* list, int count) {
     Lanes8 lo{_mm256_load_ps(T), _mm256_load_ps(R), _mm256_load_ps(G), _mm256_load_ps(B)};
     Lanes8 hi{_mm256_load_ps(T + LANES), _mm256_load_ps(R + LANES), _mm256_load_ps(G + LANES), _mm256_load_ps(B + LANES)};
@@ -399,6 +404,8 @@ __attribute__((target("avx2"))) void blend_group_avx2(float* T, float* R, float*
     _mm256_store_ps(T, lo.T); _mm256_store_ps(R, lo.R); _mm256_store_ps(G, lo.G); _mm256_store_ps(B, lo.B);
     _mm256_store_ps(T + LANES, hi.T); _mm256_store_ps(R + LANES, hi.R);
     _mm256_store_ps(G + LANES, hi.G); _mm256_store_ps(B + LANES, hi.B);
+    return _mm256_movemask_ps(_mm256_or_ps(_mm256_cmp_ps(lo.T, _mm256_setzero_ps(), _CMP_GT_OQ),
+                                           _mm256_cmp_ps(hi.T, _mm256_setzero_ps(), _CMP_GT_OQ))) != 0;
 }
 
 #if !defined(__clang__)  // GCC 12's avx512fintrin.h warns of its own undefined placeholders
@@ -407,7 +414,7 @@ __attribute__((target("avx2"))) void blend_group_avx2(float* T, float* R, float*
 #endif
 // The same on 16 lanes in one register each. The masked forms stand for the AVX2 and/andnot/blendv:
 // a lane outside `add` gets w = +0.0, as and_ps gives.
-__attribute__((target("avx512f,avx2"))) void blend_group_avx512(float* T, float* R, float* G, float* B,
+__attribute__((target("avx512f,avx2"))) bool blend_group_avx512(float* T, float* R, float* G, float* B,
                                                                 const float* px, const float* py,
                                                                 const Splat* const* list, int count) {
     __m512 vT = _mm512_load_ps(T), vR = _mm512_load_ps(R), vG = _mm512_load_ps(G), vB = _mm512_load_ps(B);
@@ -448,6 +455,7 @@ __attribute__((target("avx512f,avx2"))) void blend_group_avx512(float* T, float*
         vT = _mm512_mask_blend_ps(add, _mm512_mask_blend_ps(stop_here, vT, negated), T_next);
     }
     _mm512_store_ps(T, vT); _mm512_store_ps(R, vR); _mm512_store_ps(G, vG); _mm512_store_ps(B, vB);
+    return _mm512_cmp_ps_mask(vT, zero, _CMP_GT_OQ) != 0;
 }
 #if !defined(__clang__)
 #pragma GCC diagnostic pop
@@ -474,6 +482,16 @@ const BlendGroup blend_group = pick_blend_group();
 // adding 2^23 leaves no fraction bits, so the addition itself rounds (strict IEEE float, which the
 // build asks for, never folds (x + c) - c).
 inline float round_half_even(float x) { return (x + 8388608.0f) - 8388608.0f; }
+
+// py_min(py_max(v, 0), 1) without a branch: maxss(a, b) is (a > b ? a : b), minss(a, b) (a < b ? a : b),
+// as py_max(v, 0) and py_min(x, 1) are, NaN and signed zeros included (GCC compiles the ternaries to jumps).
+inline float clamp01(float v) {
+#if defined(__x86_64__)
+    return _mm_cvtss_f32(_mm_min_ss(_mm_set_ss(ONE), _mm_max_ss(_mm_set_ss(ZERO), _mm_set_ss(v))));
+#else
+    return py_min(py_max(v, ZERO), ONE);
+#endif
+}
 
 inline int lane(int i, int j, int i0, int j0) {
     return ((j - j0) / LANES) * TILE * LANES + (i - i0) * LANES + (j - j0) % LANES;
@@ -576,8 +594,7 @@ void bin_tiles(const Packed& packed, int tiles_x, int tiles_y, int H, std::vecto
 // Step 7 for tile t over a uint8 background, into uint8 out (rasterize.py:blend_u8). `lists` is
 // the calling thread's scratch for the groups' Gaussians.
 void blend_tile_u8(int64_t t, const int64_t* offsets, const int32_t* ids, const uint16_t* masks, const Splat* splats,
-                   const uint8_t* background, int H, int W, int tiles_x, uint8_t* out,
-                   std::vector<const Splat*>& lists) {
+                   const uint8_t* background, int H, int W, int tiles_x, uint8_t* out) {
     const int i0 = static_cast<int>(t / tiles_x) * TILE, j0 = static_cast<int>(t % tiles_x) * TILE;
     const int i1 = std::min(i0 + TILE, H), j1 = std::min(j0 + TILE, W);
     alignas(64) float T[PIXELS], R[PIXELS], G[PIXELS], B[PIXELS], px[PIXELS], py[PIXELS];
@@ -591,23 +608,32 @@ void blend_tile_u8(int64_t t, const int64_t* offsets, const int32_t* ids, const 
                 R[c] = G[c] = B[c] = ZERO;
             }
     // group (h, row pair) = lanes [16 g, 16 g + 16), g = h * TILE / 2 + row / 2: its list, in depth order
-    // Every Gaussian is written into all 16 lists and counted where its mask bit is set: no branch
-    // per group (each list has one spare slot for the uncounted write).
-    const int64_t stride = offsets[t + 1] - offsets[t] + 1;
-    if (static_cast<int64_t>(lists.size()) < GROUPS * stride) lists.resize(GROUPS * stride);
-    int count[GROUPS] = {};
-    for (int64_t k = offsets[t]; k < offsets[t + 1]; ++k) {
-        const Splat& sp = splats[ids[k]];
-        const uint32_t mask = masks[k];
-        for (int g = 0; g < GROUPS; ++g) {
-            lists[g * stride + count[g]] = &sp;
-            count[g] += (mask >> g) & 1u;
-        }
+    // The tile's Gaussians CHUNK at a time: each is written into all 16 lists and counted where its
+    // mask bit is set (no branch per group; one spare slot per list), then every group blends its
+    // part. A group whose lanes have all stopped takes no more; the tile ends when all have.
+    const Splat* lists[GROUPS][CHUNK + 1];
+    uint32_t open_groups = 0;
+    for (int g = 0; g < GROUPS; ++g) {
+        bool open = false;
+        for (int c = g * GROUP; c < (g + 1) * GROUP; ++c) open |= T[c] > ZERO;
+        open_groups |= static_cast<uint32_t>(open) << g;
     }
-    for (int g = 0; g < GROUPS; ++g)
-        if (count[g] > 0)
-            blend_group(T + g * GROUP, R + g * GROUP, G + g * GROUP, B + g * GROUP, px + g * GROUP, py + g * GROUP,
-                        &lists[g * stride], count[g]);
+    for (int64_t k0 = offsets[t]; k0 < offsets[t + 1] && open_groups != 0; k0 += CHUNK) {
+        const int64_t k1 = std::min<int64_t>(k0 + CHUNK, offsets[t + 1]);
+        int count[GROUPS] = {};
+        for (int64_t k = k0; k < k1; ++k) {
+            const Splat* sp = &splats[ids[k]];
+            const uint32_t mask = masks[k] & open_groups;
+            for (int g = 0; g < GROUPS; ++g) {
+                lists[g][count[g]] = sp;
+                count[g] += (mask >> g) & 1u;
+            }
+        }
+        for (int g = 0; g < GROUPS; ++g)
+            if (count[g] > 0 && !blend_group(T + g * GROUP, R + g * GROUP, G + g * GROUP, B + g * GROUP,
+                                             px + g * GROUP, py + g * GROUP, lists[g], count[g]))
+                open_groups &= ~(1u << g);
+    }
     const float* rgb[3] = {R, G, B};
     for (int i = i0; i < i1; ++i)
         for (int j = j0; j < j1; ++j) {
@@ -616,7 +642,7 @@ void blend_tile_u8(int64_t t, const int64_t* offsets, const int32_t* ids, const 
             const int64_t at = (static_cast<int64_t>(i) * W + j) * 3;
             for (int ch = 0; ch < 3; ++ch) {
                 const float v = rgb[ch][c] + Tf * BACKGROUND_LEVELS.of[background[at + ch]];
-                out[at + ch] = static_cast<uint8_t>(round_half_even(py_min(py_max(v, ZERO), ONE) * U8_MAX));
+                out[at + ch] = static_cast<uint8_t>(round_half_even(clamp01(v) * U8_MAX));
             }
         }
 }
@@ -697,13 +723,9 @@ PyObject* rasterize_u8(PyObject*, PyObject* args) {
     bin_tiles(packed, tiles_x, tiles_y, H, offsets, ids, masks);
     Clock c2 = Clock::now();
     const int64_t n_tiles = static_cast<int64_t>(tiles_x) * tiles_y;
-#pragma omp parallel
-    {
-        std::vector<const Splat*> lists;
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t t = 0; t < n_tiles; ++t)
-            blend_tile_u8(t, offsets.data(), ids.data(), masks.data(), packed.splats.data(), background, H, W, tiles_x, out, lists);
-    }
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t t = 0; t < n_tiles; ++t)
+        blend_tile_u8(t, offsets.data(), ids.data(), masks.data(), packed.splats.data(), background, H, W, tiles_x, out);
     Clock c3 = Clock::now();
     const Clock cs[4] = {c0, c1, c2, c3};
     for (int s = 0; s < 3; ++s) {
