@@ -8,10 +8,15 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 
-SOURCE = "plugins/cpu/splat.cpp"
-# The build records its source's hash: tests/test_splat_ext.py fails on a stale build (an optional
-# extension whose rebuild failed keeps the old one in an editable checkout without a word).
-SOURCE_SHA256 = hashlib.sha256((Path(__file__).parent / SOURCE).read_bytes()).hexdigest()
+# Each build records its source's hash: the tests fail on a stale build (an optional extension
+# whose rebuild failed keeps the old one in an editable checkout without a word).
+EXTENSIONS = {"splat_ext": ("plugins/cpu/splat.cpp", "SPLAT_SOURCE_SHA256"),
+              "deform_ext": ("plugins/cpu/deform.cpp", "DEFORM_SOURCE_SHA256")}
+
+
+def source_sha256(source: str) -> str:
+    return hashlib.sha256((Path(__file__).parent / source).read_bytes()).hexdigest()
+
 
 if sys.platform == "win32":
     flags, link = ["/O2", "/std:c++17", "/openmp", "/fp:precise"], []
@@ -20,6 +25,7 @@ elif sys.platform == "darwin":  # Apple's clang has no OpenMP without libomp: on
 else:
     flags, link = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-fno-fast-math"], ["-fopenmp"]
 
-setup(ext_modules=[Extension("embedtalk_sdk.plugins.cpu.splat_ext", [SOURCE], language="c++",
-                             define_macros=[("SPLAT_SOURCE_SHA256", f'"{SOURCE_SHA256}"')],
-                             extra_compile_args=flags, extra_link_args=link, optional=True)])
+setup(ext_modules=[Extension(f"embedtalk_sdk.plugins.cpu.{name}", [source], language="c++",
+                             define_macros=[(macro, f'"{source_sha256(source)}"')],
+                             extra_compile_args=flags, extra_link_args=link, optional=True)
+                   for name, (source, macro) in EXTENSIONS.items()])

@@ -65,7 +65,7 @@ def time_backend(bundle: str | Path, backend: str, n_frames: int, warmup: int = 
 STAGES = ("network", "gaussians", "projection", "binning", "blending")
 STAGE_NAMES = {
     "audio features": "audio features (the bundle's encoder, whole clip)",
-    "network": "network (deform.onnx, batches of 8)",
+    "network": "network (batches of 8: frame vectors + compiled decode, or deform.onnx in onnxruntime)",
     "gaussians": "offsets + sigmoid",
     "projection": "projection + culling",
     "binning": "depth sort + tile binning",
@@ -113,6 +113,7 @@ def profile_backend(bundle: str | Path, backend: str = "onnxruntime", n_frames: 
     return {
         "bundle": str(bundle), "backend": avatar.backend_name,
         "rasteriser": playback.describe() if avatar.backend_name == "onnxruntime" else "the backend's",
+        "network": getattr(avatar.backend, "decode", "the backend's"),
         "width": avatar.width, "height": avatar.height,
         "gaussians": int(avatar.bundle.manifest["gaussians"]["count"]), "frames": done,
         "fps": round(done / loop[0], 2), "ms_per_frame": round(loop[0] * 1e3 / done, 2),
@@ -127,7 +128,8 @@ def format_profile(report: dict) -> str:
     """A profile as a markdown table: per stage ms per frame (wall, and CPU over all threads)."""
     wall, cpu = report["ms_per_frame"], report["cpu_ms_per_frame"]
     lines = [f"{report['bundle']}: {report['width']}x{report['height']}, {report['gaussians']} Gaussians, "
-             f"{report['backend']} ({report['rasteriser']} rasteriser), {report['frames']} frames: "
+             f"{report['backend']} ({report['network']} decode, {report['rasteriser']} rasteriser), "
+             f"{report['frames']} frames: "
              f"{report['fps']} fps, {wall} ms/frame "
              f"({cpu} CPU ms/frame)", "", "| stage | wall ms / frame | share | CPU ms / frame |", "|---|---|---|---|"]
     for k, v in report["stages_ms"].items():

@@ -154,3 +154,36 @@ class BakedNetwork:
 
     def __call__(self, audio_window: np.ndarray, aus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.decode(self.frame_vector(audio_window, aus))
+
+
+def decode_fits(schema: DeformSchema) -> str | None:
+    """None if the compiled decodes (the CUDA kernel `etk_deform_*`, plugins/cpu/deform.cpp) compute
+    this network's decode half, else what they do not do. They implement relu(table + frame) ->
+    square ReLU trunk layers -> a bounded-tanh head of 3 and a linear head of 1, with any width and
+    depth (arguments)."""
+    h = schema.hidden
+    want = [("first layer", schema.first_activation, RELU)]
+    want += [(layer.name, (layer.inputs, layer.outputs, layer.activation, layer.bias), (h, h, RELU, True))
+             for layer in schema.trunk]  # fmt: skip
+    want += [(head.name, (head.inputs, head.outputs, head.activation, head.bias), (h, n, act, True))
+             for head, n, act in ((schema.mu_head, 3, BOUNDED_TANH), (schema.alpha_head, 1, LINEAR))]  # fmt: skip
+    bad = [f"{name} is {got}, the kernel's {expected}" for name, got, expected in want if got != expected]
+    return "; ".join(bad) or None
+
+
+def decode_weights(net: BakedNetwork) -> dict[str, np.ndarray]:
+    """The decode half's weights as the compiled decodes take them (float32, [in, out] row-major;
+    trunk layers stacked), by argument name; ValueError if they do not compute this network."""
+    s, w = net.schema, net.weights
+    why = decode_fits(s)
+    if why:
+        raise ValueError(f"the compiled decode does not compute this network: {why}")
+    empty = np.zeros(1, np.float32)  # no trunk layers: a valid pointer the kernel never reads
+    host = {
+        "table": net.table,
+        "trunk_w": np.stack([w[layer.weight.name] for layer in s.trunk]) if s.trunk else empty,
+        "trunk_b": np.stack([w[layer.bias_param.name] for layer in s.trunk]) if s.trunk else empty,
+        "mu_w": w[s.mu_head.weight.name], "mu_b": w[s.mu_head.bias_param.name],
+        "alpha_w": w[s.alpha_head.weight.name].reshape(s.hidden), "alpha_b": w[s.alpha_head.bias_param.name],
+    }  # fmt: skip
+    return {k: np.ascontiguousarray(v, np.float32) for k, v in host.items()}

@@ -111,9 +111,9 @@ def test_backend_options_reach_the_backend(bundle_path: Path):
     avatar = Avatar.load(bundle_path, backend="onnxruntime", backend_options={"threads": 1, "max_batch": 3})
     assert avatar.backend.session.get_session_options().intra_op_num_threads == 1
     assert avatar.backend._delta_means.shape[0] == 3
-    with pytest.raises(ValueError, match=r"backend 'onnxruntime' takes no option device; it takes: threads, max_batch"):
+    with pytest.raises(ValueError, match=r"backend 'onnxruntime' takes no option device; it takes: threads, max_batch, decode"):
         Avatar.load(bundle_path, backend="onnxruntime", backend_options={"device": 1})
-    assert registry.backend_options(type(avatar.backend)) == ["threads", "max_batch"]
+    assert registry.backend_options(type(avatar.backend)) == ["threads", "max_batch", "decode"]
 
 
 def test_auto_with_a_cpu_option_gets_the_cpu_backend(bundle_path: Path):

@@ -18,7 +18,7 @@ from test_cuda_backend import exported_graph_bundle  # noqa: E402
 from test_network import baked_model, inputs  # noqa: E402
 
 from embedtalk_sdk.model.deform import DeformNet  # noqa: E402
-from embedtalk_sdk.runtime.backends.cuda import kernel_fits, kernel_weights  # noqa: E402
+from embedtalk_sdk.runtime.network import decode_fits, decode_weights  # noqa: E402
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError  # noqa: E402
 from embedtalk_sdk.runtime.deform_schema import (  # noqa: E402
     BOUND,
@@ -83,18 +83,18 @@ def test_a_graph_that_does_not_fit_the_manifests_network_is_refused():
 def test_cuda_packing_is_the_decode_half_in_the_kernels_layout():
     cfg = DeformConfig(hidden=32, trunk_layers=2)
     net = BakedNetwork.from_onnx(baked_model(n=20, cfg=cfg).SerializeToString(), "deform.onnx", cfg)
-    host = kernel_weights(net)
+    host = decode_weights(net)
     w = net.weights
     assert host["trunk_w"].shape == (2, 32, 32) and np.array_equal(host["trunk_w"][1], w["trunk1.weight_t"])
     assert np.array_equal(host["trunk_b"][0], w["trunk0.bias"]) and host["mu_w"].shape == (32, 3)
     assert host["alpha_w"].shape == (32,) and host["alpha_b"].shape == (1,)
     assert all(a.dtype == np.float32 and a.flags.c_contiguous for a in host.values())
     # what the kernel does not compute is refused (the backend says so; `auto` moves on), not run wrong
-    assert kernel_fits(net.schema) is None
+    assert decode_fits(net.schema) is None
     leaky = dataclasses.replace(net.schema, trunk=(dataclasses.replace(net.schema.trunk[0], activation=LEAKY_RELU),))
-    assert "trunk0" in kernel_fits(leaky) and "leaky_relu" in kernel_fits(leaky)
+    assert "trunk0" in decode_fits(leaky) and "leaky_relu" in decode_fits(leaky)
     with pytest.raises(ValueError, match="does not compute this network: trunk0"):
-        kernel_weights(dataclasses.replace(net, schema=leaky))
+        decode_weights(dataclasses.replace(net, schema=leaky))
 
 
 def test_torch_backend_rebuilds_the_bundles_network_by_the_schema(tmp_path):

@@ -24,8 +24,8 @@ from embedtalk_sdk.runtime.backends.base import BackendError
 from embedtalk_sdk.runtime.backends.cuda_frames import CudaFrames, RenderOnGpu
 from embedtalk_sdk.runtime.backends.gpu import open_gpu
 from embedtalk_sdk.runtime.bundle import Bundle, BundleError
-from embedtalk_sdk.runtime.deform_schema import BOUNDED_TANH, LINEAR, RELU, DeformSchema, network_config
-from embedtalk_sdk.runtime.network import BakedNetwork
+from embedtalk_sdk.runtime.deform_schema import network_config
+from embedtalk_sdk.runtime.network import BakedNetwork, decode_weights
 
 log = logging.getLogger("embedtalk_sdk.runtime")
 
@@ -44,38 +44,6 @@ def deform_kernel_name(hidden: int) -> str:
     return "etk_deform_any"
 
 
-def kernel_fits(schema: DeformSchema) -> str | None:
-    """None if `etk_deform_*` computes this network's decode half, else what it does not do. The
-    kernel implements relu(table + frame) -> square ReLU trunk layers -> a bounded-tanh head of 3
-    and a linear head of 1, with any width and depth (launch arguments)."""
-    h = schema.hidden
-    want = [("first layer", schema.first_activation, RELU)]
-    want += [(layer.name, (layer.inputs, layer.outputs, layer.activation, layer.bias), (h, h, RELU, True))
-             for layer in schema.trunk]  # fmt: skip
-    want += [(head.name, (head.inputs, head.outputs, head.activation, head.bias), (h, n, act, True))
-             for head, n, act in ((schema.mu_head, 3, BOUNDED_TANH), (schema.alpha_head, 1, LINEAR))]  # fmt: skip
-    bad = [f"{name} is {got}, the kernel's {expected}" for name, got, expected in want if got != expected]
-    return "; ".join(bad) or None
-
-
-def kernel_weights(net: BakedNetwork) -> dict[str, np.ndarray]:
-    """The decode half's weights as the kernel takes them (float32, [in, out] row-major; trunk
-    layers stacked), by argument name; ValueError if the kernel does not compute this network."""
-    s, w = net.schema, net.weights
-    why = kernel_fits(s)
-    if why:
-        raise ValueError(f"the cuda deform kernel does not compute this network: {why}")
-    empty = np.zeros(1, np.float32)  # no trunk layers: a valid pointer the kernel never reads
-    host = {
-        "table": net.table,
-        "trunk_w": np.stack([w[layer.weight.name] for layer in s.trunk]) if s.trunk else empty,
-        "trunk_b": np.stack([w[layer.bias_param.name] for layer in s.trunk]) if s.trunk else empty,
-        "mu_w": w[s.mu_head.weight.name], "mu_b": w[s.mu_head.bias_param.name],
-        "alpha_w": w[s.alpha_head.weight.name].reshape(s.hidden), "alpha_b": w[s.alpha_head.bias_param.name],
-    }  # fmt: skip
-    return {k: np.ascontiguousarray(v, np.float32) for k, v in host.items()}
-
-
 class DeformKernel:
     """The per-Gaussian decode on the GPU: frame vectors [B, hidden] (device) -> delta_means
     [B, N, 3], delta_opacity [B, N] (device). Weights uploaded once, on `stream`."""
@@ -87,7 +55,7 @@ class DeformKernel:
 
         self.net, self.device, self.stream = net, device, stream
         self.n, self.hidden = int(net.table.shape[0]), net.hidden
-        host = kernel_weights(net)  # first: a network the kernel does not compute needs no compiler
+        host = decode_weights(net)  # first: a network the kernel does not compute needs no compiler
         self.alpha_b = float(host.pop("alpha_b")[0])  # a scalar argument, not a buffer
         self.module = load_kernels(device, source=build.DEFORM_KERNELS)
         self.kernel = self.module.kernels[deform_kernel_name(self.hidden)]
