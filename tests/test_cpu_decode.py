@@ -147,3 +147,18 @@ def test_the_decode_option_is_checked(tmp_path):
     assert Avatar.load(bundle, backend="onnxruntime").backend.decode == "onnxruntime"  # auto: onnxruntime runs it
     with pytest.raises(Exception, match="hand.etk"):
         Avatar.load(bundle, backend="onnxruntime", backend_options={"decode": "compiled"})
+
+
+@needs_avx512
+def test_a_frames_deltas_do_not_depend_on_its_batch(trained_avatar):
+    # speak and stream batch frames differently and must give the same frames (numpy's BLAS rounds a
+    # batch of 5 otherwise than 5 batches of 1)
+    backend = Avatar.load(trained_avatar["bundle"], backend="onnxruntime").backend
+    assert backend.decode == "compiled"
+    rng = np.random.default_rng(5)
+    window = rng.standard_normal((5, *backend.io.expected()["audio_window"][1:])).astype(np.float32)
+    aus = rng.uniform(0, 2, (5, 6)).astype(np.float32)
+    together = [x.copy() for x in backend.deform(window, aus)]
+    for i in range(5):
+        alone = backend.deform(window[i:i + 1], aus[i:i + 1])
+        assert all(np.array_equal(a[0], t[i]) for a, t in zip(alone, together)), f"frame {i}"

@@ -215,7 +215,8 @@ Packed pack(const Projected& p, const std::vector<int32_t>& order, const float* 
     const int64_t m = static_cast<int64_t>(order.size());
     Packed out{std::vector<Splat>(m), {}, std::vector<int32_t>(4 * m)};
     std::vector<Splat>& splats = out.splats;
-    std::vector<double> x_reach(m);
+    struct Support { double kB, Q, reach, xr; };
+    std::vector<Support> support(m);  // k's support, in depth order: the second pass reads it forward
 #pragma omp parallel for schedule(static)
     for (int64_t k = 0; k < m; ++k) {
         const int64_t g = order[k];
@@ -232,7 +233,7 @@ Packed pack(const Projected& p, const std::vector<int32_t>& order, const float* 
         sp.cg = colors[3 * g + 1];
         sp.cb = colors[3 * g + 2];
         const double xr = std::sqrt(P * (Q + kB * kB) / Q), mx = sp.mx;
-        x_reach[k] = xr;
+        support[k] = {kB, Q, sup[3], xr};
         const int64_t col0 = py_max<int64_t>(0, ceil_int(py_max(mx - xr - 0.5, -1.0)));
         const int64_t col1 = py_min<int64_t>(W - 1, floor_int(py_min(mx + xr - 0.5, W + 1.0)));
         sp.band0 = static_cast<int32_t>(col0 / LANES);
@@ -248,9 +249,8 @@ Packed pack(const Projected& p, const std::vector<int32_t>& order, const float* 
 #pragma omp parallel for schedule(static)
     for (int64_t k = 0; k < m; ++k) {
         const Splat& sp = splats[k];
-        const double* sup = &p.support[4 * order[k]];
-        const double kB = sup[0], Q = sup[2], reach = sup[3];
-        const double xr = x_reach[k], mx = sp.mx, my = sp.my, sqrt_q = std::sqrt(Q), inv_s = 1.0 / (Q + kB * kB);
+        const double kB = support[k].kB, Q = support[k].Q, reach = support[k].reach, xr = support[k].xr;
+        const double mx = sp.mx, my = sp.my, sqrt_q = std::sqrt(Q), inv_s = 1.0 / (Q + kB * kB);
         const int64_t row0 = py_max<int64_t>(0, ceil_int(py_max(my - reach - 0.5, -1.0)));
         const int64_t row1 = py_min<int64_t>(H - 1, floor_int(py_min(my + reach - 0.5, H + 1.0)));
         int32_t* rect = &out.rect[4 * k];

@@ -154,7 +154,10 @@ class OnnxRuntimeBackend:
         dm, do = self._delta_means[:b], self._delta_opacity[:b]  # leading slices stay contiguous
         if self._decode is not None:
             net, decode = self._decode
-            decode(net.frame_vector(audio_window, aus), dm, do)
+            # one frame per numpy call: BLAS picks other kernels (other roundings) for other batch
+            # sizes, and speak and stream batch differently but must give the same frames
+            vectors = [net.frame_vector(audio_window[i:i + 1], aus[i:i + 1]) for i in range(b)]
+            decode(np.concatenate(vectors), dm, do)
             return dm, do
         binding = self._binding
         binding.bind_cpu_input("audio_window", np.ascontiguousarray(audio_window, dtype=np.float32))
