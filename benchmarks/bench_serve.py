@@ -272,8 +272,8 @@ def main(argv: list[str] | None = None) -> dict:
     server = Server(registry)  # admission from the measured frame time
     cap = server.admission.capacity(entry)
     report["admission_capacity"] = cap
-    print(f"{entry.id}: {a.width}x{a.height}, frame {entry.render_ms:.1f} ms render + {entry.encode_ms:.1f} ms "
-          f"encode -> admission limit {cap} sessions")
+    print(f"{entry.id}: {a.width}x{a.height}, frame {entry.render_ms:.1f} ms render + {entry.features_ms:.1f} ms "
+          f"features + {entry.encode_ms:.1f} ms encode -> admission limit {cap} sessions")
     full = max(0, a.window - a.window // 2 - 1)
     report["lookahead"] = []
     for rows in [int(x) for x in args.lookahead.split(",") if x.strip()]:

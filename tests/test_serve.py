@@ -127,7 +127,8 @@ def test_interrupt_closes_the_mouth_within_two_frames(registry, speech):
 
 def test_admission_from_measured_frame_time(registry):
     entry = registry.get("tiny")
-    assert entry.render_ms > 0 and entry.encode_ms > 0
+    assert entry.render_ms > 0 and entry.encode_ms > 0 and entry.features_ms > 0
+    assert entry.frame_ms == entry.render_ms + entry.encode_ms + entry.features_ms
     server = Server(registry)  # default: measured
     cap = server.admission.capacity(entry)
     assert cap == max(1, int(0.8 / (entry.frame_ms / 1000 * entry.avatar.fps)))

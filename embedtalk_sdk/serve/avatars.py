@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embedtalk_sdk.runtime.audio.encoders import SAMPLE_RATE
 from embedtalk_sdk.runtime.avatar import Avatar
 from embedtalk_sdk.runtime.bundle import MANIFEST, BundleError
 from embedtalk_sdk.runtime.errors import EmbedTalkError
@@ -35,15 +36,17 @@ class AvatarEntry:
     avatar: Avatar
     render_ms: float = 0.0      # one frame through network + rasteriser (measured at start-up)
     encode_ms: float = 0.0      # one frame through the VP8 encoder + its sound through Opus
+    features_ms: float = 0.0    # one frame's audio through the session's feature streamer
 
     @property
     def frame_ms(self) -> float:
-        return self.render_ms + self.encode_ms
+        return self.render_ms + self.encode_ms + self.features_ms
 
     def info(self) -> dict:
         a = self.avatar
         return {"id": self.id, "width": a.width, "height": a.height, "fps": a.fps, "backend": a.backend_name,
-                "render_ms": round(self.render_ms, 2), "encode_ms": round(self.encode_ms, 2)}
+                "render_ms": round(self.render_ms, 2), "encode_ms": round(self.encode_ms, 2),
+                "features_ms": round(self.features_ms, 2)}
 
 
 def _is_bundle(p: Path) -> bool:
@@ -94,7 +97,8 @@ class AvatarRegistry:
                 measure_cost(entry)
             log_fn(f"avatar {ident}: {entry.avatar.width}x{entry.avatar.height} @ {entry.avatar.fps:g} fps, "
                    f"{entry.avatar.backend_name}, loaded in {time.monotonic() - t:.1f} s; frame "
-                   f"{entry.render_ms:.1f} ms render + {entry.encode_ms:.1f} ms encode")
+                   f"{entry.render_ms:.1f} ms render + {entry.encode_ms:.1f} ms encode + "
+                   f"{entry.features_ms:.1f} ms audio features")
             entries.append(entry)
         return cls(entries)
 
@@ -115,8 +119,10 @@ class AvatarRegistry:
 
 def measure_cost(entry: AvatarEntry, frames: int = 24) -> None:
     """Time one frame of this avatar the way a session makes it: the network and rasteriser on
-    silence windows (median of batches of the avatar's batch size, after a warm-up batch), and the
-    VP8 + Opus encoders aiortc sends with."""
+    silence windows (median of batches of the avatar's batch size, after a warm-up batch), the
+    session's feature streamer on 20 ms pieces of faint noise (a microphone's; the phone posteriors
+    cost a 256² phonetic session about as much as its VP8 encode), and the VP8 + Opus encoders
+    aiortc sends with."""
     import fractions
 
     import av
@@ -138,6 +144,16 @@ def measure_cost(entry: AvatarEntry, frames: int = 24) -> None:
         if k:
             per_batch.append((time.perf_counter() - t) / b)
     entry.render_ms = float(np.median(per_batch)) * 1000.0
+
+    if a.audio_encoder.name != "features":  # a "features" bundle's rows come from the application
+        noise = np.random.default_rng(0).normal(0, 0.01, 2 * SAMPLE_RATE).astype(np.float32)
+        piece = SAMPLE_RATE // 50
+        streamer = a.audio_encoder.streamer()
+        streamer.feed(noise[:SAMPLE_RATE // 2])  # warm-up: sessions, caches
+        t = time.perf_counter()
+        for i in range(SAMPLE_RATE // 2, len(noise), piece):
+            streamer.feed(noise[i:i + piece])
+        entry.features_ms = (time.perf_counter() - t) / ((len(noise) - SAMPLE_RATE // 2) / SAMPLE_RATE * a.fps) * 1000.0
 
     vp8 = get_encoder(RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000))
     opus = get_encoder(RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2))
