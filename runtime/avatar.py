@@ -37,6 +37,10 @@ from embedtalk_sdk.runtime.manifest import check_avatar_manifest
 from embedtalk_sdk.runtime.pixels import to_uint8
 from embedtalk_sdk.runtime.track import open_track
 
+# `speak` and `frames` compute a clip's audio features this many samples at a time (1 s): the first
+# frame waits for them, not for the whole clip's; the rows are whole-clip features' bit for bit.
+AUDIO_PIECE = SAMPLE_RATE
+
 BLINK_SEED = 0
 DEFAULT_BLINK_S = 0.2  # a typical blink, used when the manifest gives no blink_duration_s
 
@@ -274,8 +278,8 @@ class Avatar:
             from embedtalk_sdk.runtime.video import check_output_path, write_mp4  # PyAV: only needed for files
 
             check_output_path(out)
-        samples, feats, t = self._prepare(audio, sample_rate, features)
-        frames = self._frames(feats, t, self._au_source(aus, t), progress)
+        samples, feats, t = self._prepare(audio, sample_rate, features, whole_clip=False)
+        frames = self._frames(samples, feats, t, self._au_source(aus, t), progress)
         if out is not None:
             write_mp4(out, (f.copy() for f in frames), fps=self._fps, audio=samples, sample_rate=16000)
             return Path(out)
@@ -293,13 +297,14 @@ class Avatar:
         features: np.ndarray | None = None,
     ) -> Iterator[np.ndarray]:
         """Like `speak`, but yields the frames (uint8 [H, W, 3], each a new array) one by one."""
-        _, feats, t = self._prepare(audio, sample_rate, features)  # errors raise here, not at next()
-        return (frame.copy() for frame in self._frames(feats, t, self._au_source(aus, t), progress))
+        samples, feats, t = self._prepare(audio, sample_rate, features, whole_clip=False)  # errors raise here
+        return (frame.copy() for frame in self._frames(samples, feats, t, self._au_source(aus, t), progress))
 
     def _prepare(
-        self, audio: Any, sample_rate: int | None, features: np.ndarray | None
-    ) -> tuple[np.ndarray | None, np.ndarray, int]:
-        """-> (16 kHz mono samples or None, feature rows [M, F], frame count T >= 1)."""
+        self, audio: Any, sample_rate: int | None, features: np.ndarray | None, whole_clip: bool = True
+    ) -> tuple[np.ndarray | None, np.ndarray | None, int]:
+        """-> (16 kHz mono samples or None, feature rows [M, F], frame count T >= 1). Without
+        `whole_clip` the rows of audio are left to `_frames` (None), which computes them piece by piece."""
         samples = None if audio is None else self._load_samples(audio, sample_rate)
         if features is not None:
             feats = self._check_features(features)
@@ -310,7 +315,7 @@ class Avatar:
         if samples is None:
             raise ValueError("speak: give audio (a path or an array) or features=")
         t = self._at_least_one(self.n_frames(samples.shape[0]), audio)
-        return samples, self._encoder.features(samples), t
+        return samples, self._encoder.features(samples) if whole_clip else None, t
 
     def _at_least_one(self, t: int, audio: Any) -> int:
         # One rule for every entry point (array, frames, mp4, CLI): no clip of zero frames.
@@ -416,14 +421,23 @@ class Avatar:
         return self._viewmats[int(pingpong(n, self._viewmats.shape[0]))], self._torso.frame(n)
 
     def _frames(
-        self, feats: np.ndarray, t: int, aus: Callable[[int, int], np.ndarray], progress: Progress
+        self, samples: np.ndarray | None, feats: np.ndarray | None, t: int, aus: Callable[[int, int], np.ndarray],
+        progress: Progress,
     ) -> Iterator[np.ndarray]:
-        """Frames 0..t-1 from whole-clip features; yields a reused buffer (copy to keep)."""
+        """Frames 0..t-1 from the app's feature rows, or (feats None) from the samples with their rows
+        computed AUDIO_PIECE at a time by the encoder's streamer, which gives whole-clip features' rows
+        bit for bit: the first frame waits for its own window's audio, not for the whole clip's
+        features (a phonetic bundle's 8.6 s clip: ~300 ms). Yields a reused buffer (copy to keep)."""
+        report = _progress_reporter(progress, t)
+        if feats is None:
+            assert samples is not None
+            pieces = (samples[i:i + AUDIO_PIECE] for i in range(0, samples.shape[0], AUDIO_PIECE))
+            return self._streamed(pieces, self._encoder.streamer(), aus, report)
 
         def inputs(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
             return frame_windows(feats, b - a, self._fps, self._rate, self._window, first_frame=a), aus(a, b)
 
-        return self._render(0, t, inputs, self._track, _progress_reporter(progress, t))
+        return self._render(0, t, inputs, self._track, report)
 
     # ------------------------------------------------------------ explicit per-frame inputs (evaluation)
 
@@ -514,30 +528,35 @@ class Avatar:
         """
         if sample_rate != SAMPLE_RATE:
             raise ValueError(f"stream takes {SAMPLE_RATE} Hz chunks, got sample_rate={sample_rate}")
-        return self._stream(chunks, self._encoder.streamer())  # a "features" bundle raises here
+        streamer = self._encoder.streamer()  # a "features" bundle raises here
+        checked = (pcm_chunk(chunk, f"stream chunk {index}") for index, chunk in enumerate(chunks))
+        return (frame.copy() for frame in self._streamed(checked, streamer, self._au_source(None, None)))
 
-    def _stream(self, chunks: Iterable[np.ndarray], feats: FeatureStreamer) -> Iterator[np.ndarray]:
+    def _streamed(
+        self, chunks: Iterable[np.ndarray], feats: FeatureStreamer, aus: Callable[[int, int], np.ndarray],
+        report: Callable[[int], None] = lambda done: None,
+    ) -> Iterator[np.ndarray]:
+        """Frames of float32 16 kHz chunks, each as soon as its feature window is complete (reused buffer)."""
         buf = RowBuffer(self._feature_dim)
-        aus = self._au_source(None, None)
         n = 0  # next frame to yield
-        for index, chunk in enumerate(chunks):
-            buf.append(feats.feed(pcm_chunk(chunk, f"stream chunk {index}")))
+        for chunk in chunks:
+            buf.append(feats.feed(chunk))
             ready = frames_ready(n, buf.end, self.n_frames(feats.n_samples), self._fps, self._rate, self._window)
-            yield from self._stream_frames(buf, n, ready, aus)
+            yield from self._buffered_frames(buf, n, ready, aus, report)
             n = ready
             buf.drop_before(window_bounds(n, self._fps, self._rate, self._window)[0])
         buf.append(feats.flush())
-        yield from self._stream_frames(buf, n, self.n_frames(feats.n_samples), aus)
+        yield from self._buffered_frames(buf, n, self.n_frames(feats.n_samples), aus, report)
 
-    def _stream_frames(
-        self, buf: RowBuffer, n0: int, n1: int, aus: Callable[[int, int], np.ndarray]
+    def _buffered_frames(
+        self, buf: RowBuffer, n0: int, n1: int, aus: Callable[[int, int], np.ndarray], report: Callable[[int], None]
     ) -> Iterator[np.ndarray]:
         def inputs(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
             windows = frame_windows(buf.rows, b - a, self._fps, self._rate, self._window, first_frame=a,
                                     row_offset=buf.start)  # fmt: skip
             return windows, aus(a, b)
 
-        return (frame.copy() for frame in self._render(n0, n1, inputs, self._track))
+        return self._render(n0, n1, inputs, self._track, report)
 
 
 def _progress_reporter(progress: Progress, total: int) -> Callable[[int], None]:

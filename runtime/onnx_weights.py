@@ -99,3 +99,60 @@ def bundle_initializers(data: bytes, where: str) -> dict[str, np.ndarray]:
         return read_initializers(data)
     except ValueError as e:
         raise BundleError(f"{where}: {e}") from None
+
+
+GRAPH_INPUT, GRAPH_OUTPUT = 11, 12
+VALUE_NAME, VALUE_TYPE, TYPE_TENSOR, TENSOR_ELEM_TYPE, TENSOR_SHAPE, SHAPE_DIM = 1, 2, 1, 1, 2, 1
+DIM_VALUE, DIM_PARAM = 1, 2
+FLOAT = 1  # TensorProto.FLOAT
+
+
+def _value_info(data: bytes, start: int, end: int) -> tuple[str, int, list]:
+    """(name, element type, dims) of a ValueInfoProto; a dim is an int, a symbol (str) or None."""
+    name, elem, dims = "", 0, []
+    for number, wire, value in fields(data, start, end):
+        if number == VALUE_NAME and wire == LENGTH:
+            name = data[value[0]:value[1]].decode("utf-8", "replace")
+        elif number == VALUE_TYPE and wire == LENGTH:
+            for t_number, t_wire, t_value in fields(data, *value):
+                if t_number != TYPE_TENSOR or t_wire != LENGTH:
+                    continue
+                for k_number, k_wire, k_value in fields(data, *t_value):
+                    if k_number == TENSOR_ELEM_TYPE and k_wire == VARINT:
+                        elem = k_value
+                    elif k_number == TENSOR_SHAPE and k_wire == LENGTH:
+                        for d_number, d_wire, d_value in fields(data, *k_value):
+                            if d_number != SHAPE_DIM or d_wire != LENGTH:
+                                continue
+                            dim = None
+                            for x_number, x_wire, x_value in fields(data, *d_value):
+                                if x_number == DIM_VALUE and x_wire == VARINT:
+                                    dim = _signed(x_value)
+                                elif x_number == DIM_PARAM and x_wire == LENGTH:
+                                    dim = data[x_value[0]:x_value[1]].decode("utf-8", "replace")
+                            dims.append(dim)
+    return name, elem, dims
+
+
+def graph_io(data: bytes) -> tuple[dict[str, tuple[int, list]], dict[str, tuple[int, list]]]:
+    """The main graph's declared inputs (less initializers) and outputs: ({name: (element type,
+    dims)}, {...}), what onnxruntime's session reports, read without it. ValueError for a
+    malformed model."""
+    inputs: dict[str, tuple[int, list]] = {}
+    outputs: dict[str, tuple[int, list]] = {}
+    initializers: set[str] = set()
+    try:
+        for number, wire, value in fields(data):
+            if number != MODEL_GRAPH or wire != LENGTH:
+                continue
+            for g_number, g_wire, g_value in fields(data, *value):
+                if g_number in (GRAPH_INPUT, GRAPH_OUTPUT) and g_wire == LENGTH:
+                    name, elem, dims = _value_info(data, *g_value)
+                    (inputs if g_number == GRAPH_INPUT else outputs)[name] = (elem, dims)
+                elif g_number == GRAPH_INITIALIZER and g_wire == LENGTH:
+                    initializers.update(data[v[0]:v[1]].decode("utf-8", "replace")
+                                        for n, w, v in fields(data, *g_value) if n == T_NAME and w == LENGTH)
+    except ValueError as e:
+        raise ValueError(f"not a readable ONNX model: {e}") from None
+    # older models list their initializers among the inputs too; onnxruntime does not count them
+    return {k: v for k, v in inputs.items() if k not in initializers}, outputs

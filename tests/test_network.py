@@ -13,7 +13,7 @@ from embedtalk_sdk.export.onnx_graph import build_deform_onnx
 from embedtalk_sdk.model.deform import BakedDeform, DeformConfig
 from embedtalk_sdk.runtime.bundle import BundleError
 from embedtalk_sdk.runtime.network import BakedNetwork
-from embedtalk_sdk.runtime.onnx_weights import read_initializers
+from embedtalk_sdk.runtime.onnx_weights import graph_io, read_initializers
 from tests.test_model import random_net
 
 CFG = DeformConfig(trunk_layers=2, hidden=32)
@@ -75,3 +75,15 @@ def test_a_graph_without_the_weights_is_refused():
         BakedNetwork.from_onnx(onnx.helper.make_model(graph).SerializeToString(), "a/deform.onnx", CFG)
     with pytest.raises(BundleError, match="a/deform.onnx"):
         BakedNetwork.from_onnx(b"\xff\xff\xff", "a/deform.onnx", CFG)
+
+
+def test_graph_io_reads_what_onnx_declares():
+    model = baked_model()
+    model.graph.input.append(onnx.helper.make_tensor_value_info("au_pe.freqs", onnx.TensorProto.FLOAT, [4, 1]))
+    inputs, outputs = graph_io(model.SerializeToString())
+    dims = lambda v: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim]
+    assert inputs == {v.name: (v.type.tensor_type.elem_type, dims(v)) for v in model.graph.input[:-1]}
+    assert outputs == {v.name: (v.type.tensor_type.elem_type, dims(v)) for v in model.graph.output}
+    assert inputs["audio_window"] == (1, ["batch", CFG.window, CFG.feature_dim])  # an initializer is no input
+    with pytest.raises(ValueError, match="not a readable ONNX model"):
+        graph_io(b"\xff\xff\xff")

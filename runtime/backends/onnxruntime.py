@@ -27,6 +27,7 @@ from embedtalk_sdk.runtime.bundle import Bundle, BundleError
 from embedtalk_sdk.runtime.deform_schema import network_config
 from embedtalk_sdk.runtime.network import BakedNetwork
 from embedtalk_sdk.runtime.onnx_check import check_self_contained
+from embedtalk_sdk.runtime.onnx_weights import FLOAT, graph_io
 from embedtalk_sdk.runtime.stages import add_stage, stage_clock
 
 
@@ -83,6 +84,7 @@ class OnnxRuntimeBackend:
             if decode == "compiled":
                 raise
             return None  # a graph that is not export's: onnxruntime runs it (or says what is wrong)
+        self._check_graph_io(bundle, bundle.bytes_of(self.io.file))
         why = compiled.unavailable(net)
         if why is None and net.table.shape[0] != self.io.n_gaussians:
             why = f"{where} holds {net.table.shape[0]} Gaussians, the manifest {self.io.n_gaussians}"
@@ -91,6 +93,27 @@ class OnnxRuntimeBackend:
                 raise BackendError(f"decode='compiled' cannot run {bundle.path}: {why}")
             return None
         return net, compiled.CompiledDecode(net)
+
+    def _check_graph_io(self, bundle: Bundle, data: bytes) -> None:
+        """What `_check_session` checks of onnxruntime's session, read from the graph itself: the
+        compiled decode runs no session, and a graph whose interface is not the manifest's must be
+        refused either way, not decoded by its weights' names."""
+        where = f"{bundle.path}/{self.io.file}"
+        try:
+            inputs, outputs = graph_io(data)
+        except ValueError as e:
+            raise BundleError(f"{where}: {e}") from None
+        if set(inputs) != set(DEFORM_INPUTS) or not set(DEFORM_OUTPUTS) <= set(outputs):
+            raise BundleError(f"{where} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
+                              f"expected inputs {list(DEFORM_INPUTS)} and outputs {list(DEFORM_OUTPUTS)}")
+        expected = self.io.expected()
+        for name, (elem, dims) in {**inputs, **outputs}.items():
+            if name not in expected:
+                continue
+            if elem != FLOAT:
+                raise BundleError(f"{where}: {name} has element type {elem}, expected float32 (1)")
+            check_shape(f"{self.io.file} {name}", [d if isinstance(d, int) else None for d in dims], expected[name],
+                        bundle)
 
     def _open_session(self, bundle: Bundle, threads: int | None) -> None:
         opts = ort.SessionOptions()
