@@ -85,6 +85,10 @@ void decode_span_scalar(const Net& net, const float* frame, int64_t i0, int64_t 
 }
 
 #ifdef DEFORM_X86
+#if !defined(__clang__)  // GCC 12's avx512fintrin.h warns of its own undefined placeholders
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 // The same with AVX-512 for widths that are multiples of 16: the trunk's output columns in slices of
 // up to 4 registers, BLOCK Gaussians' accumulators together (16 of the 32 registers), so each row of
 // a weight matrix is loaded once per block.
@@ -144,6 +148,9 @@ __attribute__((target("avx512f,fma"))) void decode_span_avx512(const Net& net, c
         }
     }
 }
+#if !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #endif
 
 using DecodeSpan = void (*)(const Net&, const float*, int64_t, int64_t, int64_t, float*, float*);

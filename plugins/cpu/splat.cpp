@@ -412,6 +412,23 @@ __attribute__((target("avx2"))) bool blend_group_avx2(float* T, float* R, float*
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
+// exp_neg's operations on 16 lanes (exp_neg_avx2's).
+__attribute__((target("avx512f,avx2"))) inline __m512 exp_neg_avx512(__m512 s) {
+    s = _mm512_min_ps(_mm512_set1_ps(EXP_S_MAX), s);
+    const __m512i n = _mm512_cvttps_epi32(_mm512_add_ps(_mm512_mul_ps(s, _mm512_set1_ps(LOG2E)), _mm512_set1_ps(HALF)));
+    const __m512 nf = _mm512_cvtepi32_ps(n);
+    const __m512 x = _mm512_add_ps(_mm512_sub_ps(_mm512_mul_ps(nf, _mm512_set1_ps(LN2_HI)), s),
+                                   _mm512_mul_ps(nf, _mm512_set1_ps(LN2_LO)));
+    __m512 p = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(P0), x), _mm512_set1_ps(P1));
+    p = _mm512_add_ps(_mm512_mul_ps(p, x), _mm512_set1_ps(P2));
+    p = _mm512_add_ps(_mm512_mul_ps(p, x), _mm512_set1_ps(P3));
+    p = _mm512_add_ps(_mm512_mul_ps(p, x), _mm512_set1_ps(P4));
+    p = _mm512_add_ps(_mm512_mul_ps(p, x), _mm512_set1_ps(P5));
+    const __m512 pow2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32(_mm512_set1_epi32(127), n), 23));
+    return _mm512_mul_ps(_mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, _mm512_mul_ps(x, x)), x), _mm512_set1_ps(ONE)),
+                         pow2);
+}
+
 // The same on 16 lanes in one register each. The masked forms stand for the AVX2 and/andnot/blendv:
 // a lane outside `add` gets w = +0.0, as and_ps gives.
 __attribute__((target("avx512f,avx2"))) bool blend_group_avx512(float* T, float* R, float* G, float* B,
@@ -429,19 +446,8 @@ __attribute__((target("avx512f,avx2"))) bool blend_group_avx512(float* T, float*
         const __m512 dy = _mm512_sub_ps(vpy, _mm512_set1_ps(sp.my));
         const __m512 quad = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(sp.A), dx), dx),
                                           _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(sp.C), dy), dy));
-        __m512 s = _mm512_add_ps(_mm512_mul_ps(half, quad), _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(sp.B), dx), dy));
-        s = _mm512_min_ps(_mm512_set1_ps(EXP_S_MAX), s);
-        const __m512i n = _mm512_cvttps_epi32(_mm512_add_ps(_mm512_mul_ps(s, _mm512_set1_ps(LOG2E)), half));
-        const __m512 nf = _mm512_cvtepi32_ps(n);
-        const __m512 x = _mm512_add_ps(_mm512_sub_ps(_mm512_mul_ps(nf, _mm512_set1_ps(LN2_HI)), s),
-                                       _mm512_mul_ps(nf, _mm512_set1_ps(LN2_LO)));
-        __m512 p = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(P0), x), _mm512_set1_ps(P1));
-        p = _mm512_add_ps(_mm512_mul_ps(p, x), _mm512_set1_ps(P2));
-        p = _mm512_add_ps(_mm512_mul_ps(p, x), _mm512_set1_ps(P3));
-        p = _mm512_add_ps(_mm512_mul_ps(p, x), _mm512_set1_ps(P4));
-        p = _mm512_add_ps(_mm512_mul_ps(p, x), _mm512_set1_ps(P5));
-        const __m512 pow2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32(_mm512_set1_epi32(127), n), 23));
-        const __m512 e = _mm512_mul_ps(_mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, _mm512_mul_ps(x, x)), x), one), pow2);
+        const __m512 s = _mm512_add_ps(_mm512_mul_ps(half, quad), _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(sp.B), dx), dy));
+        const __m512 e = exp_neg_avx512(s);
         const __m512 a = _mm512_min_ps(_mm512_mul_ps(_mm512_set1_ps(sp.o), e), _mm512_set1_ps(ALPHA_MAX));
         const __m512 T_next = _mm512_mul_ps(vT, _mm512_sub_ps(one, a));
         const __mmask16 ok = open & _mm512_cmp_ps_mask(a, _mm512_set1_ps(ALPHA_MIN), _CMP_GE_OQ);
