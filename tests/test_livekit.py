@@ -276,7 +276,7 @@ def test_worker_load_rises_with_sessions_and_refuses_past_capacity(trained_avata
     entry = registry.entries()[0]
     # this machine's start-up measurement scatters with its other work; the policy is checked on a
     # given one: 3 ms a frame at 25 fps is 7.5 % of the machine a session, 10 fit under 80 %
-    entry.render_ms, entry.encode_ms = 2.0, 1.0
+    entry.render_ms, entry.encode_ms, entry.features_ms = 2.0, 1.0, 0.0
     cost = 0.075
     worker = AvatarWorker(registry, utilisation=0.8)
     answers: list[str] = []
