@@ -37,9 +37,6 @@ from embedtalk_sdk.runtime.manifest import check_avatar_manifest
 from embedtalk_sdk.runtime.pixels import to_uint8
 from embedtalk_sdk.runtime.track import open_track
 
-# `speak` and `frames` compute a clip's audio features this many samples at a time (1 s): the first
-# frame waits for them, not for the whole clip's; the rows are whole-clip features' bit for bit.
-AUDIO_PIECE = SAMPLE_RATE
 
 BLINK_SEED = 0
 DEFAULT_BLINK_S = 0.2  # a typical blink, used when the manifest gives no blink_duration_s
@@ -425,13 +422,15 @@ class Avatar:
         progress: Progress,
     ) -> Iterator[np.ndarray]:
         """Frames 0..t-1 from the app's feature rows, or (feats None) from the samples with their rows
-        computed AUDIO_PIECE at a time by the encoder's streamer, which gives whole-clip features' rows
-        bit for bit: the first frame waits for its own window's audio, not for the whole clip's
-        features (a phonetic bundle's 8.6 s clip: ~300 ms). Yields a reused buffer (copy to keep)."""
+        computed a batch of frames' audio at a time by the encoder's streamer, which gives whole-clip
+        features' rows bit for bit: the first frame waits for its own window's audio, not for the
+        whole clip's features (a phonetic bundle's 8.6 s clip: ~300 ms), and no frame waits for more
+        than a batch's. Yields a reused buffer (copy to keep)."""
         report = _progress_reporter(progress, t)
         if feats is None:
             assert samples is not None
-            pieces = (samples[i:i + AUDIO_PIECE] for i in range(0, samples.shape[0], AUDIO_PIECE))
+            piece = max(1, round(SAMPLE_RATE * self._batch / self._fps))
+            pieces = (samples[i:i + piece] for i in range(0, samples.shape[0], piece))
             return self._streamed(pieces, self._encoder.streamer(), aus, report)
 
         def inputs(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
