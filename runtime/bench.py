@@ -64,13 +64,13 @@ def time_backend(bundle: str | Path, backend: str, n_frames: int, warmup: int = 
 # OnnxRuntimeBackend.stages / CpuRenderer.stages).
 STAGES = ("network", "gaussians", "projection", "binning", "blending")
 STAGE_NAMES = {
-    "audio features": "audio features (the bundle's encoder, whole clip)",
+    "audio features": "audio features (the bundle's encoder; the whole clip, timed apart)",
     "network": "network (batches of 8: frame vectors + compiled decode, or deform.onnx in onnxruntime)",
     "gaussians": "offsets + sigmoid",
     "projection": "projection + culling",
     "binning": "depth sort + tile binning",
     "blending": "blending + compositing over the track + uint8",
-    "other": "frame loop (windows, AUs, track lookup, copies)",
+    "other": "frame loop (the audio features as they stream, windows, AUs, track lookup, copies)",
 }
 
 
@@ -133,7 +133,7 @@ def format_profile(report: dict) -> str:
              f"{report['fps']} fps, {wall} ms/frame "
              f"({cpu} CPU ms/frame)", "", "| stage | wall ms / frame | share | CPU ms / frame |", "|---|---|---|---|"]
     for k, v in report["stages_ms"].items():
-        share = "(before the loop)" if k == "audio features" else f"{100 * v / wall:.0f}%"
+        share = "(also in the loop)" if k == "audio features" else f"{100 * v / wall:.0f}%"
         lines.append(f"| {STAGE_NAMES[k]} | {v:.2f} | {share} | {report['stages_cpu_ms'][k]:.2f} |")
     t = report["track"]
     lines.append(f"| torso track decoding ({t['codec']}, {t['images']} images; once per load, worker thread) | "

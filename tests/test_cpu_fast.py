@@ -146,7 +146,7 @@ def test_profile_splits_a_frame_into_its_stages(tmp_path):
     wall, cpu = report["stages_ms"], report["stages_cpu_ms"]
     assert set(wall) == set(cpu) == {"audio features", *STAGES, "other"}
     assert all(wall[k] > 0 and cpu[k] > 0 for k in STAGES)
-    # the stages and the rest of the loop make up the frame (audio features come before the loop)
+    # the stages and the rest of the loop (with the features as they stream) make up the frame
     assert sum(wall[k] for k in (*STAGES, "other")) == pytest.approx(report["ms_per_frame"], rel=0.02, abs=0.05)
     assert report["track"]["codec"] == "h264" and report["track"]["decode_ms_per_image"] > 0
     assert "| blending + compositing over the track + uint8 |" in format_profile(report)
