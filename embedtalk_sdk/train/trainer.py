@@ -47,9 +47,9 @@ NO_LPIPS = "train without LPIPS: --no-lpips (TrainConfig.lpips_every=0)"
 class TrainConfig:
     """Everything a training run depends on; saved into the checkpoint."""
 
-    # 3000 left ted_lieu_hdtf_60s's mouth at LMD 1.45-1.47 px in 2 seeds of 3; a longer run fits the
-    # face better (5000 steps: PSNR +0.75, LMD -0.10, train/design.md) at ~30 min on 2 cores.
-    iterations: int = 4500
+    # 4500 was tried on ted_lieu_hdtf_60s (issue 21, train/design.md): PSNR +0.02..0.16 dB, but LMD
+    # and the audio-only lip correlation got worse in the seeds measured; 3000 stays.
+    iterations: int = 3000
     # Phone posteriors of the CMU US-English model (runtime/audio/phonetic.py): on ted_lieu_hdtf_60s
     # they predict the mouth opening at 0.68 (5-fold ridge) where log-mel reaches 0.57 (README).
     audio_encoder: str = "phonetic"
