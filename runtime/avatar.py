@@ -37,7 +37,6 @@ from embedtalk_sdk.runtime.manifest import check_avatar_manifest
 from embedtalk_sdk.runtime.pixels import to_uint8
 from embedtalk_sdk.runtime.track import open_track
 
-
 BLINK_SEED = 0
 DEFAULT_BLINK_S = 0.2  # a typical blink, used when the manifest gives no blink_duration_s
 

@@ -43,6 +43,11 @@ def _ort_shape(shape: list) -> list:
     return [d if isinstance(d, int) else None for d in shape]
 
 
+def _as_session_reports(io: dict[str, tuple[int, list]]) -> dict[str, tuple[str, list]]:
+    """`graph_io`'s {name: (element type, dims)} as onnxruntime's session reports them: (type, dims)."""
+    return {k: ("tensor(float)" if elem == FLOAT else f"element type {elem}", dims) for k, (elem, dims) in io.items()}
+
+
 DECODES = ("auto", "compiled", "onnxruntime")
 
 
@@ -77,14 +82,18 @@ class OnnxRuntimeBackend:
         """The numpy frame vectors and the compiled decode, or None for onnxruntime."""
         if decode == "onnxruntime":
             return None
-        where = f"{bundle.path}/{self.io.file}"
+        where, data = f"{bundle.path}/{self.io.file}", bundle.bytes_of(self.io.file)
         try:
-            net = BakedNetwork.from_onnx(bundle.bytes_of(self.io.file), where, network_config(bundle.manifest, where))
+            net = BakedNetwork.from_onnx(data, where, network_config(bundle.manifest, where))
         except BundleError:
             if decode == "compiled":
                 raise
             return None  # a graph that is not export's: onnxruntime runs it (or says what is wrong)
-        self._check_graph_io(bundle, bundle.bytes_of(self.io.file))
+        try:  # onnxruntime's session would have checked the graph's interface: the same check
+            inputs, outputs = graph_io(data)
+        except ValueError as e:
+            raise BundleError(f"{where}: {e}") from None
+        self._check_interface(bundle, _as_session_reports(inputs), _as_session_reports(outputs))
         why = compiled.unavailable(net)
         if why is None and net.table.shape[0] != self.io.n_gaussians:
             why = f"{where} holds {net.table.shape[0]} Gaussians, the manifest {self.io.n_gaussians}"
@@ -93,27 +102,6 @@ class OnnxRuntimeBackend:
                 raise BackendError(f"decode='compiled' cannot run {bundle.path}: {why}")
             return None
         return net, compiled.CompiledDecode(net)
-
-    def _check_graph_io(self, bundle: Bundle, data: bytes) -> None:
-        """What `_check_session` checks of onnxruntime's session, read from the graph itself: the
-        compiled decode runs no session, and a graph whose interface is not the manifest's must be
-        refused either way, not decoded by its weights' names."""
-        where = f"{bundle.path}/{self.io.file}"
-        try:
-            inputs, outputs = graph_io(data)
-        except ValueError as e:
-            raise BundleError(f"{where}: {e}") from None
-        if set(inputs) != set(DEFORM_INPUTS) or not set(DEFORM_OUTPUTS) <= set(outputs):
-            raise BundleError(f"{where} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
-                              f"expected inputs {list(DEFORM_INPUTS)} and outputs {list(DEFORM_OUTPUTS)}")
-        expected = self.io.expected()
-        for name, (elem, dims) in {**inputs, **outputs}.items():
-            if name not in expected:
-                continue
-            if elem != FLOAT:
-                raise BundleError(f"{where}: {name} has element type {elem}, expected float32 (1)")
-            check_shape(f"{self.io.file} {name}", [d if isinstance(d, int) else None for d in dims], expected[name],
-                        bundle)
 
     def _open_session(self, bundle: Bundle, threads: int | None) -> None:
         opts = ort.SessionOptions()
@@ -133,20 +121,25 @@ class OnnxRuntimeBackend:
         self._binding = self.session.io_binding()
 
     def _check_session(self, bundle: Bundle) -> None:
-        got_in = {v.name: v for v in self.session.get_inputs()}
-        got_out = {v.name: v for v in self.session.get_outputs()}
-        if set(got_in) != set(DEFORM_INPUTS) or not set(DEFORM_OUTPUTS) <= set(got_out):
+        self._check_interface(bundle, {v.name: (v.type, v.shape) for v in self.session.get_inputs()},
+                              {v.name: (v.type, v.shape) for v in self.session.get_outputs()})
+
+    def _check_interface(self, bundle: Bundle, inputs: dict[str, tuple[str, list]],
+                         outputs: dict[str, tuple[str, list]]) -> None:
+        """The graph's inputs and outputs ({name: (type, dims)}, as onnxruntime's session reports them,
+        or `graph_io` reads them for the compiled decode, which runs no session) against the manifest."""
+        if set(inputs) != set(DEFORM_INPUTS) or not set(DEFORM_OUTPUTS) <= set(outputs):
             raise BundleError(
-                f"{bundle.path}/{self.io.file} has inputs {sorted(got_in)} and outputs {sorted(got_out)}; "
+                f"{bundle.path}/{self.io.file} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
                 f"expected inputs {list(DEFORM_INPUTS)} and outputs {list(DEFORM_OUTPUTS)}"
             )
         expected = self.io.expected()
-        for name, v in {**got_in, **got_out}.items():
+        for name, (kind, dims) in {**inputs, **outputs}.items():
             if name not in expected:
                 continue
-            if v.type != "tensor(float)":
-                raise BundleError(f"{bundle.path}/{self.io.file}: {name} is {v.type}, expected tensor(float)")
-            check_shape(f"{self.io.file} {name}", _ort_shape(v.shape), expected[name], bundle)
+            if kind != "tensor(float)":
+                raise BundleError(f"{bundle.path}/{self.io.file}: {name} is {kind}, expected tensor(float)")
+            check_shape(f"{self.io.file} {name}", _ort_shape(dims), expected[name], bundle)
 
     def _alloc(self, batch: int) -> None:
         n = self.io.n_gaussians
