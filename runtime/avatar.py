@@ -28,6 +28,7 @@ from embedtalk_sdk.runtime.audio.encoders import SAMPLE_RATE, AudioEncoder, Feat
 from embedtalk_sdk.runtime.audio.io import AudioError, load_audio, pcm_chunk, prepare_audio
 from embedtalk_sdk.runtime.audio.mel import RowBuffer, frame_windows, frames_ready, n_video_frames, window_bounds
 from embedtalk_sdk.runtime.camera import pingpong
+from embedtalk_sdk.runtime.frame_pipeline import FramePipeline
 from embedtalk_sdk.runtime.aus import AU_NAMES, AU_SCALE, BLINK_INDEX, N_AUS
 from embedtalk_sdk.runtime.backends.base import DEFAULT_BATCH, Backend
 from embedtalk_sdk.runtime.backends.cpu import warm_cpu_renderer
@@ -380,8 +381,11 @@ class Avatar:
         inputs: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
         scene: Callable[[int], tuple[np.ndarray, np.ndarray]],
         report: Callable[[int], None] = lambda done: None,
+        pipe: FramePipeline | None = None,
     ) -> Iterator[np.ndarray]:
         """Frames n0..n1-1, `batch` at a time through the network; yields a reused buffer (copy to keep).
+        With `pipe` (`_pipeline`) the frames render side by side in its threads and it hands them
+        out in order, the last ones only when drained (`_pipelined`).
 
         One clip at a time: the backend's buffers hold a batch in flight, so a second clip started
         meanwhile (another thread, or an unfinished frames()/stream() iterator) would silently
@@ -399,12 +403,41 @@ class Avatar:
             for a in range(n0, n1, self._batch):
                 b = min(a + self._batch, n1)
                 delta_means, delta_opacity = self._backend.deform(*inputs(a, b))
+                if pipe is not None:  # the next deform reuses the backend's buffers while these render
+                    delta_means, delta_opacity = delta_means.copy(), delta_opacity.copy()
                 for i in range(b - a):
                     viewmat, background = scene(a + i)
-                    yield self._backend.render(delta_means[i], delta_opacity[i], viewmat, background, out=self._frame)
-                report(b)
+                    if pipe is None:
+                        yield self._backend.render(delta_means[i], delta_opacity[i], viewmat, background,
+                                                   out=self._frame)
+                    elif (frame := pipe.put(delta_means[i], delta_opacity[i], viewmat, background)) is not None:
+                        yield frame
+                report(b - (pipe.in_flight if pipe is not None else 0))
         finally:
             self._busy.release()
+
+    def _pipeline(self) -> FramePipeline | None:
+        """A FramePipeline for an offline clip where the backend renders frames side by side
+        (`render_workers` > 1: the compiled CPU rasteriser on 2+ cores), else None. None too while
+        `bench --profile` times the stages (they are per frame and process-wide)."""
+        workers = int(getattr(self._backend, "render_workers", 1))
+        if workers < 2 or getattr(self._backend, "stages", None) is not None:
+            return None
+        return FramePipeline(self._backend.render, workers, (self._height, self._width, 3))
+
+    @staticmethod
+    def _pipelined(frames: Iterator[np.ndarray], pipe: FramePipeline | None, report: Callable[[int], None],
+                   total: int) -> Iterator[np.ndarray]:
+        """`frames` (from `_render` calls with `pipe`), then the frames still in `pipe`; closes it."""
+        if pipe is None:
+            yield from frames
+            return
+        try:
+            yield from frames
+            yield from pipe.drain()
+            report(total)
+        finally:
+            pipe.close()
 
     def track(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         """The cameras and torso/background images `speak` uses for frames 0..t-1:
@@ -426,16 +459,17 @@ class Avatar:
         whole clip's features (a phonetic bundle's 8.6 s clip: ~300 ms), and no frame waits for more
         than a batch's. Yields a reused buffer (copy to keep)."""
         report = _progress_reporter(progress, t)
+        pipe = self._pipeline()
         if feats is None:
             assert samples is not None
             piece = max(1, round(SAMPLE_RATE * self._batch / self._fps))
             pieces = (samples[i:i + piece] for i in range(0, samples.shape[0], piece))
-            return self._streamed(pieces, self._encoder.streamer(), aus, report)
+            return self._pipelined(self._streamed(pieces, self._encoder.streamer(), aus, report, pipe), pipe, report, t)
 
         def inputs(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
             return frame_windows(feats, b - a, self._fps, self._rate, self._window, first_frame=a), aus(a, b)
 
-        return self._render(0, t, inputs, self._track, report)
+        return self._pipelined(self._render(0, t, inputs, self._track, report, pipe), pipe, report, t)
 
     # ------------------------------------------------------------ explicit per-frame inputs (evaluation)
 
@@ -532,29 +566,31 @@ class Avatar:
 
     def _streamed(
         self, chunks: Iterable[np.ndarray], feats: FeatureStreamer, aus: Callable[[int, int], np.ndarray],
-        report: Callable[[int], None] = lambda done: None,
+        report: Callable[[int], None] = lambda done: None, pipe: FramePipeline | None = None,
     ) -> Iterator[np.ndarray]:
-        """Frames of float32 16 kHz chunks, each as soon as its feature window is complete (reused buffer)."""
+        """Frames of float32 16 kHz chunks, each as soon as its feature window is complete (reused
+        buffer); with `pipe`, as `_render` says."""
         buf = RowBuffer(self._feature_dim)
         n = 0  # next frame to yield
         for chunk in chunks:
             buf.append(feats.feed(chunk))
             ready = frames_ready(n, buf.end, self.n_frames(feats.n_samples), self._fps, self._rate, self._window)
-            yield from self._buffered_frames(buf, n, ready, aus, report)
+            yield from self._buffered_frames(buf, n, ready, aus, report, pipe)
             n = ready
             buf.drop_before(window_bounds(n, self._fps, self._rate, self._window)[0])
         buf.append(feats.flush())
-        yield from self._buffered_frames(buf, n, self.n_frames(feats.n_samples), aus, report)
+        yield from self._buffered_frames(buf, n, self.n_frames(feats.n_samples), aus, report, pipe)
 
     def _buffered_frames(
-        self, buf: RowBuffer, n0: int, n1: int, aus: Callable[[int, int], np.ndarray], report: Callable[[int], None]
+        self, buf: RowBuffer, n0: int, n1: int, aus: Callable[[int, int], np.ndarray], report: Callable[[int], None],
+        pipe: FramePipeline | None,
     ) -> Iterator[np.ndarray]:
         def inputs(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
             windows = frame_windows(buf.rows, b - a, self._fps, self._rate, self._window, first_frame=a,
                                     row_offset=buf.start)  # fmt: skip
             return windows, aus(a, b)
 
-        return self._render(n0, n1, inputs, self._track, report)
+        return self._render(n0, n1, inputs, self._track, report, pipe)
 
 
 def _progress_reporter(progress: Progress, total: int) -> Callable[[int], None]:

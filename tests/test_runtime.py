@@ -9,6 +9,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -311,6 +313,7 @@ def test_background_reaches_the_rasteriser_as_x_over_255(avatar: Avatar, monkeyp
     # The uint8 torso track reaches the rasteriser as stored, whichever way the frame is asked
     # for; rasterize_u8 converts it where it blends, by x / 255 in float32 (the training side's
     # rule; tests/test_cpu_fast.py checks it against rasterize_cpu over background_to_float).
+    # speak renders frames side by side (runtime/frame_pipeline.py), so the calls come in any order.
     renderer = avatar._backend._renderer
     seen = []
 
@@ -325,9 +328,8 @@ def test_background_reaches_the_rasteriser_as_x_over_255(avatar: Avatar, monkeyp
     avatar.speak(audio, sample_rate=16000, aus=aus)
     list(avatar.render_frames(windows, aus, views, torso))
     assert np.unique(torso).size == 256  # every uint8 value is checked
-    assert len(seen) == 2 * len(torso)
-    for i, got in enumerate(seen):
-        assert got.dtype == np.uint8 and np.array_equal(got, torso[i % len(torso)]), f"frame {i}"
+    assert len(seen) == 2 * len(torso) and all(got.dtype == np.uint8 for got in seen)
+    assert sorted(got.tobytes() for got in seen) == sorted(2 * [frame.tobytes() for frame in torso])
 
 def test_blinks_are_deterministic_and_chunk_independent():
     a = BlinkSchedule(1.5, 0.25, 3.0, fps=25)
@@ -431,3 +433,73 @@ def test_runtime_never_imports_torch(bundle_path: Path):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+
+
+# ---------------------------------------------------------------- frames side by side (frame_pipeline.py)
+
+
+def _frame_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("embedtalk-frame")]
+
+
+def test_speak_renders_frames_side_by_side_to_the_same_bytes(avatar: Avatar, monkeypatch):
+    # Offline clips render a frame per core (runtime/frame_pipeline.py); each frame must be the
+    # bytes of one frame at a time (stream's way: test_speak_equals_stream checks that too).
+    if avatar._backend.render_workers < 2:
+        pytest.skip("one rasteriser thread here (OMP_NUM_THREADS=1 or numba's kernels): no frames side by side")
+    audio = speech(1.3)
+    used, render = set(), avatar._backend.render
+
+    def spy(*args, **kwargs):
+        used.add(threading.current_thread().name)
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(avatar._backend, "render", spy)
+    side_by_side = avatar.speak(audio, sample_rate=16000)
+    assert len({name for name in used if name.startswith("embedtalk-frame")}) >= 2, used
+    monkeypatch.setattr(avatar, "_pipeline", lambda: None)
+    assert np.array_equal(side_by_side, avatar.speak(audio, sample_rate=16000))
+    assert not _frame_threads()
+
+
+def test_a_clip_left_unfinished_stops_its_frame_threads(avatar: Avatar):
+    frames = avatar.frames(speech(2.0), sample_rate=16000)
+    first = [next(frames) for _ in range(3)]
+    frames.close()
+    assert not _frame_threads() and len({f.tobytes() for f in first}) == 3
+    assert avatar.speak(speech(0.4), sample_rate=16000).shape[0] == 10  # the avatar is free again
+
+
+def test_a_frames_error_reaches_the_caller_and_ends_the_clip(avatar: Avatar, monkeypatch):
+    def broken(*args, **kwargs):
+        raise MemoryError("no memory for frame buffers")
+
+    monkeypatch.setattr(avatar._backend, "render", broken)
+    with pytest.raises(MemoryError, match="no memory for frame buffers"):
+        avatar.speak(speech(0.6), sample_rate=16000)
+    assert not _frame_threads()
+
+
+def test_frame_pipeline_hands_frames_out_in_order_in_buffers_not_yet_reused():
+    from embedtalk_sdk.runtime.frame_pipeline import FramePipeline
+
+    rng = np.random.default_rng(0)
+    delays = rng.uniform(0, 0.01, 40)
+
+    def render(index, _opacity, _viewmat, _background, out, threads):
+        time.sleep(delays[index])  # later frames often finish first
+        out[...] = index
+        return out
+
+    pipe = FramePipeline(render, workers=3, shape=(2, 2, 3))
+    got = []
+    try:
+        for i in range(40):
+            frame = pipe.put(i, None, None, None)
+            if frame is not None:
+                got.append(int(frame[0, 0, 0]))
+                assert np.all(frame == got[-1])
+        got += [int(frame[0, 0, 0]) for frame in pipe.drain()]
+    finally:
+        pipe.close()
+    assert got == list(range(40))

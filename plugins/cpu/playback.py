@@ -29,10 +29,13 @@ def rasterize_u8(
     background: np.ndarray,
     out: np.ndarray | None = None,
     stages: dict[str, list[float]] | None = None,
+    threads: int = 0,
 ) -> np.ndarray:
     """Gaussians over a uint8 background [H,W,3] -> uint8 [H,W,3] (into `out` if given): rasterize.py's
     `rasterize_u8` (same arguments, same pixels), compiled when available. With `stages` (a dict), adds
-    the [wall, process CPU] seconds of "projection", "binning" and "blending" to it."""
+    the [wall, process CPU] seconds of "projection", "binning" and "blending" to it. threads > 0: the
+    compiled rasteriser's OpenMP threads for this and later calls from the calling thread (numba's
+    kernels keep theirs); 0 leaves them."""
     if splat_ext is None:
         from embedtalk_sdk.plugins.cpu import rasterize
 
@@ -42,7 +45,7 @@ def rasterize_u8(
     background, out = u8_canvas(background, out)
     H, W = background.shape[:2]
     times = splat_ext.rasterize_u8(means.shape[0], means, quats, scales, opacities, colors, viewmat, K, H, W,
-                                background, out)
+                                background, out, threads)
     for name, (wall, cpu) in zip(STAGES, times):
         add_seconds(stages, name, wall, cpu)
     return out
@@ -53,6 +56,13 @@ def describe() -> str:
     if splat_ext is None:
         return "numba's kernels (the compiled rasteriser was not built: no C++ compiler at install)"
     return f"compiled ({splat_ext.simd()}, {splat_ext.threads()} threads)"
+
+
+def parallel_frames() -> int:
+    """Frames worth rendering side by side, one thread each (runtime/frame_pipeline.py): the compiled
+    rasteriser's OpenMP threads (the cores, or OMP_NUM_THREADS); 1 for numba's kernels, whose
+    threads cannot be set per calling thread."""
+    return splat_ext.threads() if splat_ext is not None else 1
 
 
 def warm_up() -> None:

@@ -345,6 +345,7 @@ bool blend_group_scalar(float* T, float* R, float* G, float* B, const float* px,
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define SPLAT_AVX2 1
+constexpr int BATCH = 4;  // alphas computed ahead of the T chain (4 and 8 measured alike, 16 slower)
 // exp_neg's operations on 8 lanes: min_ps(a, b) is (a < b ? a : b) like py_min(b, a), cvtt truncates
 // like the int32 cast.
 __attribute__((target("avx2"))) inline __m256 exp_neg_avx2(__m256 s) {
@@ -363,18 +364,21 @@ __attribute__((target("avx2"))) inline __m256 exp_neg_avx2(__m256 s) {
                          pow2);
 }
 
-// One Gaussian over 8 lanes held in registers (the scalar lane's operations; ordered compares are
-// false on NaN like C's).
-struct Lanes8 {
-    __m256 T, R, G, B;
-};
-__attribute__((target("avx2"))) inline void splat_lanes8(Lanes8& s, __m256 px, __m256 py, const Splat& sp) {
+// One Gaussian's alpha on 8 lanes (the scalar lane's operations).
+__attribute__((target("avx2"))) inline __m256 alpha_avx2(__m256 px, __m256 py, const Splat& sp) {
     const __m256 dx = _mm256_sub_ps(px, _mm256_set1_ps(sp.mx)), dy = _mm256_sub_ps(py, _mm256_set1_ps(sp.my));
     const __m256 quad = _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(sp.A), dx), dx),
                                       _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(sp.C), dy), dy));
     const __m256 s_ = _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(HALF), quad),
                                     _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(sp.B), dx), dy));
-    const __m256 a = _mm256_min_ps(_mm256_mul_ps(_mm256_set1_ps(sp.o), exp_neg_avx2(s_)), _mm256_set1_ps(ALPHA_MAX));
+    return _mm256_min_ps(_mm256_mul_ps(_mm256_set1_ps(sp.o), exp_neg_avx2(s_)), _mm256_set1_ps(ALPHA_MAX));
+}
+
+// One Gaussian of alpha `a` over 8 lanes held in registers (ordered compares are false on NaN like C's).
+struct Lanes8 {
+    __m256 T, R, G, B;
+};
+__attribute__((target("avx2"))) inline void splat_lanes8(Lanes8& s, __m256 a, const Splat& sp) {
     const __m256 T_next = _mm256_mul_ps(s.T, _mm256_sub_ps(_mm256_set1_ps(ONE), a));
     const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(s.T, _mm256_setzero_ps(), _CMP_GT_OQ),
                                     _mm256_cmp_ps(a, _mm256_set1_ps(ALPHA_MIN), _CMP_GE_OQ));
@@ -388,19 +392,33 @@ __attribute__((target("avx2"))) inline void splat_lanes8(Lanes8& s, __m256 px, _
     s.T = _mm256_blendv_ps(kept, T_next, add);
 }
 
+// Alphas BATCH Gaussians ahead of the T chain, as blend_group_avx512 (below) explains.
 __attribute__((target("avx2"))) bool blend_group_avx2(float* T, float* R, float* G, float* B, const float* px,
                                                         const float* py, const Splat* const* list, int count) {
     Lanes8 lo{_mm256_load_ps(T), _mm256_load_ps(R), _mm256_load_ps(G), _mm256_load_ps(B)};
     Lanes8 hi{_mm256_load_ps(T + LANES), _mm256_load_ps(R + LANES), _mm256_load_ps(G + LANES), _mm256_load_ps(B + LANES)};
     const __m256 px_lo = _mm256_load_ps(px), py_lo = _mm256_load_ps(py);
     const __m256 px_hi = _mm256_load_ps(px + LANES), py_hi = _mm256_load_ps(py + LANES);
-    for (int k = 0; k < count; ++k) {
-        const __m256 open = _mm256_or_ps(_mm256_cmp_ps(lo.T, _mm256_setzero_ps(), _CMP_GT_OQ),
-                                         _mm256_cmp_ps(hi.T, _mm256_setzero_ps(), _CMP_GT_OQ));
-        if (_mm256_movemask_ps(open) == 0) break;  // every lane stopped: the rest change nothing
-        splat_lanes8(lo, px_lo, py_lo, *list[k]);
-        splat_lanes8(hi, px_hi, py_hi, *list[k]);
+    for (int k0 = 0; k0 < count; k0 += BATCH) {
+        const int n = std::min(BATCH, count - k0);
+        __m256 a_lo[BATCH], a_hi[BATCH];
+#pragma GCC unroll 4
+        for (int j = 0; j < BATCH; ++j) {
+            const Splat& sp = *list[k0 + std::min(j, n - 1)];
+            a_lo[j] = alpha_avx2(px_lo, py_lo, sp);
+            a_hi[j] = alpha_avx2(px_hi, py_hi, sp);
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < BATCH; ++j) {
+            if (j == n) break;
+            const __m256 open = _mm256_or_ps(_mm256_cmp_ps(lo.T, _mm256_setzero_ps(), _CMP_GT_OQ),
+                                             _mm256_cmp_ps(hi.T, _mm256_setzero_ps(), _CMP_GT_OQ));
+            if (_mm256_movemask_ps(open) == 0) goto done;  // every lane stopped: the rest change nothing
+            splat_lanes8(lo, a_lo[j], *list[k0 + j]);
+            splat_lanes8(hi, a_hi[j], *list[k0 + j]);
+        }
     }
+done:
     _mm256_store_ps(T, lo.T); _mm256_store_ps(R, lo.R); _mm256_store_ps(G, lo.G); _mm256_store_ps(B, lo.B);
     _mm256_store_ps(T + LANES, hi.T); _mm256_store_ps(R + LANES, hi.R);
     _mm256_store_ps(G + LANES, hi.G); _mm256_store_ps(B + LANES, hi.B);
@@ -429,37 +447,53 @@ __attribute__((target("avx512f,avx2"))) inline __m512 exp_neg_avx512(__m512 s) {
                          pow2);
 }
 
-// The same on 16 lanes in one register each. The masked forms stand for the AVX2 and/andnot/blendv:
-// a lane outside `add` gets w = +0.0, as and_ps gives.
+// One Gaussian's alpha on 16 lanes (the scalar lane's operations).
+__attribute__((target("avx512f,avx2"))) inline __m512 alpha_avx512(__m512 vpx, __m512 vpy, const Splat& sp) {
+    const __m512 dx = _mm512_sub_ps(vpx, _mm512_set1_ps(sp.mx));
+    const __m512 dy = _mm512_sub_ps(vpy, _mm512_set1_ps(sp.my));
+    const __m512 quad = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(sp.A), dx), dx),
+                                      _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(sp.C), dy), dy));
+    const __m512 s = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(HALF), quad),
+                                   _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(sp.B), dx), dy));
+    return _mm512_min_ps(_mm512_mul_ps(_mm512_set1_ps(sp.o), exp_neg_avx512(s)), _mm512_set1_ps(ALPHA_MAX));
+}
+
+// The same on 16 lanes in one register each. An alpha's chain (~30 dependent operations through
+// exp_neg) is far longer than the T chain between Gaussians, and the CPU's window holds only a few
+// Gaussians' chains: so BATCH alphas are computed side by side first, then blended in depth order
+// (the same operations per lane, so the same pixels). The masked forms stand for the AVX2
+// and/andnot/blendv: a lane outside `add` gets w = +0.0, as and_ps gives.
 __attribute__((target("avx512f,avx2"))) bool blend_group_avx512(float* T, float* R, float* G, float* B,
                                                                 const float* px, const float* py,
                                                                 const Splat* const* list, int count) {
     __m512 vT = _mm512_load_ps(T), vR = _mm512_load_ps(R), vG = _mm512_load_ps(G), vB = _mm512_load_ps(B);
     const __m512 vpx = _mm512_load_ps(px), vpy = _mm512_load_ps(py);
-    const __m512 half = _mm512_set1_ps(HALF), one = _mm512_set1_ps(ONE), zero = _mm512_setzero_ps();
+    const __m512 one = _mm512_set1_ps(ONE), zero = _mm512_setzero_ps();
     const __m512i sign = _mm512_set1_epi32(INT32_MIN);
-    for (int k = 0; k < count; ++k) {
-        const __mmask16 open = _mm512_cmp_ps_mask(vT, zero, _CMP_GT_OQ);
-        if (open == 0) break;  // every lane stopped: the rest change nothing
-        const Splat& sp = *list[k];
-        const __m512 dx = _mm512_sub_ps(vpx, _mm512_set1_ps(sp.mx));
-        const __m512 dy = _mm512_sub_ps(vpy, _mm512_set1_ps(sp.my));
-        const __m512 quad = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(sp.A), dx), dx),
-                                          _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(sp.C), dy), dy));
-        const __m512 s = _mm512_add_ps(_mm512_mul_ps(half, quad), _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(sp.B), dx), dy));
-        const __m512 e = exp_neg_avx512(s);
-        const __m512 a = _mm512_min_ps(_mm512_mul_ps(_mm512_set1_ps(sp.o), e), _mm512_set1_ps(ALPHA_MAX));
-        const __m512 T_next = _mm512_mul_ps(vT, _mm512_sub_ps(one, a));
-        const __mmask16 ok = open & _mm512_cmp_ps_mask(a, _mm512_set1_ps(ALPHA_MIN), _CMP_GE_OQ);
-        const __mmask16 stop_here = ok & _mm512_cmp_ps_mask(T_next, _mm512_set1_ps(T_MIN), _CMP_LT_OQ);
-        const __mmask16 add = ok & static_cast<__mmask16>(~stop_here);
-        const __m512 w = _mm512_maskz_mul_ps(add, a, vT);
-        vR = _mm512_add_ps(vR, _mm512_mul_ps(_mm512_set1_ps(sp.cr), w));
-        vG = _mm512_add_ps(vG, _mm512_mul_ps(_mm512_set1_ps(sp.cg), w));
-        vB = _mm512_add_ps(vB, _mm512_mul_ps(_mm512_set1_ps(sp.cb), w));
-        const __m512 negated = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(vT), sign));
-        vT = _mm512_mask_blend_ps(add, _mm512_mask_blend_ps(stop_here, vT, negated), T_next);
+    for (int k0 = 0; k0 < count; k0 += BATCH) {
+        const int n = std::min(BATCH, count - k0);
+        __m512 a[BATCH];
+#pragma GCC unroll 4
+        for (int j = 0; j < BATCH; ++j) a[j] = alpha_avx512(vpx, vpy, *list[k0 + std::min(j, n - 1)]);
+#pragma GCC unroll 4
+        for (int j = 0; j < BATCH; ++j) {
+            if (j == n) break;
+            const __mmask16 open = _mm512_cmp_ps_mask(vT, zero, _CMP_GT_OQ);
+            if (open == 0) goto done;  // every lane stopped: the rest change nothing
+            const Splat& sp = *list[k0 + j];
+            const __m512 T_next = _mm512_mul_ps(vT, _mm512_sub_ps(one, a[j]));
+            const __mmask16 ok = open & _mm512_cmp_ps_mask(a[j], _mm512_set1_ps(ALPHA_MIN), _CMP_GE_OQ);
+            const __mmask16 stop_here = ok & _mm512_cmp_ps_mask(T_next, _mm512_set1_ps(T_MIN), _CMP_LT_OQ);
+            const __mmask16 add = ok & static_cast<__mmask16>(~stop_here);
+            const __m512 w = _mm512_maskz_mul_ps(add, a[j], vT);
+            vR = _mm512_add_ps(vR, _mm512_mul_ps(_mm512_set1_ps(sp.cr), w));
+            vG = _mm512_add_ps(vG, _mm512_mul_ps(_mm512_set1_ps(sp.cg), w));
+            vB = _mm512_add_ps(vB, _mm512_mul_ps(_mm512_set1_ps(sp.cb), w));
+            const __m512 negated = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(vT), sign));
+            vT = _mm512_mask_blend_ps(add, _mm512_mask_blend_ps(stop_here, vT, negated), T_next);
+        }
     }
+done:
     _mm512_store_ps(T, vT); _mm512_store_ps(R, vR); _mm512_store_ps(G, vG); _mm512_store_ps(B, vB);
     return _mm512_cmp_ps_mask(vT, zero, _CMP_GT_OQ) != 0;
 }
@@ -676,11 +710,11 @@ bool get_buffer(PyObject* obj, Py_buffer* view, Py_ssize_t n, Py_ssize_t itemsiz
 PyObject* rasterize_u8(PyObject*, PyObject* args) {
     PyObject *o_means, *o_quats, *o_scales, *o_opac, *o_colors, *o_viewmat, *o_K, *o_bg, *o_out;
     Py_ssize_t n;
-    int H, W;
-    if (!PyArg_ParseTuple(args, "nOOOOOOOiiOO", &n, &o_means, &o_quats, &o_scales, &o_opac, &o_colors, &o_viewmat,
-                          &o_K, &H, &W, &o_bg, &o_out))
+    int H, W, threads = 0;
+    if (!PyArg_ParseTuple(args, "nOOOOOOOiiOO|i", &n, &o_means, &o_quats, &o_scales, &o_opac, &o_colors, &o_viewmat,
+                          &o_K, &H, &W, &o_bg, &o_out, &threads))
         return nullptr;
-    if (n < 0 || n > INT32_MAX || H <= 0 || W <= 0) {
+    if (n < 0 || n > INT32_MAX || H <= 0 || W <= 0 || threads < 0) {
         PyErr_SetString(PyExc_ValueError, "rasterize_u8: bad sizes");
         return nullptr;
     }
@@ -712,6 +746,11 @@ PyObject* rasterize_u8(PyObject*, PyObject* args) {
     uint8_t* out = static_cast<uint8_t*>(views[8].buf);
     double stages[6];
     Py_BEGIN_ALLOW_THREADS
+#ifdef _OPENMP
+    // The calling thread's own setting (OpenMP keeps one per thread): a thread rendering frames
+    // beside others asks for 1. The frame is the same for any count (bin_tiles' runs keep the order).
+    if (threads > 0) omp_set_num_threads(threads);
+#endif
     double vm[16], K[9];
     for (int i = 0; i < 16; ++i) vm[i] = viewmat[i];
     for (int i = 0; i < 9; ++i) K[i] = Kf[i];
@@ -783,9 +822,10 @@ PyObject* source_sha256(PyObject*, PyObject*) { return PyUnicode_FromString(SPLA
 
 PyMethodDef methods[] = {
     {"rasterize_u8", rasterize_u8, METH_VARARGS,
-     "rasterize_u8(n, means, quats, scales, opacities, colors, viewmat, K, H, W, background, out) -> "
+     "rasterize_u8(n, means, quats, scales, opacities, colors, viewmat, K, H, W, background, out, threads=0) -> "
      "((wall, cpu) of projection, binning, blending). float32 C-contiguous inputs, uint8 [H,W,3] background "
-     "and out; rasterize.py:rasterize_u8 checks and converts them."},
+     "and out; rasterize.py:rasterize_u8 checks and converts them. threads > 0: the OpenMP threads of this "
+     "and later calls from the calling thread (0: leave them)."},
     {"sigmoid_", sigmoid_, METH_VARARGS,
      "sigmoid_(n, x): x <- 1 / (1 + exp(-x)) in place, x a writable C-contiguous float32 buffer of n items "
      "(scipy.special.expit's float32 values)."},

@@ -52,7 +52,11 @@ class Backend(Protocol):
         background uint8 [H,W,3] (the torso/background track as stored) -> uint8 [H,W,3]
         (written into `out` if given).
 
-        The backend converts the background where it uses it, by `background_to_float`'s rule."""
+        The backend converts the background where it uses it, by `background_to_float`'s rule.
+
+        Optional: a backend with a `render_workers` attribute > 1 takes `render(..., out=,
+        threads=1)` from that many threads at once, and `speak` / `frames` then render frames
+        side by side (runtime/frame_pipeline.py)."""
         ...
 
 

@@ -82,8 +82,7 @@ class CpuRenderer:
         self.opacity_logits = self._load(bundle, "opacity_logits", (n,))
         self.colors = self._load(bundle, "colors", (n, 3))
         self.K = np.ascontiguousarray(np.asarray(bundle.manifest["K"], dtype=np.float32).reshape(3, 3))
-        self._means = np.empty_like(self.means)
-        self._opacity = np.empty_like(self.opacity_logits)
+        self._scratch = threading.local()  # per rendering thread: the offset means and opacities
         self._rasterize = None  # the plugin, once the warm-up thread has loaded it (first render)
         warm_cpu_renderer()
 
@@ -98,6 +97,12 @@ class CpuRenderer:
                               "non-finite)")
         return np.ascontiguousarray(arr, dtype=np.float32)
 
+    @property
+    def render_workers(self) -> int:
+        """Frames `render` draws well side by side, each called from its own thread with threads=1
+        (runtime/frame_pipeline.py): the compiled rasteriser's threads, 1 with numba's kernels."""
+        return _cpu_plugin().parallel_frames()
+
     def render(
         self,
         delta_means: np.ndarray,
@@ -105,18 +110,23 @@ class CpuRenderer:
         viewmat: np.ndarray,
         background: np.ndarray,
         out: np.ndarray | None = None,
+        threads: int = 0,
     ) -> np.ndarray:
-        """See `Backend.render`."""
+        """See `Backend.render`. Safe to call from several threads at once (each with its own `out`).
+        threads > 0: the rasteriser's threads for this thread's frames (`playback.rasterize_u8`)."""
         if background.dtype != np.uint8:
             raise TypeError(f"background must be uint8 [H,W,3], got {background.dtype}")
         if self._rasterize is None:
             self._rasterize = _cpu_plugin().rasterize_u8
+        scratch = self._scratch
+        if not hasattr(scratch, "means"):
+            scratch.means, scratch.opacity = np.empty_like(self.means), np.empty_like(self.opacity_logits)
         t0 = stage_clock(self.stages)
-        np.add(self.means, delta_means, out=self._means)
-        np.add(self.opacity_logits, delta_opacity, out=self._opacity)
-        playback.sigmoid_(self._opacity)
+        np.add(self.means, delta_means, out=scratch.means)
+        np.add(self.opacity_logits, delta_opacity, out=scratch.opacity)
+        playback.sigmoid_(scratch.opacity)
         add_stage(self.stages, "gaussians", t0)
         # one pass: blend, composite over background / 255 (background_to_float's rule), round to uint8
-        return self._rasterize(self._means, self.quats, self.scales, self._opacity, self.colors,
+        return self._rasterize(scratch.means, self.quats, self.scales, scratch.opacity, self.colors,
                                np.ascontiguousarray(viewmat, dtype=np.float32), self.K, background, out,
-                               self.stages)
+                               self.stages, threads)

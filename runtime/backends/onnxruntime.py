@@ -190,6 +190,12 @@ class OnnxRuntimeBackend:
         viewmat: np.ndarray,
         background: np.ndarray,
         out: np.ndarray | None = None,
+        threads: int = 0,
     ) -> np.ndarray:
-        """See `Backend.render`."""
-        return self._renderer.render(delta_means, delta_opacity, viewmat, background, out)
+        """See `Backend.render` and `CpuRenderer.render` (thread-safe; `threads`)."""
+        return self._renderer.render(delta_means, delta_opacity, viewmat, background, out, threads)
+
+    @property
+    def render_workers(self) -> int:
+        """See `CpuRenderer.render_workers`: offline clips render this many frames side by side."""
+        return self._renderer.render_workers
