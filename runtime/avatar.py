@@ -410,8 +410,8 @@ class Avatar:
                     if pipe is None:
                         yield self._backend.render(delta_means[i], delta_opacity[i], viewmat, background,
                                                    out=self._frame)
-                    elif (frame := pipe.put(delta_means[i], delta_opacity[i], viewmat, background)) is not None:
-                        yield frame
+                    else:
+                        yield from pipe.put(delta_means[i], delta_opacity[i], viewmat, background)
                 report(b - (pipe.in_flight if pipe is not None else 0))
         finally:
             self._busy.release()
@@ -423,7 +423,7 @@ class Avatar:
         workers = int(getattr(self._backend, "render_workers", 1))
         if workers < 2 or getattr(self._backend, "stages", None) is not None:
             return None
-        return FramePipeline(self._backend.render, workers, (self._height, self._width, 3))
+        return FramePipeline(self._backend.render, workers, (self._height, self._width, 3), depth=workers + self._batch)
 
     @staticmethod
     def _pipelined(frames: Iterator[np.ndarray], pipe: FramePipeline | None, report: Callable[[int], None],

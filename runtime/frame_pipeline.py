@@ -20,17 +20,22 @@ RenderFn = Callable[..., np.ndarray]
 
 
 class FramePipeline:
-    """Up to `workers` frames rendering at once, each into its own buffer; `put` queues one and
-    returns the oldest once more than `workers` are queued, `drain` the rest. A returned frame is a
-    buffer reused `workers + 1` frames later (copy to keep). `close` (always, e.g. in `finally`)
-    waits for the frames still rendering."""
+    """A clip's frames rendering in `workers` threads, each into its own buffer, handed out in order.
 
-    def __init__(self, render: RenderFn, workers: int, shape: tuple[int, int, int]) -> None:
-        if workers < 1:
-            raise ValueError(f"FramePipeline: workers must be >= 1, got {workers}")
-        self._render, self._workers = render, workers
+    `put` queues a frame and returns the frames done by then (oldest first), waiting for the oldest
+    only while more than `depth` are queued: with `depth` at least a network batch beyond `workers`,
+    the threads keep rendering while the caller runs the next batch's network and audio features
+    (with `depth` = `workers` they ran dry at every batch). A returned frame is a buffer reused
+    `depth + 1` frames later (copy to keep). `close` (always, e.g. in `finally`) waits for the
+    frames still rendering."""
+
+    def __init__(self, render: RenderFn, workers: int, shape: tuple[int, int, int], depth: int | None = None) -> None:
+        depth = workers if depth is None else depth
+        if workers < 1 or depth < workers:
+            raise ValueError(f"FramePipeline: need workers >= 1 and depth >= workers, got {workers}, {depth}")
+        self._render, self._depth = render, depth
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="embedtalk-frame")
-        self._buffers = [np.empty(shape, dtype=np.uint8) for _ in range(workers + 1)]
+        self._buffers = [np.empty(shape, dtype=np.uint8) for _ in range(depth + 1)]
         self._pending: deque[Future] = deque()
         self._queued = 0
 
@@ -40,16 +45,17 @@ class FramePipeline:
         return len(self._pending)
 
     def put(self, delta_means: np.ndarray, delta_opacity: np.ndarray, viewmat: np.ndarray,
-            background: np.ndarray) -> np.ndarray | None:
-        """Queue one frame (its arrays must stay unchanged until it is handed out); -> the oldest
-        frame when `workers` are already rendering, else None. Re-raises a frame's error."""
+            background: np.ndarray) -> list[np.ndarray]:
+        """Queue one frame (its arrays must stay unchanged until it is handed out); -> the frames
+        ready to hand out, oldest first (maybe none). Re-raises a frame's error."""
         out = self._buffers[self._queued % len(self._buffers)]
         self._queued += 1
         self._pending.append(self._pool.submit(self._render, delta_means, delta_opacity, viewmat, background,
                                                out=out, threads=1))
-        if len(self._pending) > self._workers:
-            return self._pending.popleft().result()
-        return None
+        ready = []
+        while self._pending and (len(self._pending) > self._depth or self._pending[0].done()):
+            ready.append(self._pending.popleft().result())
+        return ready
 
     def drain(self) -> Iterator[np.ndarray]:
         """The queued frames, oldest first."""

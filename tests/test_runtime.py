@@ -491,14 +491,15 @@ def test_frame_pipeline_hands_frames_out_in_order_in_buffers_not_yet_reused():
         out[...] = index
         return out
 
-    pipe = FramePipeline(render, workers=3, shape=(2, 2, 3))
+    pipe = FramePipeline(render, workers=3, shape=(2, 2, 3), depth=5)
     got = []
     try:
         for i in range(40):
-            frame = pipe.put(i, None, None, None)
-            if frame is not None:
-                got.append(int(frame[0, 0, 0]))
-                assert np.all(frame == got[-1])
+            ready = pipe.put(i, None, None, None)
+            assert pipe.in_flight <= 5
+            # the frames one put hands out are all intact (no buffer reused among them)
+            got += [int(frame[0, 0, 0]) for frame in ready]
+            assert all(np.all(frame == frame[0, 0, 0]) for frame in ready)
         got += [int(frame[0, 0, 0]) for frame in pipe.drain()]
     finally:
         pipe.close()
