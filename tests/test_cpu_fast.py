@@ -136,12 +136,18 @@ def test_binning_orders_equal_depths_by_index():
         assert ids[offsets[t]:offsets[t + 1]].tolist() == want, f"tile {t}"
 
 
-def test_profile_splits_a_frame_into_its_stages(tmp_path):
+def test_profile_splits_a_frame_into_its_stages(tmp_path, monkeypatch):
     from test_runtime import make_test_bundle
 
     from embedtalk_sdk.runtime.bench import STAGES, format_profile, profile_backend
+    from embedtalk_sdk.runtime.frame_pipeline import FramePipeline
 
+    # The stage timers are per frame: frames side by side (speak's way) would add two frames'
+    # stages at once, so the profile renders one frame at a time.
+    queued, put = [], FramePipeline.put
+    monkeypatch.setattr(FramePipeline, "put", lambda self, *args: queued.append(1) or put(self, *args))
     report = profile_backend(make_test_bundle(tmp_path / "t.etk"), n_frames=24, warmup=4)
+    assert not queued
     assert report["frames"] >= 24
     wall, cpu = report["stages_ms"], report["stages_cpu_ms"]
     assert set(wall) == set(cpu) == {"audio features", *STAGES, "other"}
