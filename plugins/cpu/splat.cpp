@@ -518,31 +518,6 @@ BlendGroup pick_blend_group() {
 
 const BlendGroup blend_group = pick_blend_group();
 
-#ifdef SPLAT_AVX2
-// The blend's last step on 8 pixels of a row (one row of a tile's half, lanes in a line), the
-// scalar loop's operations lane for lane: |T|, + T * (level / 255) (the division the table makes),
-// clamp01 (max_ps(0, v) and min_ps(1, x) are maxss/minss with the same operands), * 255, round
-// half to even by 2^23, truncate. Bytes in and out are interleaved RGB.
-__attribute__((target("avx2"))) void composite8_avx2(const float* T, const float* R, const float* G, const float* B,
-                                                      const uint8_t* background, uint8_t* out) {
-    const __m256 Tf = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_load_ps(T));
-    const float* rgb[3] = {R, G, B};
-    alignas(32) int32_t level[LANES], value[3][LANES];
-    for (int ch = 0; ch < 3; ++ch) {
-        for (int k = 0; k < LANES; ++k) level[k] = background[3 * k + ch];
-        const __m256 bg = _mm256_div_ps(_mm256_cvtepi32_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(level))),
-                                        _mm256_set1_ps(U8_MAX));
-        const __m256 v = _mm256_add_ps(_mm256_load_ps(rgb[ch]), _mm256_mul_ps(Tf, bg));
-        const __m256 clamped = _mm256_min_ps(_mm256_set1_ps(ONE), _mm256_max_ps(_mm256_setzero_ps(), v));
-        const __m256 big = _mm256_set1_ps(8388608.0f);
-        const __m256 rounded = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(clamped, _mm256_set1_ps(U8_MAX)), big), big);
-        _mm256_store_si256(reinterpret_cast<__m256i*>(value[ch]), _mm256_cvttps_epi32(rounded));
-    }
-    for (int k = 0; k < LANES; ++k)
-        for (int ch = 0; ch < 3; ++ch) out[3 * k + ch] = static_cast<uint8_t>(value[ch][k]);
-}
-const bool composite_avx2 = blend_group != blend_group_scalar;
-#endif
 
 // nearbyint for 0 <= x < 2^23 in the default rounding mode (half to even), without a libm call:
 // adding 2^23 leaves no fraction bits, so the addition itself rounds (strict IEEE float, which the
@@ -571,6 +546,32 @@ struct BackgroundLevels {
     }
 };
 const BackgroundLevels BACKGROUND_LEVELS;
+
+#ifdef SPLAT_AVX2
+// The blend's last step on 8 pixels of a row (one row of a tile's half, lanes in a line), the
+// scalar loop's operations lane for lane: |T|, + T * BACKGROUND_LEVELS (gathered), clamp01
+// (max_ps(0, v) and min_ps(1, x) are maxss/minss with the same operands), * 255, round half to
+// even by 2^23, truncate. Bytes in and out are interleaved RGB.
+__attribute__((target("avx2"))) void composite8_avx2(const float* T, const float* R, const float* G, const float* B,
+                                                      const uint8_t* background, uint8_t* out) {
+    const __m256 Tf = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_load_ps(T));
+    const float* rgb[3] = {R, G, B};
+    alignas(32) int32_t level[LANES], value[3][LANES];
+    for (int ch = 0; ch < 3; ++ch) {
+        for (int k = 0; k < LANES; ++k) level[k] = background[3 * k + ch];
+        const __m256 bg = _mm256_i32gather_ps(BACKGROUND_LEVELS.of,
+                                              _mm256_load_si256(reinterpret_cast<const __m256i*>(level)), 4);
+        const __m256 v = _mm256_add_ps(_mm256_load_ps(rgb[ch]), _mm256_mul_ps(Tf, bg));
+        const __m256 clamped = _mm256_min_ps(_mm256_set1_ps(ONE), _mm256_max_ps(_mm256_setzero_ps(), v));
+        const __m256 big = _mm256_set1_ps(8388608.0f);
+        const __m256 rounded = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(clamped, _mm256_set1_ps(U8_MAX)), big), big);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(value[ch]), _mm256_cvttps_epi32(rounded));
+    }
+    for (int k = 0; k < LANES; ++k)
+        for (int ch = 0; ch < 3; ++ch) out[3 * k + ch] = static_cast<uint8_t>(value[ch][k]);
+}
+const bool composite_avx2 = blend_group != blend_group_scalar;
+#endif
 
 // Bit g set: the support has rows in group g of the tile at (i0, j0) (rows [i0, i1)).
 inline uint32_t group_mask(const Splat& sp, const int32_t* band_rows, int i0, int i1, int j0) {
